@@ -1,0 +1,265 @@
+"""The `sfhpc` command line. Thin: parse, call the library, print. Never imports torch (login-node path)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Brain-alignment and robustness sweeps: expand, launch, watch, aggregate.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+sweep_app = typer.Typer(help="Expand or launch a sweep file.", no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
+
+STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "pending": "yellow", "not submitted": "dim"}
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fail(message: str) -> None:
+    _console(stderr=True).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def _user_errors():
+    """Turn a user's mistake (bad sweep, bad run folder) into a message and exit code 2, never a traceback."""
+    from sfhpc.config import SweepError
+    from sfhpc.rundir import RunError
+
+    try:
+        yield
+    except (SweepError, RunError) as err:
+        _fail(str(err))
+
+
+def _print_json(value) -> None:
+    sys.stdout.write(json.dumps(value, indent=1, default=str) + "\n")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from sfhpc.results import package_version
+
+        typer.echo(f"sfhpc {package_version('sfhpc')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """sfhpc: run spatial-frequency and neural-guidance robustness experiments from a login node."""
+
+
+# ------------------------------------------------------------------------------------------ sweep
+@sweep_app.command("expand")
+def sweep_expand(sweep_file: Path = typer.Argument(..., help="Sweep YAML file."),
+                 as_json: bool = typer.Option(False, "--json", help="Print the expanded plan as JSON.")) -> None:
+    """Print the points of every stage (ids, axes, counts) without running anything."""
+    from sfhpc.sweep import expand_file
+
+    with _user_errors():
+        plan = expand_file(sweep_file)
+    if as_json:
+        _print_json({"name": plan.sweep.name, "n_points": plan.n_points,
+                     "counts": {s.name: len(s.points) for s in plan.stages}, **plan.to_json()})
+        return
+    _print_plan(plan)
+
+
+def _print_plan(plan) -> None:
+    from rich.table import Table
+
+    console = _console()
+    summary = Table(title=f"sweep {plan.sweep.name}: {plan.n_points} points", title_justify="left")
+    for column in ("stage", "points", "axes", "job", "resources per point"):
+        summary.add_column(column)
+    for stage in plan.stages:
+        r = stage.resources
+        summary.add_row(stage.name, str(len(stage.points)), ", ".join(stage.axes) or "-", stage.job,
+                        f"{r.nodes} node x {r.tasks_per_node} task, {r.cpus_per_task} cpu, {r.gpus_per_node} gpu, "
+                        f"{r.mem_gb:g} GB, {r.timeout_min} min")
+    console.print(summary)
+    for stage in plan.stages:
+        table = Table(title=f"{stage.name} points", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("point id")
+        for axis in stage.axes:
+            table.add_column(axis)
+        for index, point in enumerate(stage.points):
+            table.add_row(str(index), point.id, *(str(point.params[a]) for a in stage.axes))
+        console.print(table)
+
+
+@sweep_app.command("launch")
+def sweep_launch(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML file."),
+    executor: str | None = typer.Option(None, "--executor", "-e",
+                                           help="auto | local | slurm | debug (default: the sweep's `executor`)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Run folder (default: runs/<name>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be submitted; write nothing."),
+    force: bool = typer.Option(False, "--force", help="Redo points that already have a valid result."),
+    allow_changed: bool = typer.Option(False, "--allow-changed",
+                                       help="Accept a sweep that differs from the one the run folder was made from."),
+    parallel: int = typer.Option(1, "--parallel", "-j", min=1, help="Local executor: points run at once."),
+    as_json: bool = typer.Option(False, "--json", help="Print the launch report as JSON."),
+) -> None:
+    """Submit every point without a valid result. Local runs wait and show progress; SLURM returns at once."""
+    from sfhpc.launch import launch
+    from sfhpc.sweep import expand_file
+
+    if executor not in (None, "auto", "local", "slurm", "debug"):
+        _fail(f"--executor {executor!r}: allowed: auto, local, slurm, debug")
+    with _user_errors():
+        plan = expand_file(sweep_file)
+        with _LaunchProgress(enabled=not as_json and not dry_run) as progress:
+            report = launch(plan, executor=executor, output=output, force=force, dry_run=dry_run,
+                            allow_changed=allow_changed, parallel=parallel, progress=progress.update)
+    if as_json:
+        _print_json(report.__dict__)
+        return
+    _print_launch_report(report)
+
+
+class _LaunchProgress:
+    """A rich progress bar over the points a local launch runs, with one line per finished point."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def _start(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=_console())
+        self.bar.start()
+        self.task = self.bar.add_task("points", total=0)
+
+    def update(self, stage: str, point_id: str, event: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:  # started by the first job, so that early errors print cleanly
+            self._start()
+        if event == "started":
+            self.bar.update(self.task, total=self.bar.tasks[0].total + 1, description=f"{stage}/{point_id}")
+            return
+        self.bar.advance(self.task)
+        style = STATE_STYLE.get(event, "")
+        self.bar.console.print(f"[{style}]{event:>6}[/] {stage}/{point_id}")
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+        return False
+
+
+def _print_launch_report(report) -> None:
+    console = _console()
+    verb = "would submit" if report.dry_run else "submitted"
+    for stage, ids in report.to_run.items():
+        console.print(f"{stage}: {verb} {len(ids)} points ({report.skipped_done.get(stage, 0)} already done"
+                      + (f", {len(report.skipped_active[stage])} still active" if report.skipped_active.get(stage)
+                         else "") + ")")
+        if report.dry_run:
+            for point_id in ids:
+                console.print(f"  {point_id}")
+        if report.blocked.get(stage):
+            console.print(f"  [red]{len(report.blocked[stage])} points not run: an upstream point failed[/]")
+        finished = report.finished.get(stage, {})
+        failed = [p for p, state in finished.items() if state == "failed"]
+        if finished:
+            console.print(f"  [green]{len(finished) - len(failed)} done[/], "
+                          + (f"[red]{len(failed)} failed[/]" if failed else "0 failed"))
+    if not report.dry_run:
+        console.print(f"run folder: {report.run_dir}\nnext: sfhpc status {report.run_dir}   "
+                      f"sfhpc aggregate {report.run_dir}")
+
+
+# ----------------------------------------------------------------------------------------- status
+@app.command("status")
+def status(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
+           all_points: bool = typer.Option(False, "--all", help="List every point, not only the failed ones."),
+           stage: str | None = typer.Option(None, "--stage", help="Only this stage."),
+           as_json: bool = typer.Option(False, "--json", help="Print counts and points as JSON.")) -> None:
+    """Counts per stage and state; failed points with the last lines of their error."""
+    from sfhpc.rundir import RunDir
+    from sfhpc.status import STATES, count_by_stage, run_status
+
+    with _user_errors():
+        run_dir = RunDir.find(run)
+        statuses = [s for s in run_status(run_dir) if stage is None or s.stage == stage]
+    counts = count_by_stage(statuses)
+    if as_json:
+        _print_json({"run": str(run_dir.path), "counts": {k: dict(v) for k, v in counts.items()},
+                     "points": [s.to_json() for s in statuses]})
+        return
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title=f"run {run_dir.path}", title_justify="left")
+    table.add_column("stage")
+    for state in STATES:
+        table.add_column(state, justify="right", style=STATE_STYLE[state])
+    table.add_column("total", justify="right")
+    for name, counter in counts.items():
+        table.add_row(name, *(str(counter.get(state, 0)) for state in STATES), str(sum(counter.values())))
+    console.print(table)
+    shown = statuses if all_points else [s for s in statuses if s.state == "failed"]
+    for s in shown:
+        job = f" (job {s.job_id})" if s.job_id else ""
+        console.print(f"[{STATE_STYLE[s.state]}]{s.state:>13}[/] {s.stage}/{s.point}{job}"
+                      + (f": {s.reason}" if s.reason else ""), soft_wrap=True)
+        if s.state == "failed" and s.detail:
+            console.print("\n".join("      " + line for line in s.detail.splitlines()), style="dim",
+                          soft_wrap=True, markup=False)
+
+
+# -------------------------------------------------------------------------------------- aggregate
+@app.command("aggregate")
+def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
+              as_json: bool = typer.Option(False, "--json", help="Print rows and problems as JSON.")) -> None:
+    """Collect the result files into summary.csv and summary.md and print the table."""
+    from sfhpc.aggregate import constant_metrics, display_columns, format_value, summarize, write_summary
+    from sfhpc.rundir import RunDir
+
+    with _user_errors():
+        run_dir = RunDir.find(run)
+        summary = summarize(run_dir)
+    csv_path, md_path = write_summary(run_dir, summary)
+    if as_json:
+        _print_json({"tables": [t.__dict__ for t in summary.tables], "problems": summary.problems,
+                     "files": [csv_path, md_path]})
+        return
+    from rich.table import Table
+
+    console = _console()
+    for table in summary.tables:
+        columns = display_columns(table)
+        view = Table(title=f"{table.stage}: {len(table.rows)} points with results", title_justify="left")
+        for column in columns:
+            view.add_column(column, justify="right" if column in table.metrics else "left")
+        for row in table.rows:
+            view.add_row(*(format_value(row.get(c, "")) for c in columns))
+        console.print(view)
+        constant = constant_metrics(table)
+        if constant:
+            console.print("same for every point: " + ", ".join(f"{k}={format_value(v)}" for k, v in constant.items()))
+    for problem in summary.problems:
+        console.print(f"[red]{problem['state']:>8}[/] {problem['stage']}/{problem['point']}: {problem['reason']}",
+                      soft_wrap=True)
+    console.print(f"wrote {csv_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    app()

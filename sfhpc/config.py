@@ -1,0 +1,272 @@
+"""Typed, closed configuration: sweeps, stage parameters, job specs; YAML loading with located errors.
+
+Everything here is login-node code: pydantic, yaml and numpy-free band checks only, never torch.
+Every user mistake becomes a :class:`SweepError` that names the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+JOBS_DIR = PROJECT_ROOT / "jobs"
+
+Executor = Literal["auto", "local", "slurm", "debug"]
+Band = Literal["none", "lsf", "human", "lsf+human"]
+KeyPath = tuple[Any, ...]
+
+
+class Closed(BaseModel):
+    """Base of every config model: unknown keys are errors and values never change after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------- data
+class DataConfig(Closed):
+    """The dataset every stage of a sweep uses. `synthetic` is the embedded default (sfhpc.data.synthetic)."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    image_size: int = Field(128, ge=32, le=1024)
+    n_classes: int = Field(8, ge=2)
+    n_train: int = Field(2000, ge=1)
+    n_val: int = Field(400, ge=1)
+    n_test: int = Field(400, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+# --------------------------------------------------------------------------------------- stages
+class TrainParams(Closed):
+    """Parameters of the train stage (SCIENCE.md sections 2 and 3). Any of them can be a sweep axis."""
+
+    arch: Literal["small_resnet", "resnet18"] = "small_resnet"
+    width: int = Field(16, ge=2, description="base width of small_resnet (stages use 1x, 2x, 4x, 8x)")
+    blocks: tuple[int, ...] = Field((1, 1, 1, 1), min_length=1, description="BasicBlocks per small_resnet stage")
+    band: Band = "none"
+    lsf_sigma_px224: float = Field(1.5, gt=0, description="LSF blur sigma in px at 224 px")
+    human_mu: float = Field(4.5, description="human channel centre = 1.75 * 2**mu c/img")
+    human_s: float = Field(0.4246, gt=0, description="human channel log2 SD")
+    human_floor: bool = Field(False, description="human channel with a gain floor instead of pure band-pass")
+    alpha: float = Field(0.0, ge=0.0, le=1.0, description="neural co-training weight: L = (1-a) CE + a MSE")
+    seed: int = Field(0, ge=0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    lr_step: int = Field(20, ge=1, description="StepLR step size in epochs")
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    augment: bool = Field(True, description="random crop (padding 1/16 of the size) and horizontal flip")
+
+    @field_validator("alpha")
+    @classmethod
+    def _guidance_not_built_yet(cls, alpha: float) -> float:
+        if alpha > 0:
+            raise ValueError(
+                "alpha > 0 (neural co-training) needs the predictor stage, which this version of sfhpc does not "
+                "have yet; use alpha: 0"
+            )
+        return alpha
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """What the framework knows about a stage before importing it: its parameters and its upstream stages."""
+
+    params: type[Closed]
+    upstream: tuple[str, ...] = ()
+
+
+STAGE_KINDS: dict[str, StageKind] = {"train": StageKind(TrainParams)}
+
+
+# ----------------------------------------------------------------------------------- resources
+class Resources(Closed):
+    """What one point (one array task) of a stage asks the scheduler for."""
+
+    nodes: int = Field(1, ge=1)
+    tasks_per_node: int = Field(1, ge=1)
+    cpus_per_task: int = Field(2, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    mem_gb: float = Field(8, gt=0)
+    timeout_min: int = Field(60, ge=1)
+    array_parallelism: int | None = Field(None, ge=1, description="%N throttle of the stage's arrays")
+
+
+class JobSpec(Closed):
+    """A stage's job file (jobs/<stage>.yaml): the module that runs it and its default resources."""
+
+    entry: str
+    resources: Resources = Resources()
+
+    @field_validator("entry")
+    @classmethod
+    def _entry_is_a_stage_module(cls, entry: str) -> str:
+        if not re.fullmatch(r"sfhpc\.stages\.[a-z_]+", entry):
+            raise ValueError(f"entry must be a module sfhpc.stages.<name>, got {entry!r}")
+        return entry
+
+
+class StageConfig(Closed):
+    """One stage of a sweep: fixed parameters (validated per point), its job file and resource overrides."""
+
+    job: str | None = Field(None, description="name of a jobs/*.yaml file; default: the stage name")
+    params: dict[str, Any] = {}
+    resources: dict[str, Any] = {}
+
+
+class SweepConfig(Closed):
+    """A sweep file. Axes come from `grid` (cartesian product), `zip` (lists that vary together) and
+    `include` (extra points); `exclude` removes points matching a pattern."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    output: str | None = None
+    executor: Executor = "auto"
+    data: DataConfig = DataConfig()
+    grid: dict[str, list[Any]] = {}
+    zip: dict[str, list[Any]] = {}
+    include: list[dict[str, Any]] = []
+    exclude: list[dict[str, Any]] = []
+    stages: dict[str, StageConfig]
+
+    @field_validator("zip")
+    @classmethod
+    def _zip_lists_align(cls, zipped: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        lengths = {key: len(values) for key, values in zipped.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"zip lists must have equal lengths, got {lengths}")
+        return zipped
+
+
+# --------------------------------------------------------------------------------------- errors
+class SweepError(Exception):
+    """A user's mistake in a sweep or job file, located by file, line and key."""
+
+    def __init__(self, file: Path | str, line: int | None, key: str, message: str):
+        self.file, self.line, self.key, self.message = str(file), line, key, message
+        where = f"{self.file}:{line}" if line else self.file
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+def format_key(path: KeyPath) -> str:
+    """('stages', 'train', 'params', 'lr') -> 'stages.train.params.lr'; list indices as [i]."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+class LocatedYaml:
+    """A parsed YAML document plus the line of every key and list item, found from the composed node tree."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lines: dict[KeyPath, int] = {}
+        text = _read_text(path)
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            problem = getattr(err, "problem", None) or str(err)
+            raise SweepError(path, mark.line + 1 if mark else None, "", f"not valid YAML: {problem}") from None
+        if root is not None:
+            self._index(root, ())
+
+    def _index(self, node: yaml.Node, path: KeyPath) -> None:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key in seen:
+                    raise SweepError(self.path, key_node.start_mark.line + 1, format_key((*path, key)),
+                                     "duplicate key (YAML would silently keep only the last one)")
+                seen.add(key)
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+                self._index(value_node, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._index(item, (*path, index))
+
+    def line_of(self, path: KeyPath) -> int | None:
+        """The line of the deepest known prefix of `path` (pydantic locations may go below the YAML)."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return None
+
+    def error(self, path: KeyPath, message: str) -> SweepError:
+        return SweepError(self.path, self.line_of(path), format_key(path), message)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise SweepError(path, None, "", "file not found") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise SweepError(path, None, "", f"cannot read: {err}") from None
+
+
+def validation_error(doc: LocatedYaml, err: ValidationError, prefix: KeyPath = ()) -> SweepError:
+    """Turn pydantic's first error into a located SweepError that says what is allowed."""
+    first = err.errors()[0]
+    path = (*prefix, *first["loc"])
+    return doc.error(path, explain_pydantic_error(first))
+
+
+def explain_pydantic_error(error: dict[str, Any]) -> str:
+    kind, context = error["type"], error.get("ctx", {})
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"got {error['input']!r}; allowed: {context.get('expected')}"
+    if kind == "value_error":
+        return str(context.get("error", error["msg"]))
+    return f"{error['msg'].lower()} (got {error['input']!r})" if "input" in error else error["msg"].lower()
+
+
+def unknown_key_error(doc: LocatedYaml, path: KeyPath, allowed: list[str]) -> SweepError:
+    return doc.error(path, f"unknown key; allowed: {', '.join(allowed)}")
+
+
+# ------------------------------------------------------------------------------------- loading
+def load_sweep(path: Path | str) -> tuple[SweepConfig, LocatedYaml]:
+    """Read and validate a sweep file's shape (axes and points are checked by sfhpc.sweep.expand)."""
+    doc = LocatedYaml(Path(path))
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "a sweep file must be a mapping with at least `name` and `stages`")
+    allowed = list(SweepConfig.model_fields)
+    for key in doc.data:
+        if key not in SweepConfig.model_fields:
+            raise unknown_key_error(doc, (key,), allowed)
+    try:
+        sweep = SweepConfig.model_validate(doc.data)
+    except ValidationError as err:
+        raise validation_error(doc, err) from None
+    for stage in sweep.stages:
+        if stage not in STAGE_KINDS:
+            raise doc.error(("stages", stage), f"unknown stage; known stages: {', '.join(STAGE_KINDS)}")
+    return sweep, doc
+
+
+def load_job_spec(name: str, jobs_dir: Path = JOBS_DIR) -> JobSpec:
+    """Load jobs/<name>.yaml, with located errors like a sweep file."""
+    path = jobs_dir / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in jobs_dir.glob("*.yaml"))
+        raise SweepError(path, None, "", f"no such job file; known jobs: {', '.join(known)}")
+    doc = LocatedYaml(path)
+    try:
+        return JobSpec.model_validate(doc.data or {})
+    except ValidationError as err:
+        raise validation_error(doc, err) from None

@@ -1,0 +1,150 @@
+"""Result files: one self-describing HDF5 file per point and stage, written atomically.
+
+Layout of a result file:
+    attrs      schema_version, stage, point_id, config (resolved, YAML), git_sha, versions (sfhpc, torch, numpy),
+               host, started, ended (ISO 8601, UTC)
+    metrics/   scalar datasets: the numbers a summary table shows (e.g. test_accuracy)
+    curves/    1-D datasets: per-epoch histories and per-sample outcomes
+A file is valid only when it opens, has this schema version and names the expected point; anything else is
+reported as corrupt and never used.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+SCHEMA_VERSION = 1
+RESULT_NAME = "result.h5"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def git_sha(repo: Path) -> str:
+    """The commit of the code that runs, with '+dirty' for uncommitted changes, or 'unknown' outside git."""
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}+dirty" if dirty else sha
+
+
+def atomic_write(path: Path, write: callable, suffix: str = ".tmp") -> None:
+    """Call write(tmp_path) on a temporary file in the same folder, then os.replace it onto `path`: readers see
+    the old file or the complete new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who made a result: written into every result file."""
+
+    git_sha: str
+    started: str
+    ended: str
+
+    def attrs(self) -> dict[str, str]:
+        return {
+            "git_sha": self.git_sha,
+            "sfhpc_version": package_version("sfhpc"),
+            "torch_version": package_version("torch"),
+            "numpy_version": package_version("numpy"),
+            "host": socket.gethostname(),
+            "started": self.started,
+            "ended": self.ended,
+        }
+
+
+def write_result(path: Path, *, stage: str, point_id: str, config: dict[str, Any], provenance: Provenance,
+                 metrics: dict[str, float], curves: dict[str, Any], extra_attrs: dict[str, Any] | None = None) -> None:
+    """Atomically write a point's result file."""
+    import h5py
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({"schema_version": SCHEMA_VERSION, "stage": stage, "point_id": point_id,
+                            "config": yaml.safe_dump(config, sort_keys=False)})
+            f.attrs.update(provenance.attrs())
+            f.attrs.update(extra_attrs or {})
+            f.attrs["metric_order"] = json.dumps(list(metrics))  # HDF5 lists members alphabetically
+            group = f.create_group("metrics")
+            for name, value in metrics.items():
+                group.create_dataset(name, data=value)
+            group = f.create_group("curves")
+            for name, values in curves.items():
+                group.create_dataset(name, data=np.asarray(values))
+
+    atomic_write(path, write, suffix=".h5")
+
+
+@dataclass(frozen=True)
+class ResultCheck:
+    state: Literal["ok", "missing", "corrupt"]
+    reason: str = ""
+
+
+def check_result(path: Path, point_id: str) -> ResultCheck:
+    """Is `path` a complete result of `point_id`? Never raises for a bad file: says why it is bad."""
+    if not path.exists():
+        return ResultCheck("missing")
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            version = f.attrs.get("schema_version")
+            if version != SCHEMA_VERSION:
+                return ResultCheck("corrupt", f"schema_version {version!r}, expected {SCHEMA_VERSION}")
+            if f.attrs.get("point_id") != point_id:
+                return ResultCheck("corrupt", f"made for point {f.attrs.get('point_id')!r}, not {point_id!r}")
+            if "metrics" not in f:
+                return ResultCheck("corrupt", "no metrics group")
+    except Exception as err:  # h5py raises OSError, KeyError, ValueError... for damaged files
+        return ResultCheck("corrupt", f"unreadable HDF5 ({type(err).__name__}: {err})")
+    return ResultCheck("ok")
+
+
+def read_metrics(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, attrs) of a valid result file; metrics as Python scalars."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        names = json.loads(f.attrs.get("metric_order", "[]"))
+        names += [name for name in f["metrics"] if name not in names]
+        metrics = {name: f["metrics"][name][()].item() for name in names}
+        attrs = {key: _plain(value) for key, value in f.attrs.items()}
+    return metrics, attrs
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value

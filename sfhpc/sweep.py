@@ -1,0 +1,319 @@
+"""Pure sweep expansion: a validated sweep file -> ordered stage points with stable, readable, hashed ids.
+
+No I/O beyond reading the job files, no torch, no clock: the same sweep gives the same points everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sfhpc.config import (
+    JOBS_DIR,
+    STAGE_KINDS,
+    DataConfig,
+    JobSpec,
+    KeyPath,
+    LocatedYaml,
+    Resources,
+    SweepConfig,
+    SweepError,
+    TrainParams,
+    explain_pydantic_error,
+    load_job_spec,
+    load_sweep,
+)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One unit of work of one stage: a job array task."""
+
+    stage: str
+    id: str
+    params: dict[str, Any]
+    upstream: tuple[str, ...] = ()  # "stage/point_id" of the points it needs
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    job: str
+    entry: str
+    resources: Resources
+    points: tuple[Point, ...]
+    axes: tuple[str, ...]  # the sweep axes of this stage's parameters
+    by_sweep_index: tuple[str, ...] = ()  # the point id each sweep point projects onto
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A fully expanded sweep: everything a launch needs, JSON-serialisable through `to_json`."""
+
+    sweep: SweepConfig
+    source: Path
+    stages: tuple[StagePlan, ...] = field(default_factory=tuple)
+
+    def stage(self, name: str) -> StagePlan:
+        return next(stage for stage in self.stages if stage.name == name)
+
+    @property
+    def n_points(self) -> int:
+        return sum(len(stage.points) for stage in self.stages)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sweep": self.sweep.model_dump(mode="json"),
+            "stages": [
+                {
+                    "name": stage.name,
+                    "job": stage.job,
+                    "entry": stage.entry,
+                    "resources": stage.resources.model_dump(mode="json"),
+                    "axes": list(stage.axes),
+                    "points": [
+                        {"id": p.id, "params": p.params, "upstream": list(p.upstream)} for p in stage.points
+                    ],
+                }
+                for stage in self.stages
+            ],
+        }
+
+    def fingerprint(self) -> str:
+        """Hash of the resolved sweep: equal for files that differ only in comments or layout."""
+        return _digest(self.to_json()["stages"], 16)
+
+
+def _digest(value: Any, length: int) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+# ----------------------------------------------------------------------------------- sweep points
+@dataclass(frozen=True)
+class SweepPoint:
+    """A point of the sweep's axes, and for each axis the YAML location its value came from."""
+
+    values: dict[str, Any]
+    origins: dict[str, KeyPath]
+
+
+def sweep_points(sweep: SweepConfig, doc: LocatedYaml, allowed_axes: list[str]) -> list[SweepPoint]:
+    """grid x zip, minus excludes, plus includes; duplicates are an error."""
+    _check_axis_names(sweep, doc, allowed_axes)
+    for axis, values in sweep.grid.items():
+        if not values:
+            raise doc.error(("grid", axis), "empty list: a grid axis needs at least one value")
+    if not sweep.grid and not sweep.zip and not sweep.include:
+        raise doc.error(("grid",), "empty grid: give at least one axis in `grid`, `zip` or `include`")
+    points = [p for p in _product(sweep) if not _excluded(p.values, sweep.exclude)]
+    for index, extra in enumerate(sweep.include):
+        points.append(SweepPoint(dict(extra), {k: ("include", index, k) for k in extra}))
+    _check_no_duplicates(points, doc)
+    if not points:
+        raise doc.error(("exclude",), "every point is excluded: the sweep is empty")
+    return points
+
+
+def _check_axis_names(sweep: SweepConfig, doc: LocatedYaml, allowed: list[str]) -> None:
+    named = [("grid", k) for k in sweep.grid] + [("zip", k) for k in sweep.zip]
+    named += [("include", i, k) for i, p in enumerate(sweep.include) for k in p]
+    named += [("exclude", i, k) for i, p in enumerate(sweep.exclude) for k in p]
+    for path in named:
+        if path[-1] not in allowed:
+            raise doc.error(path, f"unknown axis; axes are parameters of the sweep's stages: {', '.join(allowed)}")
+    both = set(sweep.grid) & set(sweep.zip)
+    if both:
+        axis = sorted(both)[0]
+        raise doc.error(("zip", axis), "axis is in both `grid` and `zip`; keep it in one")
+
+
+def _product(sweep: SweepConfig) -> list[SweepPoint]:
+    grid_axes = [[(axis, value, ("grid", axis, i)) for i, value in enumerate(values)]
+                 for axis, values in sweep.grid.items()]
+    zip_rows = [[(axis, values[i], ("zip", axis, i)) for axis, values in sweep.zip.items()]
+                for i in range(len(next(iter(sweep.zip.values()), [])))]
+    if not grid_axes and not zip_rows:
+        return []
+    points = []
+    for combo in itertools.product(*grid_axes, *([zip_rows] if zip_rows else [])):
+        cells = [c for item in combo for c in (item if isinstance(item, list) else [item])]
+        points.append(SweepPoint({a: v for a, v, _ in cells}, {a: o for a, _, o in cells}))
+    return points
+
+
+def _excluded(values: dict[str, Any], patterns: list[dict[str, Any]]) -> bool:
+    def matches(pattern: dict[str, Any]) -> bool:
+        return all(
+            key in values and (values[key] in want if isinstance(want, list) else values[key] == want)
+            for key, want in pattern.items()
+        )
+
+    return any(matches(pattern) for pattern in patterns)
+
+
+def _check_no_duplicates(points: list[SweepPoint], doc: LocatedYaml) -> None:
+    seen: dict[str, SweepPoint] = {}
+    for point in points:
+        key = json.dumps(point.values, sort_keys=True, default=str)
+        if key in seen:
+            where = next(iter(point.origins.values()))
+            first_line = doc.line_of(next(iter(seen[key].origins.values())))
+            raise doc.error(where, f"duplicate point {point.values} (first made at line {first_line})")
+        seen[key] = point
+
+
+# -------------------------------------------------------------------------------- stage points
+def expand(sweep: SweepConfig, doc: LocatedYaml, jobs_dir: Path = JOBS_DIR) -> Plan:
+    """Expand a validated sweep into every stage's points, in a deterministic order."""
+    allowed_axes = sorted({name for stage in sweep.stages for name in STAGE_KINDS[stage].params.model_fields})
+    points = sweep_points(sweep, doc, allowed_axes)
+    stages = []
+    for name in _stage_order(sweep, doc):
+        stages.append(_expand_stage(name, sweep, doc, points, jobs_dir, stages))
+    return Plan(sweep=sweep, source=doc.path, stages=tuple(stages))
+
+
+def expand_file(path: Path | str, jobs_dir: Path = JOBS_DIR) -> Plan:
+    sweep, doc = load_sweep(path)
+    return expand(sweep, doc, jobs_dir)
+
+
+def _stage_order(sweep: SweepConfig, doc: LocatedYaml) -> list[str]:
+    """Stages in an order where every stage follows its upstream stages (which must be in the sweep)."""
+    ordered: list[str] = []
+    for name in sweep.stages:
+        for upstream in STAGE_KINDS[name].upstream:
+            if upstream not in sweep.stages:
+                raise doc.error(("stages", name), f"stage needs stage {upstream!r}, which the sweep lacks")
+    while len(ordered) < len(sweep.stages):
+        for name in sweep.stages:
+            if name not in ordered and all(u in ordered for u in STAGE_KINDS[name].upstream):
+                ordered.append(name)
+    return ordered
+
+
+def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[SweepPoint],
+                  jobs_dir: Path, done: list[StagePlan]) -> StagePlan:
+    stage_cfg = sweep.stages[name]
+    kind = STAGE_KINDS[name]
+    fields = kind.params.model_fields
+    for key in stage_cfg.params:
+        if key not in fields:
+            raise doc.error(("stages", name, "params", key), f"unknown parameter; allowed: {', '.join(fields)}")
+    job_name = stage_cfg.job or name
+    job = _load_job(job_name, doc, name, jobs_dir)
+    resources = _merge_resources(job, stage_cfg.resources, doc, name)
+
+    validated: dict[str, dict[str, Any]] = {}  # cache: many sweep points project onto one stage point
+    projected: list[dict[str, Any]] = []
+    for point in points:
+        own = {k: v for k, v in point.values.items() if k in fields}
+        for key in own:
+            if key in stage_cfg.params:
+                raise doc.error(("stages", name, "params", key),
+                                f"{key!r} is both a sweep axis and a fixed parameter; keep it in one place")
+        cache_key = json.dumps(own, sort_keys=True, default=str)
+        if cache_key not in validated:
+            validated[cache_key] = _validate_params(kind.params, {**stage_cfg.params, **own}, point, doc, name,
+                                                    sweep.data)
+        projected.append(validated[cache_key])
+
+    # Every sweep axis of the stage is in its ids, varying or not, so that adding a value to an axis keeps the
+    # ids (and results) of the points that were already there.
+    axes = tuple(k for k in _axis_order(points) if k in fields)
+    data = _non_defaults(sweep.data.model_dump(mode="json"), DataConfig())
+    defaults = kind.params()
+    ids = [point_id(name, params, axes, {"params": _non_defaults(params, defaults), "data": data})
+           for params in projected]
+    upstream_ids = [[f"{up.name}/{up.by_sweep_index[i]}" for up in _upstreams(done, kind.upstream)]
+                    for i in range(len(points))]
+
+    stage_points: dict[str, Point] = {}
+    by_sweep_index: list[str] = []
+    for index, (pid, params) in enumerate(zip(ids, projected, strict=True)):
+        by_sweep_index.append(pid)
+        if pid in stage_points:
+            merged = tuple(dict.fromkeys((*stage_points[pid].upstream, *upstream_ids[index])))
+            stage_points[pid] = Point(name, pid, params, merged)
+        else:
+            stage_points[pid] = Point(name, pid, params, tuple(upstream_ids[index]))
+    return StagePlan(name, job_name, job.entry, resources, tuple(stage_points.values()), axes,
+                     tuple(by_sweep_index))
+
+
+def _upstreams(done: list[StagePlan], names: tuple[str, ...]) -> list[StagePlan]:
+    return [stage for stage in done if stage.name in names]
+
+
+def _axis_order(points: list[SweepPoint]) -> list[str]:
+    return list(dict.fromkeys(axis for point in points for axis in point.values))
+
+
+def _load_job(job_name: str, doc: LocatedYaml, stage: str, jobs_dir: Path) -> JobSpec:
+    try:
+        return load_job_spec(job_name, jobs_dir)
+    except SweepError as err:
+        if err.message.startswith("no such job file"):
+            raise doc.error(("stages", stage, "job"), f"{err.message} (looked for {err.file})") from None
+        raise
+
+
+def _merge_resources(job: JobSpec, overrides: dict[str, Any], doc: LocatedYaml, stage: str) -> Resources:
+    try:
+        return Resources.model_validate({**job.resources.model_dump(), **overrides})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise doc.error(("stages", stage, "resources", *first["loc"]), explain_pydantic_error(first)) from None
+
+
+def _validate_params(model, values: dict[str, Any], point: SweepPoint, doc: LocatedYaml, stage: str,
+                     data: DataConfig) -> dict[str, Any]:
+    try:
+        params = model.model_validate(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = first["loc"][0] if first["loc"] else None
+        where = point.origins.get(key) or ("stages", stage, "params", *first["loc"])
+        raise doc.error(where, explain_pydantic_error(first)) from None
+    if isinstance(params, TrainParams):
+        _check_band_fits_data(params, point, doc, stage, data)
+    return params.model_dump(mode="json")
+
+
+def _check_band_fits_data(params: TrainParams, point: SweepPoint, doc: LocatedYaml, stage: str,
+                          data: DataConfig) -> None:
+    from sfhpc.models.bands import (  # numpy only, imported when a sweep is expanded
+        BandParams,
+        check_band_fits,
+    )
+
+    band_params = BandParams(params.lsf_sigma_px224, params.human_mu, params.human_s, params.human_floor)
+    try:
+        check_band_fits(params.band, data.image_size, band_params)
+    except ValueError as err:
+        raise doc.error(point.origins.get("band") or ("stages", stage, "params", "band"), str(err)) from None
+
+
+def _non_defaults(values: dict[str, Any], defaults: Any) -> dict[str, Any]:
+    reference = defaults.model_dump(mode="json")
+    return {key: value for key, value in values.items() if reference.get(key) != value}
+
+
+def point_id(stage: str, params: dict[str, Any], axes: tuple[str, ...], identity: dict[str, Any]) -> str:
+    """Readable and hashed: `band=lsf-seed=0-3f9a2c1e`. The hash covers every setting that differs from its
+    default (parameters and data), so two points with equal readable parts but other fixed settings never share an
+    id, and a new parameter added to sfhpc with a default keeps existing ids (and results) valid."""
+    digest = _digest({"stage": stage, **identity}, 8)
+    readable = "-".join(f"{axis}={_format_value(params[axis])}" for axis in axes)
+    return f"{readable}-{digest}" if readable else f"{stage}-{digest}"
+
+
+def _format_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return "".join(c if c.isalnum() or c in "+._" else "_" for c in text)

@@ -1,0 +1,54 @@
+"""Shared fixtures. Paths deliberately contain spaces and quotes: users' folders do."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TINY_SWEEP = """\
+name: tiny
+executor: local
+data:
+  image_size: 32
+  n_classes: 4
+  n_train: 64
+  n_val: 32
+  n_test: 32
+grid:
+  band: [none, lsf]
+  seed: [0]
+stages:
+  train:
+    params:
+      width: 4
+      epochs: 2
+      batch_size: 32
+      lr: 0.05
+"""
+
+
+@pytest.fixture
+def awkward_dir(tmp_path: Path) -> Path:
+    """A folder whose path has a space and a quote in it."""
+    folder = tmp_path / "lab's sweeps"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def write_sweep(awkward_dir: Path):
+    """write_sweep(text, name='sweep.yaml') -> path of a sweep file with that (dedented) text."""
+
+    def write(text: str, name: str = "sweep.yaml") -> Path:
+        path = awkward_dir / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def tiny_sweep(write_sweep) -> Path:
+    return write_sweep(TINY_SWEEP, "tiny.yaml")

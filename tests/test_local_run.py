@@ -1,0 +1,148 @@
+"""End to end on the local executor: launch -> status -> aggregate, failures, relaunch, changed sweeps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sfhpc.cli import app
+
+from conftest import TINY_SWEEP
+
+runner = CliRunner()
+
+
+def sfhpc(*args: str, code: int = 0):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result
+
+
+def status_json(run_dir: Path) -> dict:
+    return json.loads(sfhpc("status", run_dir, "--json").stdout)
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.glob("train/*/result.h5")}
+
+
+@pytest.fixture(scope="module")
+def finished_template(tmp_path_factory) -> tuple[Path, Path]:
+    """One real launch per module (each point is a real process); tests work on copies of it."""
+    folder = tmp_path_factory.mktemp("template") / "lab's sweeps"
+    folder.mkdir()
+    sweep = folder / "tiny.yaml"
+    sweep.write_text(TINY_SWEEP)
+    sfhpc("sweep", "launch", sweep, "--output", folder / "runs" / "tiny run")
+    return sweep, folder / "runs" / "tiny run"
+
+
+@pytest.fixture
+def tiny_sweep(finished_template, awkward_dir: Path) -> Path:
+    return Path(shutil.copy(finished_template[0], awkward_dir / "tiny.yaml"))
+
+
+@pytest.fixture
+def finished_run(finished_template, awkward_dir: Path) -> Path:
+    return Path(shutil.copytree(finished_template[1], awkward_dir / "runs" / "tiny run"))
+
+
+def test_launch_status_aggregate(finished_run: Path):
+    status = status_json(finished_run)
+    assert status["counts"] == {"train": {"done": 2}}
+    assert {p["point"].split("-")[0] for p in status["points"]} == {"band=none", "band=lsf"}
+
+    table = sfhpc("aggregate", finished_run).stdout
+    assert "band" in table and "test_accuracy" in table and "lsf" in table
+    csv_lines = (finished_run / "summary.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("stage,point,state,")
+    assert len(csv_lines) == 3 and all(",done," in line for line in csv_lines[1:])
+    summary = (finished_run / "summary.md").read_text()
+    assert "Every point has a valid result." in summary
+
+    manifest = json.loads((finished_run / "manifest.json").read_text())
+    assert manifest["name"] == "tiny" and len(manifest["plan"]["stages"][0]["points"]) == 2
+    assert (finished_run / "sweep.yaml").read_text().startswith("name: tiny")
+
+
+def test_relaunch_of_a_finished_run_submits_nothing(finished_run: Path, tiny_sweep: Path):
+    before = snapshot(finished_run)
+    out = sfhpc("sweep", "launch", tiny_sweep, "--output", finished_run).stdout
+    assert "submitted 0 points (2 already done)" in out
+    assert snapshot(finished_run) == before
+
+
+def test_a_failed_point_is_shown_and_relaunch_reruns_only_it(finished_run: Path, tiny_sweep: Path):
+    lsf_dir = next(finished_run.glob("train/band=lsf-*"))
+    none_dir = next(finished_run.glob("train/band=none-*"))
+    # Damage one point: its result is gone and its checkpoint is garbage, so its rerun fails.
+    (lsf_dir / "result.h5").unlink()
+    (lsf_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    untouched = snapshot(finished_run)
+
+    out = sfhpc("sweep", "launch", tiny_sweep, "--output", finished_run).stdout
+    assert "1 done" not in out and "1 failed" in out
+    status = status_json(finished_run)
+    assert status["counts"]["train"] == {"done": 1, "failed": 1}
+    failed = next(p for p in status["points"] if p["state"] == "failed")
+    assert failed["point"] == lsf_dir.name
+    assert "checkpoint" in failed["reason"] and "unreadable" in failed["reason"]
+    human = sfhpc("status", finished_run).stdout
+    assert "failed" in human and lsf_dir.name in human and "RuntimeError: checkpoint" in human
+
+    agg = sfhpc("aggregate", finished_run).stdout
+    assert "failed" in agg and lsf_dir.name in agg
+    assert "failed" in (finished_run / "summary.md").read_text()
+
+    # The user fixes the cause; relaunching reruns only the failed point, the others stay byte for byte.
+    (lsf_dir / "checkpoint.pt").unlink()
+    out = sfhpc("sweep", "launch", tiny_sweep, "--output", finished_run).stdout
+    assert "submitted 1 points (1 already done)" in out
+    assert status_json(finished_run)["counts"]["train"] == {"done": 2}
+    after = snapshot(finished_run)
+    assert after[f"train/{none_dir.name}/result.h5"] == untouched[f"train/{none_dir.name}/result.h5"]
+    assert not (lsf_dir / "error.txt").exists()
+
+
+def test_corrupt_result_is_reported_never_used(finished_run: Path):
+    victim = next(finished_run.glob("train/band=none-*")) / "result.h5"
+    victim.write_bytes(victim.read_bytes()[:100])
+    status = status_json(finished_run)
+    bad = next(p for p in status["points"] if p["point"] == victim.parent.name)
+    assert bad["state"] == "failed" and bad["reason"].startswith("corrupt result")
+    sfhpc("aggregate", finished_run)
+    csv = (finished_run / "summary.csv").read_text()
+    assert f"train,{victim.parent.name},corrupt," in csv
+
+
+def test_changed_sweep_is_refused_unless_allowed(finished_run: Path, tiny_sweep: Path, write_sweep):
+    changed = write_sweep(tiny_sweep.read_text().replace("seed: [0]", "seed: [0, 1]"), "tiny2.yaml")
+    err = sfhpc("sweep", "launch", changed, "--output", finished_run, code=2).output
+    assert "different sweep" in err and "2 new points" in err and "--allow-changed" in err
+    assert "Traceback" not in err
+    before = snapshot(finished_run)
+    out = sfhpc("sweep", "launch", changed, "--output", finished_run, "--allow-changed", "--dry-run").stdout
+    assert "would submit 2 points (2 already done)" in out
+    assert snapshot(finished_run) == before
+
+
+def test_force_redoes_finished_points(finished_run: Path, tiny_sweep: Path):
+    out = sfhpc("sweep", "launch", tiny_sweep, "--output", finished_run, "--force").stdout
+    assert "submitted 2 points" in out
+    assert status_json(finished_run)["counts"]["train"] == {"done": 2}
+
+
+def test_dry_run_writes_nothing(tiny_sweep: Path, awkward_dir: Path):
+    run_dir = awkward_dir / "never"
+    out = sfhpc("sweep", "launch", tiny_sweep, "--output", run_dir, "--dry-run").stdout
+    assert "would submit 2 points" in out and "band=none-" in out
+    assert not run_dir.exists()
+
+
+def test_status_of_a_missing_run_is_a_clear_error(tmp_path: Path):
+    err = sfhpc("status", tmp_path / "nothing", code=2).output
+    assert "no run folder" in err and "sfhpc sweep launch" in err
