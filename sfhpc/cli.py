@@ -31,8 +31,7 @@ def _fail(message: str) -> None:
 @contextmanager
 def _user_errors():
     """Turn a user's mistake (bad sweep, bad run folder) into a message and exit code 2, never a traceback."""
-    from sfhpc.config import SweepError
-    from sfhpc.rundir import RunError
+    from sfhpc.errors import RunError, SweepError
 
     try:
         yield

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sfhpc.errors import SweepError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 JOBS_DIR = PROJECT_ROOT / "jobs"
 
@@ -47,7 +49,7 @@ class TrainParams(Closed):
 
     arch: Literal["small_resnet", "resnet18"] = "small_resnet"
     width: int = Field(16, ge=2, description="base width of small_resnet (stages use 1x, 2x, 4x, 8x)")
-    blocks: tuple[int, ...] = Field((1, 1, 1, 1), min_length=1, description="BasicBlocks per small_resnet stage")
+    blocks: tuple[int, ...] = Field((1, 1, 1, 1), min_length=1, max_length=4, description="BasicBlocks per small_resnet stage")
     band: Band = "none"
     lsf_sigma_px224: float = Field(1.5, gt=0, description="LSF blur sigma in px at 224 px")
     human_mu: float = Field(4.5, description="human channel centre = 1.75 * 2**mu c/img")
@@ -145,15 +147,6 @@ class SweepConfig(Closed):
 
 
 # --------------------------------------------------------------------------------------- errors
-class SweepError(Exception):
-    """A user's mistake in a sweep or job file, located by file, line and key."""
-
-    def __init__(self, file: Path | str, line: int | None, key: str, message: str):
-        self.file, self.line, self.key, self.message = str(file), line, key, message
-        where = f"{self.file}:{line}" if line else self.file
-        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
-
-
 def format_key(path: KeyPath) -> str:
     """('stages', 'train', 'params', 'lr') -> 'stages.train.params.lr'; list indices as [i]."""
     text = ""

@@ -20,8 +20,9 @@ import submitit
 import yaml
 
 from sfhpc.config import PROJECT_ROOT
-from sfhpc.results import check_result, git_sha, now_iso
-from sfhpc.rundir import JobRecord, RunDir, RunError
+from sfhpc.errors import RunError
+from sfhpc.results import ResultIndex, git_sha, now_iso
+from sfhpc.rundir import JobRecord, RunDir
 from sfhpc.sweep import Plan, Point, StagePlan
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -82,9 +83,10 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
     manifest = _checked_manifest(run, plan, allow_changed)
     report = LaunchReport(run.path, kind, dry_run)
     active = _active_points(run)
+    index = run.result_index()
     todo: dict[str, list[Point]] = {}
     for stage in plan.stages:
-        pending = [p for p in stage.points if force or not _has_result(run, stage.name, p.id)]
+        pending = [p for p in stage.points if force or not _has_result(run, index, stage.name, p.id)]
         report.skipped_done[stage.name] = len(stage.points) - len(pending)
         report.skipped_active[stage.name] = [p.id for p in pending if (stage.name, p.id) in active]
         todo[stage.name] = [p for p in pending if (stage.name, p.id) not in active]
@@ -98,9 +100,10 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
         for point in todo[stage.name]:
             _prepare_point_dir(run, point_config(run, plan, stage, point, manifest["git_sha"], None), force)
     if kind in ("local", "debug"):
-        _run_in_waves(run, plan, todo, kind, parallel, report, progress)
+        _run_in_waves(run, plan, todo, kind, parallel, report, progress, index)
     else:
         raise RunError("the SLURM executor is not available in this version; use --executor local")
+    index.save()
     return report
 
 
@@ -172,14 +175,14 @@ def point_config(run: RunDir, plan: Plan, stage: StagePlan, point: Point, sha: s
 
 # -------------------------------------------------------------------------- local and debug runs
 def _run_in_waves(run: RunDir, plan: Plan, todo: dict[str, list[Point]], kind: str, parallel: int,
-                  report: LaunchReport, progress: ProgressHook | None) -> None:
+                  report: LaunchReport, progress: ProgressHook | None, index: ResultIndex) -> None:
     """Run stage after stage with at most `parallel` points at a time; a point whose upstream failed is
     blocked, not run. Each point is its own process (local) so that one crash loses nothing else."""
     threads = max(1, (os.cpu_count() or 1) // parallel)
     sha = run.read_manifest()["git_sha"]
     for stage in plan.stages:
         points = todo[stage.name]
-        runnable = [p for p in points if all(_upstream_done(run, up) for up in p.upstream)]
+        runnable = [p for p in points if all(_has_result(run, index, *up.split("/", 1)) for up in p.upstream)]
         report.blocked[stage.name] = [p.id for p in points if p not in runnable]
         run.record_jobs([_record(run, stage.name, p.id, kind, None) for p in runnable])
         executor = _local_executor(run, kind, stage)
@@ -198,7 +201,7 @@ def _run_in_waves(run: RunDir, plan: Plan, todo: dict[str, list[Point]], kind: s
                 running.append((point, job))
             for point, job in [(p, j) for p, j in running if kind == "debug" or j.done()]:
                 running.remove((point, job))
-                state = _finish(job, run, stage.name, point.id)
+                state = _finish(job, run, index, stage.name, point.id)
                 outcome[point.id] = state
                 if progress:
                     progress(stage.name, point.id, state)
@@ -216,20 +219,16 @@ def _local_executor(run: RunDir, kind: str, stage: StagePlan) -> submitit.Execut
     return executor
 
 
-def _finish(job: Any, run: RunDir, stage: str, point_id: str) -> str:
+def _finish(job: Any, run: RunDir, index: ResultIndex, stage: str, point_id: str) -> str:
     try:
         job.result()
     except Exception:  # the error is in error.txt and the job's log; status shows it
         pass
-    return "done" if _has_result(run, stage, point_id) else "failed"
+    return "done" if _has_result(run, index, stage, point_id) else "failed"
 
 
-def _has_result(run: RunDir, stage: str, point_id: str) -> bool:
-    return check_result(run.result_path(stage, point_id), point_id).state == "ok"
-
-
-def _upstream_done(run: RunDir, upstream: str) -> bool:
-    return _has_result(run, *upstream.split("/", 1))
+def _has_result(run: RunDir, index: ResultIndex, stage: str, point_id: str) -> bool:
+    return index.check(run.result_path(stage, point_id), point_id).state == "ok"
 
 
 def _record(run: RunDir, stage: str, point_id: str, kind: str, job_id: str | None) -> JobRecord:

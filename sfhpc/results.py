@@ -22,8 +22,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 SCHEMA_VERSION = 1
 RESULT_NAME = "result.h5"
 
@@ -90,6 +88,7 @@ def write_result(path: Path, *, stage: str, point_id: str, config: dict[str, Any
     """Atomically write a point's result file."""
     import h5py
     import numpy as np
+    import yaml
 
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
@@ -124,7 +123,7 @@ def check_result(path: Path, point_id: str) -> ResultCheck:
         with h5py.File(path, "r") as f:
             version = f.attrs.get("schema_version")
             if version != SCHEMA_VERSION:
-                return ResultCheck("corrupt", f"schema_version {version!r}, expected {SCHEMA_VERSION}")
+                return ResultCheck("corrupt", f"schema_version {_plain(version)!r}, expected {SCHEMA_VERSION}")
             if f.attrs.get("point_id") != point_id:
                 return ResultCheck("corrupt", f"made for point {f.attrs.get('point_id')!r}, not {point_id!r}")
             if "metrics" not in f:
@@ -148,3 +147,41 @@ def read_metrics(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+class ResultIndex:
+    """Remembers the verdict on each result file with its size and modification time, so that a status refresh
+    opens only new or changed files (and needs no h5py at all when none changed). Results are replaced
+    atomically, so any change to a file changes its stat signature and sends it back through `check_result`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.dirty = False
+        try:
+            self.entries: dict[str, list] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def check(self, result: Path, point_id: str) -> ResultCheck:
+        try:
+            stat = result.stat()
+        except FileNotFoundError:
+            return ResultCheck("missing")
+        key = os.path.relpath(result, self.path.parent)  # relative: a copied run folder keeps its index
+        signature = [stat.st_size, stat.st_mtime_ns, point_id]
+        entry = self.entries.get(key)
+        if entry and entry[:3] == signature:
+            return ResultCheck(entry[3], entry[4])
+        verdict = check_result(result, point_id)
+        self.entries[key] = [*signature, verdict.state, verdict.reason]
+        self.dirty = True
+        return verdict
+
+    def save(self) -> None:
+        """Write the index if it learnt something; losing it only costs a re-check."""
+        if self.dirty and self.path.parent.exists():
+            try:
+                atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(self.entries)))
+            except OSError:
+                pass
+            self.dirty = False

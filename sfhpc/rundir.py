@@ -16,14 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sfhpc.results import RESULT_NAME, atomic_write
+from sfhpc.errors import RunError
+from sfhpc.results import RESULT_NAME, ResultIndex, atomic_write
 
 MANIFEST_NAME = "manifest.json"
 ERROR_NAME = "error.txt"
-
-
-class RunError(Exception):
-    """A problem with a run folder that the user must resolve (wrong path, changed sweep, ...)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +72,9 @@ class RunDir:
 
     def result_path(self, stage: str, point_id: str) -> Path:
         return self.point_dir(stage, point_id) / RESULT_NAME
+
+    def result_index(self) -> ResultIndex:
+        return ResultIndex(self.path / ".result-index.json")
 
     def error_path(self, stage: str, point_id: str) -> Path:
         return self.point_dir(stage, point_id) / ERROR_NAME

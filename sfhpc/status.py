@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sfhpc.results import check_result
+from sfhpc.results import ResultIndex
 from sfhpc.rundir import JobRecord, RunDir, manifest_points, tail
 
 STATES = ("done", "failed", "running", "pending", "not submitted")
@@ -34,12 +34,15 @@ def run_status(run: RunDir) -> list[PointStatus]:
     """The state of every point of the run, in manifest order."""
     manifest = run.read_manifest()
     jobs = run.latest_jobs()
-    return [point_status(run, stage, point["id"], jobs.get((stage, point["id"])))
-            for stage, point in manifest_points(manifest)]
+    index = run.result_index()
+    statuses = [point_status(run, stage, point["id"], jobs.get((stage, point["id"])), index)
+                for stage, point in manifest_points(manifest)]
+    index.save()
+    return statuses
 
 
-def point_status(run: RunDir, stage: str, point_id: str, job: JobRecord | None) -> PointStatus:
-    result = check_result(run.result_path(stage, point_id), point_id)
+def point_status(run: RunDir, stage: str, point_id: str, job: JobRecord | None, index: ResultIndex) -> PointStatus:
+    result = index.check(run.result_path(stage, point_id), point_id)
     job_id = job.job_id if job else None
     if result.state == "ok":
         return PointStatus(stage, point_id, "done", job_id=job_id, result="ok")

@@ -23,12 +23,12 @@ from sfhpc.config import (
     LocatedYaml,
     Resources,
     SweepConfig,
-    SweepError,
     TrainParams,
     explain_pydantic_error,
     load_job_spec,
     load_sweep,
 )
+from sfhpc.errors import SweepError
 
 
 @dataclass(frozen=True)

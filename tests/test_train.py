@@ -1,0 +1,106 @@
+"""The train stage on the node: resume from checkpoints, refusal of foreign checkpoints, DDP equivalence."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from sfhpc import distributed
+from sfhpc.config import TrainParams
+from sfhpc.stages import train
+
+DATA = {"kind": "synthetic", "image_size": 32, "n_classes": 4, "n_train": 64, "n_val": 32, "n_test": 32, "seed": 0}
+PARAMS = {"band": "lsf", "width": 4, "batch_size": 16, "lr": 0.05, "lr_step": 1, "seed": 3}
+
+
+def config(**overrides) -> dict:
+    return {"point_id": "p", "params": {**PARAMS, **overrides}, "data": DATA, "git_sha": "test", "threads": 1}
+
+
+def curves(result: Path) -> dict:
+    with h5py.File(result) as f:
+        return {name: f["curves"][name][()].tolist() for name in f["curves"]} | {"attrs": dict(f.attrs)}
+
+
+def test_resumed_training_equals_uninterrupted_training(tmp_path: Path):
+    straight = curves(train.run(config(epochs=2), tmp_path / "straight"))
+    train.run(config(epochs=1), tmp_path / "resumed")  # an attempt that stops after one epoch
+    resumed = curves(train.run(config(epochs=2), tmp_path / "resumed"))
+
+    assert resumed["attempt"] == [0, 1]  # the second attempt trained only the second epoch
+    assert straight["attempt"] == [0, 0]
+    assert resumed["attrs"]["resumed_from_epoch"] == 1
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-5)
+    assert resumed["val_accuracy"] == straight["val_accuracy"]
+    a = torch.load(tmp_path / "straight" / "model.pt")
+    b = torch.load(tmp_path / "resumed" / "model.pt")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_result_records_config_and_provenance(tmp_path: Path):
+    result = train.run(config(epochs=1), tmp_path)
+    with h5py.File(result) as f:
+        attrs = dict(f.attrs)
+        assert 0.0 <= f["metrics/test_accuracy"][()] <= 1.0
+    assert attrs["schema_version"] == 1 and attrs["point_id"] == "p" and attrs["git_sha"] == "test"
+    assert "band: lsf" in attrs["config"] and attrs["torch_version"].startswith("2.")
+    assert attrs["started"] <= attrs["ended"] and json.loads(attrs["hosts"]) == [socket.gethostname()]
+
+
+def test_checkpoint_of_other_settings_is_refused(tmp_path: Path):
+    train.run(config(epochs=1), tmp_path)
+    (tmp_path / "result.h5").unlink()
+    with pytest.raises(RuntimeError, match="made for other settings"):
+        train.run(config(epochs=1, lr=0.01), tmp_path)
+
+
+def test_batch_split_must_divide():
+    with pytest.raises(ValueError, match="not divisible by the world size 3"):
+        distributed.per_rank_batch(64, 3)
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+def _one_step(rank: int, world: int, port: int, out: Path) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    env = distributed.detect()
+    assert (env.source, env.rank, env.world_size) == ("torchrun", rank, world)
+    torch.set_num_threads(1)
+    device = distributed.setup(env)
+    params = TrainParams(width=4, band="none", batch_size=8, seed=1)
+    torch.manual_seed(params.seed)
+    model = train.build_model(params, 4, 32)
+    model.eval()  # frozen BatchNorm statistics: on CPUs each rank would normalise its own share (no SyncBN)
+    wrapped = train._wrap_ddp(model, env, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(8) % 4
+    (index,) = train.rank_batches(torch.arange(8), 8, env, distributed.per_rank_batch(8, world))
+    train.train_step(wrapped, optimizer, images[index], labels[index])
+    if env.is_main:
+        torch.save(model.state_dict(), out)
+    distributed.teardown(env)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_step_equals_single_step_on_the_whole_batch(tmp_path: Path):
+    mp.spawn(_one_step, args=(2, _free_port(), tmp_path / "ddp.pt"), nprocs=2, join=True)
+    mp.spawn(_one_step, args=(1, _free_port(), tmp_path / "single.pt"), nprocs=1, join=True)
+    ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
+    changed = [k for k in single if k.endswith("weight") and "bn" not in k]
+    assert changed
+    for key in single:
+        assert torch.allclose(ddp[key], single[key], atol=1e-6), key
