@@ -49,7 +49,8 @@ class TrainParams(Closed):
 
     arch: Literal["small_resnet", "resnet18"] = "small_resnet"
     width: int = Field(16, ge=2, description="base width of small_resnet (stages use 1x, 2x, 4x, 8x)")
-    blocks: tuple[int, ...] = Field((1, 1, 1, 1), min_length=1, max_length=4, description="BasicBlocks per small_resnet stage")
+    blocks: tuple[int, ...] = Field((1, 1, 1, 1), min_length=4, max_length=4,
+                                    description="BasicBlocks in each of the 4 small_resnet stages")
     band: Band = "none"
     lsf_sigma_px224: float = Field(1.5, gt=0, description="LSF blur sigma in px at 224 px")
     human_mu: float = Field(4.5, description="human channel centre = 1.75 * 2**mu c/img")

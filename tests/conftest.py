@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from slurm_cluster import slurm_cluster  # noqa: F401  (the real SLURM test cluster, session-scoped fixture)
 
 TINY_SWEEP = """\
