@@ -108,6 +108,8 @@ def sweep_launch(
     allow_changed: bool = typer.Option(False, "--allow-changed",
                                        help="Accept a sweep that differs from the one the run folder was made from."),
     parallel: int = typer.Option(1, "--parallel", "-j", min=1, help="Local executor: points run at once."),
+    throttle: int | None = typer.Option(None, "--throttle", min=1,
+                                           help="SLURM: at most N tasks of each array run at once (%N)."),
     as_json: bool = typer.Option(False, "--json", help="Print the launch report as JSON."),
 ) -> None:
     """Submit every point without a valid result. Local runs wait and show progress; SLURM returns at once."""
@@ -120,7 +122,8 @@ def sweep_launch(
         plan = expand_file(sweep_file)
         with _LaunchProgress(enabled=not as_json and not dry_run) as progress:
             report = launch(plan, executor=executor, output=output, force=force, dry_run=dry_run,
-                            allow_changed=allow_changed, parallel=parallel, progress=progress.update)
+                            allow_changed=allow_changed, parallel=parallel, throttle=throttle,
+                            progress=progress.update)
     if as_json:
         _print_json(report.__dict__)
         return
@@ -180,6 +183,9 @@ def _print_launch_report(report) -> None:
         if finished:
             console.print(f"  [green]{len(finished) - len(failed)} done[/], "
                           + (f"[red]{len(failed)} failed[/]" if failed else "0 failed"))
+    for array in report.arrays:
+        waits = f", waits on {array['dependency']}" if array["dependency"] else ""
+        console.print(f"  {array['stage']}: SLURM job {array['job_id']} ({array['tasks']} tasks{waits})")
     if not report.dry_run:
         console.print(f"run folder: {report.run_dir}\nnext: sfhpc status {report.run_dir}   "
                       f"sfhpc aggregate {report.run_dir}")
@@ -222,6 +228,42 @@ def status(run: str = typer.Argument(..., help="Run folder, or a sweep name unde
         if s.state == "failed" and s.detail:
             console.print("\n".join("      " + line for line in s.detail.splitlines()), style="dim",
                           soft_wrap=True, markup=False)
+
+
+@app.command("cancel")
+def cancel(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
+           stage: str | None = typer.Option(None, "--stage", help="Only this stage's jobs."),
+           as_json: bool = typer.Option(False, "--json", help="Print the cancelled job ids as JSON.")) -> None:
+    """Cancel this run's pending and running jobs (and no one else's)."""
+    from sfhpc.control import cancel_run
+    from sfhpc.rundir import RunDir
+
+    with _user_errors():
+        cancelled = cancel_run(RunDir.find(run), stage)
+    if as_json:
+        _print_json({"cancelled": cancelled})
+        return
+    _console().print(f"cancelled {len(cancelled)} jobs" + (f": {', '.join(cancelled)}" if cancelled else ""))
+
+
+@app.command("resubmit")
+def resubmit(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
+             failed: bool = typer.Option(False, "--failed", help="Only failed points (default: every point "
+                                                                 "without a result that is not active)."),
+             executor: str | None = typer.Option(None, "--executor", "-e",
+                                                    help="Default: the executor the run was launched with."),
+             as_json: bool = typer.Option(False, "--json", help="Print the launch report as JSON.")) -> None:
+    """Submit again exactly the failed (or missing) points of a run, with their dependencies."""
+    from sfhpc.control import resubmit_run
+    from sfhpc.rundir import RunDir
+
+    with _user_errors():
+        with _LaunchProgress(enabled=not as_json) as progress:
+            report = resubmit_run(RunDir.find(run), failed_only=failed, executor=executor, progress=progress.update)
+    if as_json:
+        _print_json(report.__dict__)
+        return
+    _print_launch_report(report)
 
 
 # -------------------------------------------------------------------------------------- aggregate

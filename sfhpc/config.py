@@ -18,6 +18,7 @@ from sfhpc.errors import SweepError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 JOBS_DIR = PROJECT_ROOT / "jobs"
+PROFILES_DIR = PROJECT_ROOT / "slurm_templates" / "profiles"
 
 Executor = Literal["auto", "local", "slurm", "debug"]
 Band = Literal["none", "lsf", "human", "lsf+human"]
@@ -100,6 +101,21 @@ class Resources(Closed):
     mem_gb: float = Field(8, gt=0)
     timeout_min: int = Field(60, ge=1)
     array_parallelism: int | None = Field(None, ge=1, description="%N throttle of the stage's arrays")
+    max_requeues: int = Field(5, ge=0, description="times a job may requeue itself at its time limit")
+    signal_delay_s: int = Field(90, ge=0, description="SLURM sends USR2 this long before the time limit: "
+                                                      "the job checkpoints and requeues itself")
+
+
+class ClusterProfile(Closed):
+    """Site settings for SLURM (slurm_templates/profiles/<name>.yaml), overridable in a sweep's `cluster`."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gres: str | None = None
+    setup: list[str] = Field([], description="shell lines run before the job, e.g. module loads")
+    additional: dict[str, str | int] = Field({}, description="other sbatch options, e.g. {exclude: node7}")
 
 
 class JobSpec(Closed):
@@ -131,6 +147,7 @@ class SweepConfig(Closed):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     output: str | None = None
     executor: Executor = "auto"
+    cluster: dict[str, Any] = Field({}, description="`profile` (slurm_templates/profiles) and overrides of it")
     data: DataConfig = DataConfig()
     grid: dict[str, list[Any]] = {}
     zip: dict[str, list[Any]] = {}
@@ -264,3 +281,22 @@ def load_job_spec(name: str, jobs_dir: Path = JOBS_DIR) -> JobSpec:
         return JobSpec.model_validate(doc.data or {})
     except ValidationError as err:
         raise validation_error(doc, err) from None
+
+
+def load_cluster_profile(sweep: SweepConfig, doc: LocatedYaml, profiles_dir: Path = PROFILES_DIR) -> ClusterProfile:
+    """The sweep's cluster profile (slurm_templates/profiles/<profile>.yaml) with the sweep's overrides on top."""
+    overrides = dict(sweep.cluster)
+    name = overrides.pop("profile", "default")
+    path = profiles_dir / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in profiles_dir.glob("*.yaml")))
+        raise doc.error(("cluster", "profile"), f"no cluster profile {name!r} in {profiles_dir}; known: {known}")
+    profile_doc = LocatedYaml(path)
+    try:
+        base = ClusterProfile.model_validate(profile_doc.data or {})
+    except ValidationError as err:
+        raise validation_error(profile_doc, err) from None
+    try:
+        return ClusterProfile.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as err:
+        raise validation_error(doc, err, ("cluster",)) from None

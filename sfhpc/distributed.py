@@ -31,7 +31,7 @@ def from_torchrun() -> DistEnv | None:
     if not (launched_by_torchrun or env_init):
         return None
     return DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)),
-                   "torchrun", socket.gethostname())
+                   "torchrun", node_name())
 
 
 def from_submitit() -> DistEnv | None:
@@ -44,11 +44,16 @@ def from_submitit() -> DistEnv | None:
     if env.world_size == 1:
         return None
     env.export(set_cuda_visible_devices=False)  # we pick the device by local rank ourselves
-    return DistEnv(env.rank, env.world_size, env.local_rank, "submitit", socket.gethostname())
+    return DistEnv(env.rank, env.world_size, env.local_rank, "submitit", node_name())
+
+
+def node_name() -> str:
+    """SLURM's name for this node (several slurmd can share a host), else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def single() -> DistEnv:
-    return DistEnv(0, 1, 0, "single", socket.gethostname())
+    return DistEnv(0, 1, 0, "single", node_name())
 
 
 def detect() -> DistEnv:

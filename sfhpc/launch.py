@@ -23,6 +23,7 @@ from sfhpc.config import PROJECT_ROOT
 from sfhpc.errors import RunError
 from sfhpc.results import ResultIndex, git_sha, now_iso
 from sfhpc.rundir import JobRecord, RunDir
+from sfhpc.status import active_points
 from sfhpc.sweep import Plan, Point, StagePlan
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -62,6 +63,7 @@ class LaunchReport:
     skipped_active: dict[str, list[str]] = field(default_factory=dict)
     blocked: dict[str, list[str]] = field(default_factory=dict)  # upstream failed: not run
     finished: dict[str, dict[str, str]] = field(default_factory=dict)  # local/debug: point -> done | failed
+    arrays: list[dict[str, Any]] = field(default_factory=list)  # SLURM: stage, job id, tasks, dependency, script
 
 
 ProgressHook = Callable[[str, str, str], None]  # (stage, point_id, "started" | "done" | "failed")
@@ -74,22 +76,23 @@ def resolve_executor(name: str) -> str:
 
 
 def launch(plan: Plan, *, executor: str | None = None, output: Path | None = None, force: bool = False,
-           dry_run: bool = False, allow_changed: bool = False, parallel: int = 1,
-           progress: ProgressHook | None = None) -> LaunchReport:
-    """Submit every point of `plan` without a valid result. Local and debug executors wait for the jobs;
-    SLURM returns once everything is queued."""
+           dry_run: bool = False, allow_changed: bool = False, parallel: int = 1, throttle: int | None = None,
+           only: set[tuple[str, str]] | None = None, progress: ProgressHook | None = None) -> LaunchReport:
+    """Submit every point of `plan` without a valid result (or, with `only`, those of these (stage, point) keys).
+    Local and debug executors wait for the jobs; SLURM returns once every stage is queued."""
     kind = resolve_executor(executor or plan.sweep.executor)
     run = RunDir(output or Path(plan.sweep.output or Path("runs") / plan.sweep.name))
-    manifest = _checked_manifest(run, plan, allow_changed)
+    manifest = _checked_manifest(run, plan, kind, allow_changed)
     report = LaunchReport(run.path, kind, dry_run)
-    active = _active_points(run)
     index = run.result_index()
+    pending = {stage.name: [p for p in stage.points if (only is None or (stage.name, p.id) in only)
+                            and (force or not _has_result(run, index, stage.name, p.id))] for stage in plan.stages}
+    active = active_points(run, [(stage, p.id) for stage, points in pending.items() for p in points])
     todo: dict[str, list[Point]] = {}
     for stage in plan.stages:
-        pending = [p for p in stage.points if force or not _has_result(run, index, stage.name, p.id)]
-        report.skipped_done[stage.name] = len(stage.points) - len(pending)
-        report.skipped_active[stage.name] = [p.id for p in pending if (stage.name, p.id) in active]
-        todo[stage.name] = [p for p in pending if (stage.name, p.id) not in active]
+        report.skipped_done[stage.name] = len(stage.points) - len(pending[stage.name])
+        report.skipped_active[stage.name] = [p.id for p in pending[stage.name] if (stage.name, p.id) in active]
+        todo[stage.name] = [p for p in pending[stage.name] if (stage.name, p.id) not in active]
         report.to_run[stage.name] = [p.id for p in todo[stage.name]]
     if dry_run:
         return report
@@ -99,21 +102,22 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
     for stage in plan.stages:
         for point in todo[stage.name]:
             _prepare_point_dir(run, point_config(run, plan, stage, point, manifest["git_sha"], None), force)
-    if kind in ("local", "debug"):
-        _run_in_waves(run, plan, todo, kind, parallel, report, progress, index)
+    if kind == "slurm":
+        _submit_to_slurm(run, plan, todo, manifest["git_sha"], throttle, report)
     else:
-        raise RunError("the SLURM executor is not available in this version; use --executor local")
+        _run_in_waves(run, plan, todo, kind, parallel, report, progress, index)
     index.save()
     return report
 
 
-def _checked_manifest(run: RunDir, plan: Plan, allow_changed: bool) -> dict[str, Any]:
+def _checked_manifest(run: RunDir, plan: Plan, kind: str, allow_changed: bool) -> dict[str, Any]:
     manifest = {
         "schema_version": 1,
         "name": plan.sweep.name,
         "sweep_file": str(plan.source.resolve()),
         "fingerprint": plan.fingerprint(),
         "git_sha": git_sha(PROJECT_ROOT),
+        "executor": kind,
         "created": now_iso(),
         "plan": plan.to_json(),
     }
@@ -136,13 +140,6 @@ def describe_change(old_plan: dict[str, Any], new_plan: dict[str, Any]) -> str:
     old_ids = {p["id"] for s in old_plan["stages"] for p in s["points"]}
     new_ids = {p["id"] for s in new_plan["stages"] for p in s["points"]}
     return f"{len(new_ids - old_ids)} new points, {len(old_ids - new_ids)} points no longer in the sweep"
-
-
-def _active_points(run: RunDir) -> set[tuple[str, str]]:
-    """Points whose last submission is still alive: never submitted twice at once."""
-    from sfhpc.status import job_is_alive
-
-    return {key for key, record in run.latest_jobs().items() if job_is_alive(record)}
 
 
 def _prepare_point_dir(run: RunDir, config: dict[str, Any], force: bool) -> None:
@@ -233,6 +230,92 @@ def _has_result(run: RunDir, index: ResultIndex, stage: str, point_id: str) -> b
 
 def _record(run: RunDir, stage: str, point_id: str, kind: str, job_id: str | None) -> JobRecord:
     return JobRecord(stage=stage, point=point_id, executor=kind, job_id=job_id,
-                     log_dir=str(run.logs / job_id) if job_id else "",
+                     log_dir=str(run.logs.relative_to(run.path) / job_id) if job_id else "",
                      submitted=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                      launcher_pid=os.getpid())
+
+
+# --------------------------------------------------------------------------------------------- SLURM
+def _submit_to_slurm(run: RunDir, plan: Plan, todo: dict[str, list[Point]], sha: str, throttle: int | None,
+                     report: LaunchReport) -> None:
+    """One job array per stage and chunk (chunks of at most MaxArraySize tasks, indexed from 0), each waiting on
+    the arrays of its upstream points; returns as soon as everything is queued."""
+    from sfhpc import slurm
+
+    profile = plan.cluster
+    limit = slurm.max_array_size()
+    previous = run.latest_jobs()
+    producer: dict[str, str] = {}  # "stage/point" -> job id that will produce it, this launch
+    arrays_of: dict[str, list[tuple[str, list[str]]]] = {}  # stage -> [(array id, [point keys])]
+    for stage in plan.stages:
+        for chunk in slurm.chunks(todo[stage.name], limit):
+            dependency = _dependency(chunk, producer, previous, arrays_of)
+            params = slurm.executor_parameters(stage.resources, profile, f"sfhpc.{plan.sweep.name}.{stage.name}",
+                                               dependency, throttle)
+            executor = submitit.SlurmExecutor(folder=run.logs / "%j", max_num_timeout=stage.resources.max_requeues)
+            executor.update_parameters(**params)
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(PointJob(str(run.path), stage.name, stage.entry, p.id,
+                                                     point_config(run, plan, stage, p, sha, None))) for p in chunk]
+            except submitit.core.utils.FailedJobError as err:
+                raise RunError(f"sbatch refused the {stage.name} array ({len(chunk)} points): {str(err).strip()}. "
+                               "Arrays submitted before it stay queued; fix the resources (jobs/*.yaml, the sweep's "
+                               "`resources` or `cluster`) and launch again to submit what is missing.") from None
+            array_id = str(jobs[0].job_id).split("_", 1)[0]
+            keys = [f"{stage.name}/{p.id}" for p in chunk]
+            producer.update({key: str(job.job_id) for key, job in zip(keys, jobs, strict=True)})
+            arrays_of.setdefault(stage.name, []).append((array_id, keys))
+            script = _keep_sbatch_script(run, stage.name, array_id)
+            run.record_jobs([_record(run, stage.name, p.id, "slurm", str(j.job_id)) for p, j in zip(chunk, jobs,
+                                                                                                     strict=True)])
+            report.arrays.append({"stage": stage.name, "job_id": array_id, "tasks": len(chunk),
+                                  "dependency": dependency, "sbatch": str(script)})
+
+
+def _dependency(chunk: list[Point], producer: dict[str, str], previous: dict[tuple[str, str], JobRecord],
+                arrays_of: dict[str, list[tuple[str, list[str]]]]) -> str | None:
+    """What this chunk waits for: aftercorr on one upstream array whose task i produces point i's only input,
+    else afterok on every job that produces an input still missing."""
+    from sfhpc import slurm
+
+    inputs = [p.upstream for p in chunk]
+    if all(len(i) == 1 for i in inputs):
+        wanted = [i[0] for i in inputs]
+        for arrays in arrays_of.values():
+            for array_id, keys in arrays:
+                if keys == wanted:
+                    return slurm.dependency_for([array_id], aligned=True)
+    jobs: list[str] = []
+    for key in dict.fromkeys(k for i in inputs for k in i):
+        job = producer.get(key) or _previous_job(previous, key)
+        if job:
+            jobs.append(job)
+    return slurm.dependency_for(_collapse_tasks(jobs, arrays_of), aligned=False)
+
+
+def _previous_job(previous: dict[tuple[str, str], JobRecord], key: str) -> str | None:
+    record = previous.get(tuple(key.split("/", 1)))
+    return record.job_id if record and record.executor == "slurm" else None
+
+
+def _collapse_tasks(jobs: list[str], arrays_of: dict[str, list[tuple[str, list[str]]]]) -> list[str]:
+    """Whole arrays instead of all of their tasks: shorter dependency strings."""
+    sizes = {array_id: len(keys) for arrays in arrays_of.values() for array_id, keys in arrays}
+    by_array: dict[str, list[str]] = {}
+    for job in jobs:
+        by_array.setdefault(job.split("_", 1)[0], []).append(job)
+    out: list[str] = []
+    for array_id, tasks in by_array.items():
+        out += [array_id] if sizes.get(array_id) == len(tasks) else tasks
+    return out
+
+
+def _keep_sbatch_script(run: RunDir, stage: str, array_id: str) -> Path:
+    """Provenance: a copy of the exact sbatch script of every array, under sbatch/ in the run folder."""
+    source = run.logs / array_id / f"{array_id}_submission.sh"
+    target = run.path / "sbatch" / f"{stage}-{array_id}.sh"
+    target.parent.mkdir(exist_ok=True)
+    if source.exists():
+        shutil.copyfile(source.resolve(), target)
+    return target

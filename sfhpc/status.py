@@ -1,6 +1,7 @@
 """Where every point of a run is. Result files are the truth; the executor's view comes second.
 
-Login-node code: no torch; h5py only to check result files.
+Login-node code: no torch; h5py only for result files not seen before; at most one sacct (and one squeue) call
+per refresh, for the jobs whose points have neither a result nor an error yet.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sfhpc.results import ResultIndex
+from sfhpc.results import ResultCheck
 from sfhpc.rundir import JobRecord, RunDir, manifest_points, tail
 
 STATES = ("done", "failed", "running", "pending", "not submitted")
@@ -35,14 +36,28 @@ def run_status(run: RunDir) -> list[PointStatus]:
     manifest = run.read_manifest()
     jobs = run.latest_jobs()
     index = run.result_index()
-    statuses = [point_status(run, stage, point["id"], jobs.get((stage, point["id"])), index)
-                for stage, point in manifest_points(manifest)]
+    keys = [(stage, point["id"]) for stage, point in manifest_points(manifest)]
+    results = {key: index.check(run.result_path(*key), key[1]) for key in keys}
     index.save()
-    return statuses
+    undecided = [jobs[k] for k in keys if k in jobs and results[k].state == "missing"
+                 and not run.error_path(*k).exists()]
+    scheduler = scheduler_states(run, undecided)
+    return [point_status(run, *key, jobs.get(key), results[key], scheduler) for key in keys]
 
 
-def point_status(run: RunDir, stage: str, point_id: str, job: JobRecord | None, index: ResultIndex) -> PointStatus:
-    result = index.check(run.result_path(stage, point_id), point_id)
+def scheduler_states(run: RunDir, records: list[JobRecord]) -> dict:
+    """SLURM's view of these records' jobs (one sacct call at most), {} when none is a SLURM job."""
+    ids = [r.job_id for r in records if r.executor == "slurm" and r.job_id]
+    if not ids:
+        return {}
+    from sfhpc.slurm import StateCache, query_states
+
+    states, _ = query_states(ids, StateCache(run.path / ".slurm-states.json"))
+    return states
+
+
+def point_status(run: RunDir, stage: str, point_id: str, job: JobRecord | None, result: ResultCheck,
+                 scheduler: dict) -> PointStatus:
     job_id = job.job_id if job else None
     if result.state == "ok":
         return PointStatus(stage, point_id, "done", job_id=job_id, result="ok")
@@ -54,19 +69,47 @@ def point_status(run: RunDir, stage: str, point_id: str, job: JobRecord | None, 
         return PointStatus(stage, point_id, "failed", summary, job_id, tail(error))
     if job is None:
         return PointStatus(stage, point_id, "not submitted")
+    if job.executor == "slurm":
+        return _slurm_point_status(run, stage, point_id, job, scheduler.get(job.job_id))
     if job_is_alive(job):
         return PointStatus(stage, point_id, "running" if job.job_id else "pending", job_id=job_id)
     if job.job_id is None:
         return PointStatus(stage, point_id, "not submitted", "its launcher stopped before starting it")
-    detail = tail(_stderr_log(job))
     return PointStatus(stage, point_id, "failed", "job ended without a result (killed or timed out?)",
-                       job_id, detail)
+                       job_id, tail(stderr_log(run, job)))
 
 
-def job_is_alive(job: JobRecord) -> bool:
-    """Local and debug jobs: is the process (or the launcher still queueing it) alive?"""
+def _slurm_point_status(run: RunDir, stage: str, point_id: str, job: JobRecord, state) -> PointStatus:
+    from sfhpc.slurm import PENDING_STATES, RUNNING_STATES
+
+    if state is None:
+        return PointStatus(stage, point_id, "pending", "not yet in sacct or squeue", job.job_id)
+    if state.state in PENDING_STATES:
+        return PointStatus(stage, point_id, "pending", state.describe(), job.job_id)
+    if state.state in RUNNING_STATES:
+        return PointStatus(stage, point_id, "running", state.describe(), job.job_id)
+    reason = state.describe()
+    if state.state == "COMPLETED":
+        reason = "SLURM says COMPLETED but the job left no result"
+    return PointStatus(stage, point_id, "failed", reason, job.job_id, tail(stderr_log(run, job)))
+
+
+def job_is_alive(job: JobRecord, scheduler: dict | None = None) -> bool:
+    """Could this job still produce its point's result? Local jobs: is the process (or the launcher still
+    queueing it) alive. SLURM jobs: is the job known and not finished."""
+    if job.executor == "slurm":
+        state = (scheduler or {}).get(job.job_id)
+        return state is not None and not state.terminal
     pid = int(job.job_id) if job.job_id and job.executor == "local" else job.launcher_pid
     return _pid_alive(pid)
+
+
+def active_points(run: RunDir, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Those of these (stage, point) keys whose last submission may still deliver: never submitted twice."""
+    jobs = run.latest_jobs()
+    records = [jobs[key] for key in keys if key in jobs]
+    scheduler = scheduler_states(run, records)
+    return {(r.stage, r.point) for r in records if job_is_alive(r, scheduler)}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -80,8 +123,9 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _stderr_log(job: JobRecord) -> Path:
-    return Path(job.log_dir) / f"{job.job_id}_0_log.err"
+def stderr_log(run: RunDir, job: JobRecord) -> Path:
+    """submitit's stderr file of the job's first task (log_dir is relative to the run folder)."""
+    return run.path / job.log_dir / f"{job.job_id}_0_log.err"
 
 
 def count_by_stage(statuses: list[PointStatus]) -> dict[str, Counter]:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sfhpc.config import (
     JOBS_DIR,
     STAGE_KINDS,
+    ClusterProfile,
     DataConfig,
     JobSpec,
     KeyPath,
@@ -25,6 +26,7 @@ from sfhpc.config import (
     SweepConfig,
     TrainParams,
     explain_pydantic_error,
+    load_cluster_profile,
     load_job_spec,
     load_sweep,
 )
@@ -59,6 +61,7 @@ class Plan:
     sweep: SweepConfig
     source: Path
     stages: tuple[StagePlan, ...] = field(default_factory=tuple)
+    cluster: ClusterProfile = ClusterProfile()
 
     def stage(self, name: str) -> StagePlan:
         return next(stage for stage in self.stages if stage.name == name)
@@ -70,6 +73,7 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {
             "sweep": self.sweep.model_dump(mode="json"),
+            "cluster": self.cluster.model_dump(mode="json"),
             "stages": [
                 {
                     "name": stage.name,
@@ -176,7 +180,7 @@ def expand(sweep: SweepConfig, doc: LocatedYaml, jobs_dir: Path = JOBS_DIR) -> P
     stages = []
     for name in _stage_order(sweep, doc):
         stages.append(_expand_stage(name, sweep, doc, points, jobs_dir, stages))
-    return Plan(sweep=sweep, source=doc.path, stages=tuple(stages))
+    return Plan(sweep=sweep, source=doc.path, stages=tuple(stages), cluster=load_cluster_profile(sweep, doc))
 
 
 def expand_file(path: Path | str, jobs_dir: Path = JOBS_DIR) -> Plan:

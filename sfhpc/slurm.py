@@ -1,0 +1,210 @@
+"""The SLURM side of sfhpc: cluster profiles, sbatch parameters, array chunking, dependencies, and what the
+scheduler says about a run (one sacct call per refresh, squeue when accounting is off or lags).
+
+Login-node code: no torch. Submission itself goes through submitit (see sfhpc.launch).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sfhpc.config import ClusterProfile, Resources
+
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
+TERMINAL_STATES = {"COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "CANCELLED", "PREEMPTED",
+                   "BOOT_FAIL", "DEADLINE"}
+RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING"}
+PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
+
+
+class SlurmError(RuntimeError):
+    """A SLURM command failed; the message carries its output."""
+
+
+def run_command(args: list[str], timeout: float = 60) -> str:
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SlurmError(f"{' '.join(args[:2])} failed: {err}") from None
+    if done.returncode != 0:
+        raise SlurmError(f"{' '.join(args[:2])} exited {done.returncode}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+# -------------------------------------------------------------------------------------- submission
+def max_array_size() -> int:
+    """MaxArraySize from `scontrol show config`: array indices must stay below it."""
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", run_command(["scontrol", "show", "config"]), re.M)
+    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
+def chunks(items: list[Any], size: int) -> list[list[Any]]:
+    """Consecutive chunks of at most `size` items; each becomes one array indexed from 0."""
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def executor_parameters(resources: Resources, profile: ClusterProfile, job_name: str,
+                        dependency: str | None, throttle: int | None) -> dict[str, Any]:
+    """submitit.SlurmExecutor parameters for one array of a stage."""
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "nodes": resources.nodes,
+        "ntasks_per_node": resources.tasks_per_node,
+        "cpus_per_task": resources.cpus_per_task,
+        "mem": f"{int(resources.mem_gb * 1024)}MB",
+        "time": resources.timeout_min,
+        "signal_delay_s": resources.signal_delay_s,
+        "array_parallelism": throttle or resources.array_parallelism or 256,
+        "setup": list(profile.setup),
+        "additional_parameters": dict(profile.additional),
+    }
+    if resources.gpus_per_node:
+        params["gpus_per_node"] = resources.gpus_per_node
+    for key in ("partition", "account", "qos", "constraint", "gres"):
+        value = getattr(profile, key)
+        if value:
+            params[key] = value
+    if dependency:
+        params["additional_parameters"]["dependency"] = dependency
+        params["additional_parameters"]["kill-on-invalid-dep"] = "yes"  # a failed upstream ends, not blocks
+    return params
+
+
+def sbatch_text(params: dict[str, Any], folder: str, n_tasks: int, python: str = "python") -> str:
+    """The sbatch script submitit writes for an array of `n_tasks` with these parameters (for provenance tests)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = f"{python} -u -m submitit.core._submit {folder}"
+    return _make_sbatch_string(command=command, folder=folder, map_count=n_tasks, **params)
+
+
+def dependency_for(upstream_arrays: list[str], aligned: bool) -> str | None:
+    """aftercorr (task i after upstream task i) when the arrays align one to one, else afterok on them all."""
+    if not upstream_arrays:
+        return None
+    return ("aftercorr:" if aligned else "afterok:") + ":".join(upstream_arrays)
+
+
+# ------------------------------------------------------------------------------------------ states
+@dataclass(frozen=True)
+class SlurmState:
+    state: str  # SLURM's own word: PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, NODE_FAIL, ...
+    exit_code: str = ""
+    reason: str = ""
+    nodes: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def describe(self) -> str:
+        parts = [self.state]
+        if self.exit_code and self.exit_code != "0:0":
+            parts.append(f"exit code {self.exit_code}")
+        if self.reason and self.reason not in ("None", ""):
+            parts.append(f"reason {self.reason}")
+        if self.nodes and self.nodes not in ("None assigned", ""):
+            parts.append(f"on {self.nodes}")
+        return ", ".join(parts)
+
+
+def expand_array_ids(job_id: str) -> list[str]:
+    """'12_[3-5,7%2]' -> ['12_3', '12_4', '12_5', '12_7']; plain ids unchanged (sacct/squeue collapse pending
+    array tasks this way)."""
+    match = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(%\d+)?\]", job_id)
+    if not match:
+        return [job_id]
+    main, ranges = match.group(1), match.group(2)
+    ids = []
+    for part in ranges.split(","):
+        first, _, last = part.partition("-")
+        ids += [f"{main}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return ids
+
+
+def parse_sacct(text: str) -> dict[str, SlurmState]:
+    """Lines of `sacct -X -n -P -o JobID,State,ExitCode,Reason,NodeList`; the last record of a job wins
+    (a requeued job has several)."""
+    states: dict[str, SlurmState] = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) < 5 or not fields[0]:
+            continue
+        job_id, state, exit_code, reason, nodes = fields[:5]
+        for one in expand_array_ids(job_id):
+            states[one] = SlurmState(state.split()[0], exit_code, reason, nodes)  # "CANCELLED by 0" -> CANCELLED
+    return states
+
+
+def parse_squeue(text: str) -> dict[str, SlurmState]:
+    """Lines of `squeue -h -r -o %i|%T|%r|%N`."""
+    states: dict[str, SlurmState] = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) >= 4 and fields[0]:
+            for one in expand_array_ids(fields[0]):
+                states[one] = SlurmState(fields[1], "", fields[2], fields[3])
+    return states
+
+
+def array_ids(job_ids: list[str]) -> list[str]:
+    """The array (or plain job) ids behind task ids: '12_3' -> '12'."""
+    return sorted({job_id.split("_", 1)[0] for job_id in job_ids}, key=int)
+
+
+class StateCache:
+    """Terminal SLURM states of a run's jobs, kept in the run folder: they never change, so a refresh asks the
+    scheduler only about the jobs that may still move."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.states = {k: SlurmState(**v) for k, v in json.loads(path.read_text()).items()}
+        except (OSError, ValueError, TypeError):
+            self.states = {}
+
+    def save(self, states: dict[str, SlurmState]) -> None:
+        from sfhpc.results import atomic_write
+
+        terminal = {k: v.__dict__ for k, v in states.items() if v.terminal}
+        if terminal and terminal.keys() - self.states.keys():
+            merged = {**{k: v.__dict__ for k, v in self.states.items()}, **terminal}
+            atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(merged)))
+
+
+def query_states(job_ids: list[str], cache: StateCache | None = None) -> tuple[dict[str, SlurmState], int]:
+    """States of these job (array task) ids: cached terminal states, then one sacct call for the others, then
+    one squeue call for any that sacct does not know yet (accounting off or lagging).
+    Returns (states, number of scheduler calls made)."""
+    states = {j: cache.states[j] for j in job_ids if cache and j in cache.states}
+    unknown = [j for j in job_ids if j not in states]
+    calls = 0
+    if unknown:
+        calls += 1
+        try:
+            out = run_command(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Reason,NodeList",
+                               "-j", ",".join(array_ids(unknown))])
+            states.update({j: s for j, s in parse_sacct(out).items() if j in unknown})
+        except SlurmError:
+            pass  # accounting off: squeue below
+    missing = [j for j in job_ids if j not in states]
+    if missing:
+        calls += 1
+        try:
+            out = run_command(["squeue", "-h", "-r", "-o", "%i|%T|%r|%N", "-j", ",".join(array_ids(missing))])
+            states.update({j: s for j, s in parse_squeue(out).items() if j in missing})
+        except SlurmError:
+            pass  # squeue refuses ids it has forgotten: those stay unknown
+    if cache:
+        cache.save(states)
+    return states, calls
+
+
+def cancel(job_ids: list[str]) -> None:
+    if job_ids:
+        run_command(["scancel", *job_ids])
