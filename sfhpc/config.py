@@ -115,7 +115,8 @@ class ClusterProfile(Closed):
     constraint: str | None = None
     gres: str | None = None
     setup: list[str] = Field([], description="shell lines run before the job, e.g. module loads")
-    additional: dict[str, str | int] = Field({}, description="other sbatch options, e.g. {exclude: node7}")
+    additional: dict[str, bool | int | str] = Field({}, description="other sbatch options, e.g. {exclude: node7}; "
+                                                                   "true for a flag such as {hold: true}")
 
 
 class JobSpec(Closed):

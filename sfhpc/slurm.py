@@ -189,7 +189,10 @@ def query_states(job_ids: list[str], cache: StateCache | None = None) -> tuple[d
         try:
             out = run_command(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Reason,NodeList",
                                "-j", ",".join(array_ids(unknown))])
-            states.update({j: s for j, s in parse_sacct(out).items() if j in unknown})
+            found = parse_sacct(out)
+            # An array that never started is one record under its own id: it speaks for all its tasks.
+            states.update({j: found.get(j) or found[j.split("_", 1)[0]] for j in unknown
+                           if j in found or j.split("_", 1)[0] in found})
         except SlurmError:
             pass  # accounting off: squeue below
     missing = [j for j in job_ids if j not in states]

@@ -107,7 +107,8 @@ def job_is_alive(job: JobRecord, scheduler: dict | None = None) -> bool:
 def active_points(run: RunDir, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
     """Those of these (stage, point) keys whose last submission may still deliver: never submitted twice."""
     jobs = run.latest_jobs()
-    records = [jobs[key] for key in keys if key in jobs]
+    # A point whose attempt left an error is over, even while its job is still exiting.
+    records = [jobs[key] for key in keys if key in jobs and not run.error_path(*key).exists()]
     scheduler = scheduler_states(run, records)
     return {(r.stage, r.point) for r in records if job_is_alive(r, scheduler)}
 

@@ -1,0 +1,211 @@
+"""sfhpc against the real two-node SLURM test cluster: arrays, chunking, dependencies, multi-node DDP, status from
+sacct, cancel, resubmit, requeue on the warning signal and at the time limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+from typer.testing import CliRunner
+
+from sfhpc import slurm
+from sfhpc.cli import app
+from sfhpc.sweep import expand_file
+
+pytestmark = pytest.mark.slurm
+runner = CliRunner()
+
+SWEEP = """\
+name: {name}
+executor: slurm
+cluster:
+  profile: testcluster
+{cluster}
+data: {{image_size: 32, n_classes: 4, n_train: {n_train}, n_val: 32, n_test: 32}}
+grid:
+{grid}
+stages:
+  train:
+    params: {{width: 4, epochs: {epochs}, batch_size: 32}}
+    resources: {{mem_gb: 1, cpus_per_task: 1, timeout_min: {timeout}, signal_delay_s: {delay}{resources}}}
+"""
+
+
+def make_sweep(write_sweep, name: str, grid: str = "  band: [none, lsf]", cluster: str = "", epochs: int = 1,
+               n_train: int = 64, timeout: int = 10, delay: int = 90, resources: str = "") -> Path:
+    text = SWEEP.format(name=name, grid=grid, cluster=cluster, epochs=epochs, n_train=n_train, timeout=timeout,
+                        delay=delay, resources=resources)
+    return write_sweep(text, f"{name}.yaml")
+
+
+def sfhpc(*args, code: int = 0):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result
+
+
+def status(run: Path) -> dict:
+    return json.loads(sfhpc("status", run, "--json").stdout)
+
+
+def wait_until(run: Path, done, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = status(run)
+        if done(current):
+            return current
+        assert time.monotonic() < deadline, f"timed out; last status: {json.dumps(current, indent=1)}"
+        time.sleep(1)
+
+
+def settled(current: dict) -> bool:
+    return all(p["state"] in ("done", "failed") for p in current["points"])
+
+
+def results(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in run.glob("*/*/result.h5")}
+
+
+def launch(sweep: Path, run: Path, *extra) -> dict:
+    return json.loads(sfhpc("sweep", "launch", sweep, "--output", run, "--json", *extra).stdout)
+
+
+def test_launch_submits_one_array_per_stage_and_status_follows(slurm_cluster, write_sweep, awkward_dir):
+    run = awkward_dir / "runs" / "basic"
+    tic = time.monotonic()
+    report = launch(make_sweep(write_sweep, "basic"), run)
+    assert time.monotonic() - tic < 60  # returns once queued, without waiting for the jobs
+    assert [(a["stage"], a["tasks"], a["dependency"]) for a in report["arrays"]] == [("train", 2, None)]
+    script = Path(report["arrays"][0]["sbatch"]).read_text()
+    assert "#SBATCH --array=0-1%" in script and "#SBATCH --partition=debug" in script
+    records = [json.loads(line) for line in (run / "jobs.jsonl").read_text().splitlines()]
+    assert sorted(r["job_id"] for r in records) == [f"{report['arrays'][0]['job_id']}_{i}" for i in (0, 1)]
+
+    final = wait_until(run, settled)
+    assert final["counts"] == {"train": {"done": 2}}, final
+    sfhpc("aggregate", run)
+    assert (run / "summary.csv").read_text().count(",done,") == 2
+
+
+def test_arrays_larger_than_max_array_size_are_chunked_and_status_makes_one_sacct_call(
+        slurm_cluster, write_sweep, awkward_dir, monkeypatch):
+    assert slurm.max_array_size() == 1001  # read from the real cluster's `scontrol show config`
+    run = awkward_dir / "runs" / "held"
+    sweep = make_sweep(write_sweep, "held", grid="  seed: [" + ", ".join(map(str, range(300))) + "]",
+                       cluster="  additional: {hold: true}")  # held: the tasks stay pending, nothing runs
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 128)
+    calls: list[str] = []
+    real_run = slurm.run_command
+    monkeypatch.setattr(slurm, "run_command", lambda args, **kw: calls.append(args[0]) or real_run(args, **kw))
+
+    report = launch(sweep, run, "--throttle", "3")
+    try:
+        assert [a["tasks"] for a in report["arrays"]] == [128, 128, 44]
+        scripts = [Path(a["sbatch"]).read_text() for a in report["arrays"]]
+        assert ["#SBATCH --array=0-127%3" in scripts[0], "#SBATCH --array=0-43%3" in scripts[2]] == [True, True]
+        assert calls.count("sbatch") == 0  # submitit calls sbatch itself: count through the job records instead
+        assert len({json.loads(line)["job_id"].split("_")[0] for line in (run / "jobs.jsonl").open()}) == 3
+
+        calls.clear()
+        current = status(run)
+        assert current["counts"] == {"train": {"pending": 300}}
+        assert calls.count("sacct") == 1 and calls.count("squeue") <= 1
+    finally:
+        cancelled = json.loads(sfhpc("cancel", run, "--json").stdout)["cancelled"]
+    assert len(cancelled) == 300
+    final = wait_until(run, lambda s: s["counts"] == {"train": {"failed": 300}}, timeout=60)
+    assert "CANCELLED" in final["points"][0]["reason"]
+    calls.clear()
+    status(run)
+    assert calls == []  # every state is terminal and cached: no scheduler call at all
+
+
+def test_cancel_touches_only_its_own_run(slurm_cluster, write_sweep, awkward_dir):
+    held = "  additional: {hold: true}"
+    mine, other = awkward_dir / "runs" / "mine", awkward_dir / "runs" / "other"
+    launch(make_sweep(write_sweep, "mine", cluster=held), mine)
+    launch(make_sweep(write_sweep, "other", cluster=held), other)
+    try:
+        assert len(json.loads(sfhpc("cancel", mine, "--json").stdout)["cancelled"]) == 2
+        assert status(other)["counts"] == {"train": {"pending": 2}}
+    finally:
+        sfhpc("cancel", other)
+
+
+def test_two_node_ddp_train_point(slurm_cluster, write_sweep, awkward_dir):
+    run = awkward_dir / "runs" / "ddp"
+    launch(make_sweep(write_sweep, "ddp", grid="  band: [lsf]", epochs=2,
+                      resources=", nodes: 2, tasks_per_node: 1"), run)
+    final = wait_until(run, settled)
+    assert final["counts"] == {"train": {"done": 1}}, final
+    (result,) = run.glob("train/*/result.h5")
+    with h5py.File(result) as f:
+        assert f.attrs["world_size"] == 2 and f.attrs["dist_source"] == "submitit"
+        assert sorted(json.loads(f.attrs["hosts"])) == ["node1", "node2"]
+
+
+def test_python_error_shows_as_failed_and_resubmit_reruns_only_it(slurm_cluster, write_sweep, awkward_dir):
+    run = awkward_dir / "runs" / "broken"
+    sweep = make_sweep(write_sweep, "broken")
+    bad = expand_file(sweep).stage("train").points[1].id
+    (run / "train" / bad).mkdir(parents=True)
+    (run / "train" / bad / "checkpoint.pt").write_bytes(b"garbage")
+    launch(sweep, run)
+    final = wait_until(run, settled)
+    failed = [p for p in final["points"] if p["state"] == "failed"]
+    assert [p["point"] for p in failed] == [bad]
+    assert failed[0]["reason"].startswith("RuntimeError: checkpoint") and "unreadable" in failed[0]["reason"]
+    human = sfhpc("status", run).stdout
+    assert "RuntimeError" in human and bad in human
+    kept = results(run)
+
+    (run / "train" / bad / "checkpoint.pt").unlink()
+    report = json.loads(sfhpc("resubmit", run, "--failed", "--json").stdout)
+    assert report["to_run"] == {"train": [bad]}
+    assert wait_until(run, settled)["counts"] == {"train": {"done": 2}}
+    after = results(run)
+    assert all(after[name] == data for name, data in kept.items())
+
+
+def scancel_signal(job_id: str) -> None:
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, env=os.environ)
+
+
+def attempts_and_resume(run: Path) -> tuple[list[int], int]:
+    (result,) = run.glob("train/*/result.h5")
+    with h5py.File(result) as f:
+        return f["curves/attempt"][()].tolist(), int(f.attrs["resumed_from_epoch"])
+
+
+def test_warning_signal_checkpoints_requeues_and_resumes(slurm_cluster, write_sweep, awkward_dir):
+    run = awkward_dir / "runs" / "signal"
+    launch(make_sweep(write_sweep, "signal", grid="  band: [none]", epochs=6, n_train=1536), run)
+    (point_dir,) = run.glob("train/*")
+    deadline = time.monotonic() + 180
+    while not (point_dir / "checkpoint.pt").exists():  # wait for the first finished epoch
+        assert time.monotonic() < deadline, status(run)
+        time.sleep(0.5)
+    job_id = json.loads((run / "jobs.jsonl").read_text().splitlines()[-1])["job_id"]
+    scancel_signal(job_id)  # what SLURM sends before a time limit or a preemption
+    final = wait_until(run, settled, timeout=300)
+    assert final["counts"] == {"train": {"done": 1}}, final
+    attempts, resumed_from = attempts_and_resume(run)
+    assert len(attempts) == 6 and attempts[0] == 0 and attempts[-1] >= 1  # later epochs ran in a later attempt
+    assert resumed_from >= 1  # resumed from a checkpoint, not restarted
+
+
+def test_time_limit_shorter_than_the_run_completes_after_requeues(slurm_cluster, write_sweep, awkward_dir):
+    run = awkward_dir / "runs" / "limit"
+    # About 90 s of training under a 1-minute limit: USR2 comes 30 s before the limit (SLURM may send it up to
+    # a minute early), the job checkpoints, requeues itself and goes on from its last epoch.
+    launch(make_sweep(write_sweep, "limit", grid="  band: [none]", epochs=12, n_train=4096, timeout=1, delay=30,
+                      resources=", max_requeues: 8"), run)
+    final = wait_until(run, settled, timeout=600)
+    assert final["counts"] == {"train": {"done": 1}}, final
+    attempts, resumed_from = attempts_and_resume(run)
+    assert len(attempts) == 12 and max(attempts) >= 1 and resumed_from >= 1
