@@ -44,7 +44,7 @@ def summarize(run: RunDir) -> Summary:
             continue
         metrics, _ = read_metrics(run.result_path(stage, point["id"]))
         table.metrics += [m for m in metrics if m not in table.metrics]
-        table.rows.append({"point": point["id"], **point["params"], **metrics})
+        table.rows.append({"point": point["id"], **point["params"], **point.get("labels", {}), **metrics})
     return Summary(list(tables.values()), problems)
 
 
@@ -61,7 +61,7 @@ def to_csv(summary: Summary) -> str:
     out = io.StringIO()
     columns = ["stage", "point", "state"]
     for table in summary.tables:
-        columns += [c for c in [*table.params, *table.metrics] if c not in columns]
+        columns += [c for c in [*table.axes, *table.params, *table.metrics] if c not in columns]
     columns.append("reason")
     writer = csv.DictWriter(out, columns, extrasaction="ignore")
     writer.writeheader()

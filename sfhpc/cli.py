@@ -13,6 +13,8 @@ app = typer.Typer(help="Brain-alignment and robustness sweeps: expand, launch, w
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 sweep_app = typer.Typer(help="Expand or launch a sweep file.", no_args_is_help=True)
 app.add_typer(sweep_app, name="sweep")
+cbm_app = typer.Typer(help="Critical band masking tools.", no_args_is_help=True)
+app.add_typer(cbm_app, name="cbm")
 
 STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "pending": "yellow", "not submitted": "dim"}
 
@@ -93,7 +95,7 @@ def _print_plan(plan) -> None:
         for axis in stage.axes:
             table.add_column(axis)
         for index, point in enumerate(stage.points):
-            table.add_row(str(index), point.id, *(str(point.params[a]) for a in stage.axes))
+            table.add_row(str(index), point.id, *(str(point.labels[a]) for a in stage.axes))
         console.print(table)
 
 
@@ -264,6 +266,25 @@ def resubmit(run: str = typer.Argument(..., help="Run folder, or a sweep name un
         _print_json(report.__dict__)
         return
     _print_launch_report(report)
+
+
+@cbm_app.command("fit")
+def cbm_fit(thresholds: str = typer.Argument(..., help="Per-band thresholds, lowest band first, e.g. 0,0,0,0,2,2,0 "
+                                                       "(bands centred at 1.75 * 2**k c/img)."),
+            as_json: bool = typer.Option(False, "--json", help="Print the fit as JSON.")) -> None:
+    """Fit the Gaussian spatial-frequency channel to CBM thresholds (from a model or from psychophysics)."""
+    from sfhpc.evaluation.cbm import fit_channel, parse_thresholds
+
+    try:
+        fit = fit_channel(parse_thresholds(thresholds))
+    except ValueError as err:
+        _fail(str(err))
+    if as_json:
+        _print_json(fit.to_json())
+        return
+    _console().print(f"bandwidth {fit.bandwidth_octaves:.2f} octaves, centre {fit.centre_cpi:.1f} c/img, "
+                     f"peak noise sensitivity {fit.peak_sensitivity:.3f} (A={fit.amplitude:.2f}, "
+                     f"mu={fit.mu:.2f}, sigma={fit.sigma:.2f})")
 
 
 # -------------------------------------------------------------------------------------- aggregate

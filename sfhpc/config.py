@@ -6,6 +6,7 @@ Every user mistake becomes a :class:`SweepError` that names the file, the line a
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,25 @@ class TrainParams(Closed):
         return alpha
 
 
+class CbmParams(Closed):
+    """Critical band masking of a trained model (SCIENCE.md section 4). Parameter names are prefixed `cbm_` so that
+    they can be sweep axes beside the train stage's."""
+
+    cbm_noise_sds: tuple[float, ...] = Field((0.0, 0.02, 0.04, 0.08, 0.16), min_length=2,
+                                             description="noise SDs; the first must be 0 (the noise-free level)")
+    cbm_criterion: float = Field(0.5, gt=0, lt=1, description="accuracy at or below which a level counts as masked")
+    cbm_images: int | None = Field(None, ge=1, description="test images used (default: all)")
+    cbm_seed: int = Field(0, ge=0, description="seed of the masking noise")
+    cbm_batch_size: int = Field(128, ge=1)
+
+    @field_validator("cbm_noise_sds")
+    @classmethod
+    def _levels_start_noise_free_and_grow(cls, sds: tuple[float, ...]) -> tuple[float, ...]:
+        if sds[0] != 0 or any(b <= a for a, b in itertools.pairwise(sds)):
+            raise ValueError(f"noise SDs must start at 0 and increase, got {list(sds)}")
+        return sds
+
+
 @dataclass(frozen=True)
 class StageKind:
     """What the framework knows about a stage before importing it: its parameters and its upstream stages."""
@@ -87,7 +107,10 @@ class StageKind:
     upstream: tuple[str, ...] = ()
 
 
-STAGE_KINDS: dict[str, StageKind] = {"train": StageKind(TrainParams)}
+STAGE_KINDS: dict[str, StageKind] = {
+    "train": StageKind(TrainParams),
+    "cbm": StageKind(CbmParams, upstream=("train",)),
+}
 
 
 # ----------------------------------------------------------------------------------- resources

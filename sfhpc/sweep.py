@@ -41,6 +41,7 @@ class Point:
     id: str
     params: dict[str, Any]
     upstream: tuple[str, ...] = ()  # "stage/point_id" of the points it needs
+    labels: dict[str, Any] = field(default_factory=dict)  # the sweep axes' values, own and inherited
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class Plan:
                     "resources": stage.resources.model_dump(mode="json"),
                     "axes": list(stage.axes),
                     "points": [
-                        {"id": p.id, "params": p.params, "upstream": list(p.upstream)} for p in stage.points
+                        {"id": p.id, "labels": p.labels, "params": p.params, "upstream": list(p.upstream)}
+                        for p in stage.points
                     ],
                 }
                 for stage in self.stages
@@ -228,25 +230,26 @@ def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[
                                                     sweep.data)
         projected.append(validated[cache_key])
 
-    # Every sweep axis of the stage is in its ids, varying or not, so that adding a value to an axis keeps the
-    # ids (and results) of the points that were already there.
-    axes = tuple(k for k in _axis_order(points) if k in fields)
+    # Every sweep axis of the stage (and of its upstream stages) is in its ids, varying or not, so that adding a
+    # value to an axis keeps the ids (and results) of the points that were already there.
+    upstreams = _upstreams(done, kind.upstream)
+    inherited = {axis for up in upstreams for axis in up.axes}
+    axes = tuple(k for k in _axis_order(points) if k in fields or k in inherited)
     data = _non_defaults(sweep.data.model_dump(mode="json"), DataConfig())
     defaults = kind.params()
-    ids = [point_id(name, params, axes, {"params": _non_defaults(params, defaults), "data": data})
-           for params in projected]
-    upstream_ids = [[f"{up.name}/{up.by_sweep_index[i]}" for up in _upstreams(done, kind.upstream)]
-                    for i in range(len(points))]
-
+    points_of = {up.name: {p.id: p for p in up.points} for up in upstreams}
     stage_points: dict[str, Point] = {}
     by_sweep_index: list[str] = []
-    for index, (pid, params) in enumerate(zip(ids, projected, strict=True)):
+    for index, params in enumerate(projected):
+        upstream = tuple(f"{up.name}/{up.by_sweep_index[index]}" for up in upstreams)
+        parents = [points_of[key.split("/")[0]][key.split("/", 1)[1]] for key in upstream]
+        labels = {a: params[a] if a in fields else next(p.labels[a] for p in parents if a in p.labels) for a in axes}
+        identity = {"params": _non_defaults(params, defaults), "data": data}
+        if upstream:  # a downstream point is a function of the points it reads
+            identity["upstream"] = list(upstream)
+        pid = point_id(name, labels, axes, identity)
         by_sweep_index.append(pid)
-        if pid in stage_points:
-            merged = tuple(dict.fromkeys((*stage_points[pid].upstream, *upstream_ids[index])))
-            stage_points[pid] = Point(name, pid, params, merged)
-        else:
-            stage_points[pid] = Point(name, pid, params, tuple(upstream_ids[index]))
+        stage_points.setdefault(pid, Point(name, pid, params, upstream, labels))
     return StagePlan(name, job_name, job.entry, resources, tuple(stage_points.values()), axes,
                      tuple(by_sweep_index))
 
@@ -309,12 +312,12 @@ def _non_defaults(values: dict[str, Any], defaults: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if reference.get(key) != value}
 
 
-def point_id(stage: str, params: dict[str, Any], axes: tuple[str, ...], identity: dict[str, Any]) -> str:
+def point_id(stage: str, labels: dict[str, Any], axes: tuple[str, ...], identity: dict[str, Any]) -> str:
     """Readable and hashed: `band=lsf-seed=0-3f9a2c1e`. The hash covers every setting that differs from its
     default (parameters and data), so two points with equal readable parts but other fixed settings never share an
     id, and a new parameter added to sfhpc with a default keeps existing ids (and results) valid."""
     digest = _digest({"stage": stage, **identity}, 8)
-    readable = "-".join(f"{axis}={_format_value(params[axis])}" for axis in axes)
+    readable = "-".join(f"{axis}={_format_value(labels[axis])}" for axis in axes)
     return f"{readable}-{digest}" if readable else f"{stage}-{digest}"
 
 

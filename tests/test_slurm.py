@@ -33,13 +33,19 @@ stages:
   train:
     params: {{width: 4, epochs: {epochs}, batch_size: 32}}
     resources: {{mem_gb: 1, cpus_per_task: 1, timeout_min: {timeout}, signal_delay_s: {delay}{resources}}}
+{extra_stages}"""
+CBM_STAGE = """\
+  cbm:
+    params: {cbm_images: 16}
+    resources: {mem_gb: 1, cpus_per_task: 1}
 """
 
 
 def make_sweep(write_sweep, name: str, grid: str = "  band: [none, lsf]", cluster: str = "", epochs: int = 1,
-               n_train: int = 64, timeout: int = 10, delay: int = 90, resources: str = "") -> Path:
+               n_train: int = 64, timeout: int = 10, delay: int = 90, resources: str = "",
+               extra_stages: str = "") -> Path:
     text = SWEEP.format(name=name, grid=grid, cluster=cluster, epochs=epochs, n_train=n_train, timeout=timeout,
-                        delay=delay, resources=resources)
+                        delay=delay, resources=resources, extra_stages=extra_stages)
     return write_sweep(text, f"{name}.yaml")
 
 
@@ -90,6 +96,32 @@ def test_launch_submits_one_array_per_stage_and_status_follows(slurm_cluster, wr
     assert final["counts"] == {"train": {"done": 2}}, final
     sfhpc("aggregate", run)
     assert (run / "summary.csv").read_text().count(",done,") == 2
+
+
+def test_downstream_stage_waits_on_its_upstream_array(slurm_cluster, write_sweep, awkward_dir):
+    run = awkward_dir / "runs" / "chain"
+    sweep = make_sweep(write_sweep, "chain", extra_stages=CBM_STAGE)
+    bad = expand_file(sweep).stage("train").points[1].id
+    (run / "train" / bad).mkdir(parents=True)
+    (run / "train" / bad / "checkpoint.pt").write_bytes(b"garbage")  # this train point will fail
+    report = launch(sweep, run)
+    train_array, cbm_array = report["arrays"]
+    assert (train_array["stage"], cbm_array["stage"]) == ("train", "cbm")
+    assert cbm_array["dependency"] == f"aftercorr:{train_array['job_id']}"  # task i waits on train task i
+    assert "--dependency=aftercorr:" in Path(cbm_array["sbatch"]).read_text()
+
+    final = wait_until(run, settled)
+    states = {(p["stage"], p["point"].split("-")[0]): p for p in final["points"]}
+    assert states[("train", "band=none")]["state"] == "done" and states[("cbm", "band=none")]["state"] == "done"
+    assert states[("train", "band=lsf")]["state"] == "failed"
+    cbm_of_bad = states[("cbm", "band=lsf")]
+    assert cbm_of_bad["state"] == "failed" and "CANCELLED" in cbm_of_bad["reason"]  # never ran: upstream failed
+
+    (run / "train" / bad / "checkpoint.pt").unlink()
+    report = json.loads(sfhpc("resubmit", run, "--failed", "--json").stdout)
+    assert report["to_run"] == {"train": [bad], "cbm": [cbm_of_bad["point"]]}
+    assert report["arrays"][1]["dependency"] == f"aftercorr:{report['arrays'][0]['job_id']}"
+    assert wait_until(run, settled)["counts"] == {"train": {"done": 2}, "cbm": {"done": 2}}
 
 
 def test_arrays_larger_than_max_array_size_are_chunked_and_status_makes_one_sacct_call(

@@ -68,6 +68,22 @@ def build_model(params: TrainParams, n_classes: int, image_size: int) -> nn.Modu
                             width=params.width, blocks=tuple(params.blocks))
 
 
+def load_trained(run_dir: Path | str, upstream: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """The finished model of train point `upstream` ("train/<point id>") in eval mode, and its config."""
+    import yaml
+
+    point_dir = Path(run_dir) / upstream
+    config = yaml.safe_load((point_dir / "config.yaml").read_text())
+    params = TrainParams.model_validate(config["params"])
+    data_cfg = DataConfig.model_validate(config["data"])
+    from sfhpc.data.synthetic import CLASS_NAMES  # n_classes is part of the data config
+
+    n_classes = min(data_cfg.n_classes, len(CLASS_NAMES))
+    model = build_model(params, n_classes, data_cfg.image_size)
+    model.load_state_dict(torch.load(point_dir / MODEL_NAME, map_location="cpu", weights_only=True))
+    return model.to(device).eval(), config
+
+
 def training_identity(params: TrainParams, data: DataConfig) -> str:
     """What a checkpoint must match to be resumed: every setting except the number of epochs (so a finished run
     can be extended)."""

@@ -1,0 +1,1 @@
+"""Evaluations of trained models that do not need training machinery (critical band masking)."""

@@ -1,0 +1,336 @@
+"""AutoAttack robustness evaluation of one test-set shard, resumable and refusing mixed state (SCIENCE.md section 5).
+
+What pyautoattack 0.2.0 really does, and what this module builds on it:
+
+- ``run_standard_evaluation(x, y, batch_size=...)`` returns ``(x_adv, y_adv)``. Its per-sample robust flags (clean
+  correct and still correct after every attack, the worst case over its attacks) live in its ``EvaluationState``;
+  they equal ``y_adv == y`` exactly, because ``y_adv`` starts as the clean prediction and is overwritten only for
+  samples an attack fooled. We derive the flags that way, from the public return value.
+- The seed is re-applied (``torch.manual_seed``) before every batch of every attack, so flags depend on the seed,
+  the batch size and the batch composition, and the global torch RNG is reseeded as a side effect.
+- Its ``state_path`` does not resume in 0.2.0: the state file stores the attack set as the text of a Python set,
+  so reloading it always fails with "created with a different set of attacks" (and the restored path would hit an
+  unbound ``y_adv``). It also records no norm, eps, seed or images. So this module does not pass ``state_path``;
+  it keeps its own state instead, at the same granularity as AutoAttack's (after each attack):
+
+      state_dir/manifest.json          key -> settings, image count, label hash, pyautoattack version
+      state_dir/<key>.progress.json    attacks finished so far and the robust flags after them
+      state_dir/<key>.done.npy         the final robust flags of a (norm, eps) pair: never recomputed
+
+  Running the attacks one at a time, each on the still-robust samples in index order, gives exactly the batches
+  (hence the flags) of one AutoAttack call over all attacks: AutoAttack forms each attack's batches the same way.
+- ``version="custom"`` needs ``attacks``; the other versions refuse them. Norms: Linf, L2, L1.
+
+Only :func:`check_model_for_attack`, :func:`clean_correct` and :func:`attack_shard` need torch and import it when
+called, so the login node can validate a sweep's attack settings (:func:`validate_attack_settings`) without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sfhpc.results import atomic_write
+
+if TYPE_CHECKING:
+    import torch
+
+ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")  # pyautoattack's AttackName literal
+NORMS = ("Linf", "L2", "L1")  # AutoAttack asserts norm in these
+VERSIONS = ("standard", "plus", "rand", "custom")
+MANIFEST_NAME = "manifest.json"
+PROBABILITY_TOLERANCE = 1e-4
+DETERMINISM_TOLERANCE = 1e-6
+
+
+def shard_bounds(n: int, n_shards: int, shard: int) -> tuple[int, int]:
+    """[start, stop) of `shard` among `n_shards` contiguous, disjoint shards covering [0, n); sizes differ by <= 1."""
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be at least 1, got {n_shards}")
+    if n_shards > n:
+        raise ValueError(f"{n_shards} shards for {n} test images: some shards would be empty; use at most {n}")
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is out of range for {n_shards} shards (0..{n_shards - 1})")
+    base, extra = divmod(n, n_shards)
+    start = shard * base + min(shard, extra)  # the first `extra` shards hold one image more
+    return start, start + base + (shard < extra)
+
+
+def validate_attack_settings(version: str, attacks: Sequence[str] | None, norms: Sequence[str],
+                             epsilons: Mapping[str, Sequence[float]] | Sequence[float], n_shards: int,
+                             n_test: int) -> None:
+    """Raise ValueError with the reason if AutoAttack would reject these settings or they make no sense.
+
+    `epsilons` is either one list for every norm or a {norm: list} mapping with an entry per norm. Torch-free.
+    """
+    _validate_version_and_attacks(version, attacks)
+    if not norms:
+        raise ValueError("no norms given; choose from " + ", ".join(NORMS))
+    for norm in norms:
+        if norm not in NORMS:
+            raise ValueError(f"norm {norm!r} is not supported by AutoAttack; choose from " + ", ".join(NORMS))
+    for norm, values in _epsilons_per_norm(norms, epsilons).items():
+        if len(values) == 0:
+            raise ValueError(f"empty epsilon list for norm {norm}; give at least one epsilon")
+        for eps in values:
+            if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+                raise ValueError(f"epsilon {eps!r} for norm {norm} must be a finite number > 0 (clean accuracy "
+                                 "is reported separately, so eps = 0 is not an attack setting)")
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be at least 1, got {n_shards}")
+    if n_shards > n_test:
+        raise ValueError(f"{n_shards} attack shards for a test set of {n_test} images: use at most {n_test}")
+
+
+def _validate_version_and_attacks(version: str, attacks: Sequence[str] | None) -> None:
+    if version not in VERSIONS:
+        raise ValueError(f"unknown AutoAttack version {version!r}; choose from " + ", ".join(VERSIONS))
+    if version == "custom" and not attacks:
+        raise ValueError("version 'custom' needs a non-empty list of attacks; choose from " + ", ".join(ATTACK_NAMES))
+    if version != "custom" and attacks:
+        raise ValueError(f"version {version!r} fixes its own attacks; list attacks only with version 'custom'")
+    for attack in attacks or ():
+        if attack not in ATTACK_NAMES:
+            raise ValueError(f"unknown attack {attack!r}; choose from " + ", ".join(ATTACK_NAMES))
+    if attacks and len(set(attacks)) != len(attacks):
+        raise ValueError(f"attacks {list(attacks)} name an attack twice")
+
+
+def _epsilons_per_norm(norms: Sequence[str], epsilons: Mapping[str, Sequence[float]] | Sequence[float]
+                       ) -> dict[str, Sequence[float]]:
+    """The epsilon list of each norm; a mapping must cover exactly the chosen norms."""
+    if not isinstance(epsilons, Mapping):
+        return {norm: epsilons for norm in norms}
+    extra = sorted(set(epsilons) - set(norms))
+    if extra:
+        raise ValueError(f"epsilons given for norm(s) {extra} that are not among the attacked norms {list(norms)}")
+    missing = [norm for norm in norms if norm not in epsilons]
+    if missing:
+        raise ValueError(f"no epsilon list for norm(s) {missing}")
+    return {norm: epsilons[norm] for norm in norms}
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """One AutoAttack configuration: a (norm, eps) pair plus what makes its flags reproducible."""
+
+    version: str
+    attacks: tuple[str, ...] | None
+    norm: str
+    eps: float
+    seed: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.attacks is not None:  # accept a list, but keep the frozen value hashable
+            object.__setattr__(self, "attacks", tuple(self.attacks))
+        validate_attack_settings(self.version, self.attacks, [self.norm], [self.eps], 1, 1)
+        # AutoAttack falls back to time.time() for a None seed: flags would not be reproducible
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+    def key(self) -> str:
+        """Readable, stable identity naming this pair's state files; the hash covers the exact eps."""
+        exact = json.dumps(asdict(self), sort_keys=True)
+        digest = hashlib.sha256(exact.encode()).hexdigest()[:8]
+        attacks = "-" + "+".join(self.attacks) if self.attacks else ""
+        return f"{self.norm}-eps={self.eps:.6g}-{self.version}{attacks}-seed={self.seed}-bs={self.batch_size}-{digest}"
+
+
+def check_model_for_attack(model: torch.nn.Module, x: torch.Tensor, device: Any = "cpu", *,
+                           allow_randomized: bool = False) -> None:
+    """Put `model` in eval mode and refuse, before any attack, a model AutoAttack would evaluate wrongly.
+
+    `x` is a batch of the real inputs. AutoAttack itself only logs warnings for these cases; a probability output
+    weakens the gradient attacks, and a random model makes flags irreproducible (version 'rand' is the exception,
+    hence `allow_randomized`).
+    """
+    import torch
+
+    model.eval()
+    batch = x.to(device)
+    with torch.no_grad():
+        first, second = model(batch), model(batch)
+    if first.ndim != 2 or first.shape[1] < 2:
+        raise ValueError(f"model output has shape {tuple(first.shape)}; AutoAttack needs (batch, classes) logits")
+    row_sums = first.sum(dim=1)
+    if bool((first >= 0).all()) and bool(((row_sums - 1).abs() <= PROBABILITY_TOLERANCE).all()):
+        raise ValueError("model outputs probabilities (rows sum to 1); AutoAttack needs logits: remove the final "
+                         "softmax")
+    if not allow_randomized and float((first - second).abs().max()) > DETERMINISM_TOLERANCE:
+        raise ValueError("model is not deterministic: two eval-mode passes over the same batch differ (dropout in "
+                         "train mode? random transforms?); AutoAttack flags would not be reproducible")
+
+
+def clean_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                  device: Any = "cpu") -> np.ndarray:
+    """Per-sample clean correctness (bool), in eval mode and in AutoAttack's own batches."""
+    import torch
+
+    model.eval()
+    correct = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start:start + batch_size].to(device))
+            correct.append((logits.max(dim=1)[1].cpu() == y[start:start + batch_size].cpu()).numpy())
+    return np.concatenate(correct) if correct else np.zeros(0, dtype=bool)
+
+
+def attack_shard(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings_list: Sequence[AttackSettings],
+                 state_dir: Path, device: Any = "cpu",
+                 on_done: Callable[[AttackSettings, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
+    """Robust flags of this shard's images for each settings, as {settings.key(): bool array of len(x)}.
+
+    `x` is in pixel space [0, 1] (normalisation belongs inside the model). Finished pairs are loaded from
+    `state_dir`, never redone; an interrupted pair resumes after its last finished attack. `on_done(settings,
+    flags)` is called for each pair computed in this call. Refuses state made for other settings or images.
+    """
+    _check_images(x, y)
+    keys = [settings.key() for settings in settings_list]
+    if len(set(keys)) != len(keys):
+        raise ValueError("settings_list names the same attack settings twice")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _record_manifest(state_dir, settings_list, _shard_identity(y))
+    pending = [settings for settings in settings_list if not _done_path(state_dir, settings).exists()]
+    if pending:
+        check_model_for_attack(model, x[:max(settings.batch_size for settings in pending)], device,
+                               allow_randomized=all(settings.version == "rand" for settings in pending))
+    flags_by_key = {}
+    for settings in settings_list:
+        done_path = _done_path(state_dir, settings)
+        if settings not in pending:
+            flags_by_key[settings.key()] = _load_done(done_path, len(x))
+            continue
+        flags = _attack_pair(model, x, y, settings, _progress_path(state_dir, settings), device)
+        _save_flags(done_path, flags)
+        _progress_path(state_dir, settings).unlink(missing_ok=True)
+        flags_by_key[settings.key()] = flags
+        if on_done is not None:
+            on_done(settings, flags)
+    return flags_by_key
+
+
+def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse inputs AutoAttack would silently attack wrongly: normalised images, mismatched labels."""
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"{len(x)} images and {len(y)} labels: need the same, non-zero number")
+    if y.is_floating_point():
+        raise ValueError("labels must be integer class indices")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:  # eps is meant in [0, 1] pixel units; normalised images change its meaning
+        raise ValueError(f"images must be in pixel space [0, 1] with normalisation inside the model; got values "
+                         f"in [{low:.3g}, {high:.3g}]")
+
+
+def _shard_identity(y: torch.Tensor) -> dict[str, Any]:
+    """What ties state to these images: their count, a hash of their labels, and the attack code's version."""
+    labels = y.detach().cpu().numpy().astype("<i8")
+    return {"n_images": len(labels), "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
+            "pyautoattack": _pyautoattack_version()}
+
+
+def _pyautoattack_version() -> str:
+    try:
+        return metadata.version("pyautoattack")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _done_path(state_dir: Path, settings: AttackSettings) -> Path:
+    return state_dir / f"{settings.key()}.done.npy"
+
+
+def _progress_path(state_dir: Path, settings: AttackSettings) -> Path:
+    return state_dir / f"{settings.key()}.progress.json"
+
+
+def _record_manifest(state_dir: Path, settings_list: Sequence[AttackSettings], identity: dict[str, Any]) -> None:
+    """Add each key's settings and shard identity to the manifest; refuse a key recorded for anything else."""
+    manifest_path = state_dir / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    for settings in settings_list:
+        key = settings.key()
+        entry = {"settings": json.loads(json.dumps(asdict(settings))), **identity}
+        if key not in manifest:
+            if _done_path(state_dir, settings).exists() or _progress_path(state_dir, settings).exists():
+                raise ValueError(f"state for {key} in {state_dir} has no manifest entry, so what it was made for is "
+                                 "unknown; remove it or use another state folder")
+            manifest[key] = entry
+        elif manifest[key] != entry:
+            raise ValueError(f"state {key} in {state_dir} was made for other settings/images; recorded "
+                             f"{manifest[key]}, now {entry}; use another state folder rather than mixing results")
+    atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True)))
+
+
+def _load_done(path: Path, n_images: int) -> np.ndarray:
+    flags = np.load(path)
+    if flags.dtype != bool or flags.shape != (n_images,):
+        raise ValueError(f"{path} holds {flags.dtype} flags of shape {flags.shape}, not {n_images} booleans")
+    return flags
+
+
+def _save_flags(path: Path, flags: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: np.save(tmp, flags), suffix=".npy")  # np.save keeps a name ending in .npy
+
+
+def _save_progress(path: Path, finished: list[str], robust: np.ndarray) -> None:
+    text = json.dumps({"attacks_done": finished, "robust": robust.astype(int).tolist()})
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _attack_pair(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AttackSettings,
+                 progress_path: Path, device: Any) -> np.ndarray:
+    """Robust flags after all of the settings' attacks, checkpointed after each attack."""
+    import pyautoattack  # looked up at call time, so tests can stand in for AutoAttack
+
+    autoattack = pyautoattack.AutoAttack(model, norm=settings.norm, eps=settings.eps, version=settings.version,
+                                         attacks=list(settings.attacks) if settings.attacks else None,
+                                         seed=settings.seed, device=device)
+    order = list(autoattack.attacks_to_run)  # a version's own list, or the custom one
+    finished, robust = _load_progress(progress_path, order, len(x))
+    if robust is None:
+        robust = clean_correct(model, x, y, settings.batch_size, device)  # AutoAttack's first pass, same batches
+    if "fab-t" in finished:
+        autoattack.fab.n_restarts = 1  # running fab-t leaves this set for later attacks in one AutoAttack call
+    for attack in order[len(finished):]:
+        if not robust.any():
+            break  # as AutoAttack: nothing left to attack
+        robust = _run_attack(autoattack, attack, x, y, robust, settings.batch_size)
+        finished.append(attack)
+        _save_progress(progress_path, finished, robust)
+    return robust
+
+
+def _run_attack(autoattack: Any, attack: str, x: torch.Tensor, y: torch.Tensor, robust: np.ndarray,
+                batch_size: int) -> np.ndarray:
+    """Flags after one attack on the still-robust samples, in index order: AutoAttack's own batches for it."""
+    import torch
+
+    index = torch.from_numpy(np.flatnonzero(robust))
+    autoattack.attacks_to_run = [attack]
+    _, y_adv = autoattack.run_standard_evaluation(x[index], y[index], batch_size=batch_size)
+    updated = robust.copy()
+    updated[index.numpy()] = (y_adv.cpu() == y[index].cpu()).numpy()
+    return updated
+
+
+def _load_progress(path: Path, order: list[str], n_images: int) -> tuple[list[str], np.ndarray | None]:
+    """Attacks finished and flags after them from an interrupted run, or ([], None) when there was none."""
+    if not path.exists():
+        return [], None
+    progress = json.loads(path.read_text())
+    finished, robust = progress["attacks_done"], np.array(progress["robust"], dtype=bool)
+    if finished != order[:len(finished)] or robust.shape != (n_images,):
+        raise ValueError(f"{path} was made for other settings/images (attacks {finished}, {robust.size} flags); "
+                         f"expected a prefix of {order} and {n_images} flags")
+    return finished, robust

@@ -1,0 +1,62 @@
+"""The cbm stage: critical band masking of one trained model (SCIENCE.md section 4).
+
+Grayscale, contrast-reduced test images with one-octave band-limited noise at several levels; accuracy per
+(noise level, band) cell, a threshold per band, and the Gaussian channel fitted to the thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sfhpc.config import CbmParams, DataConfig
+from sfhpc.data import load_dataset
+from sfhpc.evaluation import cbm
+from sfhpc.results import RESULT_NAME, Provenance, now_iso, write_result
+from sfhpc.stages.train import load_trained
+
+
+def run(config: dict[str, Any], point_dir: Path) -> Path:
+    """Measure one trained model's spatial-frequency reliance and write the point's result file."""
+    started = now_iso()
+    params = CbmParams.model_validate(config["params"])
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    (upstream,) = config["upstream"]
+    model, train_config = load_trained(config["run_dir"], upstream)
+    data_cfg = DataConfig.model_validate(train_config["data"])
+    test = load_dataset(data_cfg).test
+    count = min(params.cbm_images or len(test.labels), len(test.labels))
+    images = cbm.to_cbm_images(test.images[:count])
+    accuracy = cbm.accuracy_grid(cbm.torch_predictor(model), images, test.labels[:count], data_cfg.image_size,
+                                 noise_sds=params.cbm_noise_sds, seed=params.cbm_seed,
+                                 batch_size=params.cbm_batch_size)
+    thresholds = cbm.thresholds(accuracy, params.cbm_criterion)
+    channel = _fit_or_nan(thresholds)
+    result = point_dir / RESULT_NAME
+    write_result(
+        result, stage="cbm", point_id=config["point_id"], config=config,
+        provenance=Provenance(config.get("git_sha", "unknown"), started, now_iso()),
+        metrics={"bandwidth_octaves": channel["bandwidth_octaves"], "centre_cpi": channel["centre_cpi"],
+                 "peak_sensitivity": channel["peak_sensitivity"],
+                 "clean_grayscale_accuracy": float(accuracy[0].mean()), "images": count},
+        curves={"accuracy": accuracy, "thresholds": thresholds, "noise_sds": np.asarray(params.cbm_noise_sds),
+                "band_centres_cpi": np.asarray(cbm.band_centres_cpi(data_cfg.image_size))},
+        extra_attrs={"upstream": upstream, "channel_fit": channel["status"]},
+    )
+    return result
+
+
+def _fit_or_nan(thresholds: np.ndarray) -> dict[str, Any]:
+    """The fitted channel, or NaNs with the reason when no band has a threshold (a model that noise never
+    masks has no channel to fit: a result, not an error)."""
+    try:
+        fit = cbm.fit_channel(thresholds)
+    except ValueError as err:
+        return {"bandwidth_octaves": math.nan, "centre_cpi": math.nan, "peak_sensitivity": math.nan,
+                "status": f"not fitted: {err}"}
+    return {**fit.to_json(), "status": "fitted"}

@@ -1,0 +1,340 @@
+"""Attack evaluation: flags equal pyautoattack's own, shards combine exactly, state resumes and refuses mixing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import numpy as np
+import pyautoattack
+import pytest
+import torch
+import torch.nn.functional as F
+from pyautoattack.autoattack import AttackName
+from pyautoattack.autopgd_base import APGDAttack
+from torch import nn
+
+from sfhpc.evaluation.attack import (
+    ATTACK_NAMES,
+    AttackSettings,
+    attack_shard,
+    check_model_for_attack,
+    clean_correct,
+    shard_bounds,
+    validate_attack_settings,
+)
+
+N_IMAGES = 24
+WRONG_LABELS = (1, 9, 17)  # one clean-incorrect sample per shard of 8: never robust
+REAL_AUTOATTACK = pyautoattack.AutoAttack
+FAST_APGD_ITERATIONS = 10
+
+
+def tiny_cnn() -> nn.Module:
+    """A seeded CNN returning logits, steep enough that small epsilons flip some but not all predictions."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    with torch.no_grad():
+        model[3].weight.mul_(5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    return tiny_cnn()
+
+
+@pytest.fixture(scope="module")
+def data(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images labelled with the model's own predictions, except a few wrong labels."""
+    x = torch.rand(N_IMAGES, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    y[list(WRONG_LABELS)] = (y[list(WRONG_LABELS)] + 1) % 10
+    return x, y
+
+
+def settings(eps: float = 2 / 255, attacks: tuple[str, ...] = ("apgd-ce",), batch_size: int = 4) -> AttackSettings:
+    return AttackSettings(version="custom", attacks=attacks, norm="Linf", eps=eps, seed=0, batch_size=batch_size)
+
+
+class FastAutoAttack(REAL_AUTOATTACK):
+    """AutoAttack with APGD cut to one restart of 10 iterations: the same code paths in seconds, not minutes.
+
+    Flags depend on these counts, so every test compares against this class, never against the full default.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for apgd in (self.apgd, self.apgd_targeted):
+            apgd.n_restarts = 1
+            apgd.n_iter = apgd.n_iter_orig = FAST_APGD_ITERATIONS
+            apgd.n_iter_2, apgd.n_iter_min, apgd.size_decr = 2, 1, 1  # APGD's own step schedule for 10 iterations
+
+
+@pytest.fixture(autouse=True)
+def fast_autoattack(monkeypatch) -> None:
+    monkeypatch.setattr(pyautoattack, "AutoAttack", FastAutoAttack)
+
+
+def direct_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: AttackSettings,
+                 state_path: Path | None = None) -> np.ndarray:
+    """Flags from one plain AutoAttack call, the documented way: still classified correctly after the attacks."""
+    autoattack = FastAutoAttack(model, norm=chosen.norm, eps=chosen.eps, version=chosen.version,
+                               attacks=list(chosen.attacks), seed=chosen.seed, device="cpu")
+    _, y_adv = autoattack.run_standard_evaluation(x, y, batch_size=chosen.batch_size, state_path=state_path)
+    return (y_adv == y).numpy()
+
+
+class CountingAutoAttack(FastAutoAttack):
+    """AutoAttack that counts its constructions and can fail on a chosen one or on a chosen attack."""
+
+    constructions = 0
+    fail_on_construction: int | None = None
+    fail_on_attack: str | None = None
+
+    def __init__(self, *args, **kwargs):
+        type(self).constructions += 1
+        if type(self).constructions == self.fail_on_construction:
+            raise RuntimeError("simulated crash (node lost)")
+        super().__init__(*args, **kwargs)
+
+    def run_standard_evaluation(self, *args, **kwargs):
+        if self.attacks_to_run == [self.fail_on_attack]:
+            raise RuntimeError("simulated crash during an attack")
+        return super().run_standard_evaluation(*args, **kwargs)
+
+
+@pytest.fixture
+def counting(monkeypatch) -> type[CountingAutoAttack]:
+    """Stand CountingAutoAttack in for pyautoattack.AutoAttack, with fresh counters."""
+
+    class Counting(CountingAutoAttack):
+        constructions = 0
+
+    monkeypatch.setattr(pyautoattack, "AutoAttack", Counting)
+    return Counting
+
+
+def forbid_autoattack(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("AutoAttack must not be constructed here")
+
+    monkeypatch.setattr(pyautoattack, "AutoAttack", refuse)
+
+
+# --- torch-free helpers -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("n", "n_shards"), [(24, 3), (10, 3), (7, 7), (5, 1), (101, 8)])
+def test_shard_bounds_partition_the_test_set(n, n_shards):
+    bounds = [shard_bounds(n, n_shards, shard) for shard in range(n_shards)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(stop == next_start for (_, stop), (next_start, _) in zip(bounds, bounds[1:], strict=False))
+    sizes = [stop - start for start, stop in bounds]
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+@pytest.mark.parametrize(("args", "message"), [((3, 4, 0), "at most 3"), ((10, 3, 3), "out of range"),
+                                               ((10, 3, -1), "out of range"), ((10, 0, 0), "at least 1")])
+def test_shard_bounds_refuses_bad_shards(args, message):
+    with pytest.raises(ValueError, match=message):
+        shard_bounds(*args)
+
+
+def test_attack_names_are_pyautoattacks():
+    assert set(ATTACK_NAMES) == set(typing.get_args(AttackName))
+
+
+GOOD = {"version": "custom", "attacks": ["apgd-ce"], "norms": ["Linf", "L2"],
+        "epsilons": {"Linf": [2 / 255, 8 / 255], "L2": [0.5]}, "n_shards": 4, "n_test": 100}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"epsilons": {"Linf": [], "L2": [0.5]}}, "empty epsilon list for norm Linf"),
+    ({"epsilons": [0.1, -0.5]}, "epsilon -0.5 for norm Linf must be a finite number > 0"),
+    ({"epsilons": [0.0]}, "must be a finite number > 0"),
+    ({"epsilons": {"Linf": [0.1]}}, r"no epsilon list for norm\(s\) \['L2'\]"),
+    ({"attacks": ["apgd-ce", "pgd"]}, "unknown attack 'pgd'; choose from apgd-ce, apgd-dlr, apgd-t, fab, fab-t"),
+    ({"attacks": None}, "version 'custom' needs a non-empty list of attacks"),
+    ({"version": "standard"}, "list attacks only with version 'custom'"),
+    ({"version": "fast", "attacks": None}, "unknown AutoAttack version 'fast'"),
+    ({"norms": ["Linf", "Lp"], "epsilons": [0.1]}, "norm 'Lp' is not supported by AutoAttack; choose from Linf, L2"),
+    ({"n_shards": 101}, "101 attack shards for a test set of 100 images"),
+])
+def test_validate_attack_settings_explains_each_mistake(change, message):
+    with pytest.raises(ValueError, match=message):
+        validate_attack_settings(**{**GOOD, **change})
+
+
+def test_validate_attack_settings_accepts_good_settings():
+    validate_attack_settings(**GOOD)
+    validate_attack_settings("standard", None, ["L1"], [12.0], 1, 1)
+
+
+def test_validation_and_sharding_do_not_import_torch():
+    code = ("import sys; from sfhpc.evaluation.attack import shard_bounds, validate_attack_settings, AttackSettings;"
+            "validate_attack_settings('custom', ['apgd-ce'], ['Linf'], [0.1], 2, 10); shard_bounds(10, 2, 1);"
+            "AttackSettings('standard', None, 'L2', 0.5, 0, 250).key();"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_settings_key_is_stable_and_exact():
+    assert settings().key() == settings().key()
+    assert settings().key().startswith("Linf-eps=0.00784314-custom-apgd-ce-seed=0-bs=4-")
+    assert settings(eps=2 / 255).key() != settings(eps=2 / 255 + 1e-12).key()  # same text, different hash
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        AttackSettings("custom", ("apgd-ce",), "Linf", 0.1, None, 4)
+
+
+# --- attacks on the tiny CNN --------------------------------------------------------------------------------------
+
+def test_shards_match_direct_autoattack_and_merge_exactly(model, data, tmp_path):
+    x, y = data
+    chosen = settings()
+    robust_counts, merged = [], []
+    for shard in range(3):
+        start, stop = shard_bounds(N_IMAGES, 3, shard)
+        flags = attack_shard(model, x[start:stop], y[start:stop], [chosen], tmp_path / f"shard {shard}")
+        state_path = tmp_path / f"direct {shard}.json"
+        expected = direct_flags(model, x[start:stop], y[start:stop], chosen, state_path)
+        np.testing.assert_array_equal(flags[chosen.key()], expected)
+        # y_adv == y is exactly AutoAttack's own per-sample robust flags (kept in its state file)
+        np.testing.assert_array_equal(expected, json.loads(state_path.read_text())["_robust_flags"])
+        robust_counts.append(int(flags[chosen.key()].sum()))
+        merged.append(flags[chosen.key()])
+    merged_flags = np.concatenate(merged)
+    assert merged_flags.mean() == sum(robust_counts) / N_IMAGES
+    assert not merged_flags[list(WRONG_LABELS)].any()  # clean-incorrect samples are never robust
+    assert 0 < sum(robust_counts) < N_IMAGES - len(WRONG_LABELS)  # the attack flipped some, not all
+
+
+@pytest.fixture
+def apgd_batches(monkeypatch) -> list[tuple[str, str]]:
+    """Every batch APGD attacks, as (loss, hash of the images), in order."""
+    batches, real_perturb = [], APGDAttack.perturb
+
+    def recording(self, x, *args, **kwargs):
+        batches.append((self.loss, hashlib.sha256(x.detach().cpu().numpy().tobytes()).hexdigest()))
+        return real_perturb(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(APGDAttack, "perturb", recording)
+    return batches
+
+
+def test_attacks_checkpointed_one_by_one_equal_one_autoattack_call(model, data, tmp_path, counting, apgd_batches):
+    x, y = data
+    chosen = settings(eps=1.5 / 255, attacks=("apgd-ce", "apgd-dlr"))
+    counting.fail_on_attack = "apgd-dlr"
+    with pytest.raises(RuntimeError, match="during an attack"):
+        attack_shard(model, x, y, [chosen], tmp_path)
+    progress = json.loads((tmp_path / f"{chosen.key()}.progress.json").read_text())
+    assert progress["attacks_done"] == ["apgd-ce"]
+
+    counting.fail_on_attack = None
+    flags = attack_shard(model, x, y, [chosen], tmp_path)[chosen.key()]
+    assert not (tmp_path / f"{chosen.key()}.progress.json").exists()
+    assert (np.array(progress["robust"], dtype=bool) & ~flags).any()  # the resumed second attack fooled more
+    checkpointed_batches = list(apgd_batches)
+    apgd_batches.clear()
+    np.testing.assert_array_equal(flags, direct_flags(model, x, y, chosen))
+    assert checkpointed_batches == apgd_batches  # the very same batches, hence the same flags in general
+
+
+def test_rerun_of_finished_shard_runs_no_attack(model, data, tmp_path, monkeypatch):
+    x, y = data[0][:8], data[1][:8]
+    chosen = settings()
+    first = attack_shard(model, x, y, [chosen], tmp_path)
+    forbid_autoattack(monkeypatch)
+    again = attack_shard(model, x, y, [chosen], tmp_path, on_done=lambda *_: pytest.fail("nothing was computed"))
+    np.testing.assert_array_equal(again[chosen.key()], first[chosen.key()])
+
+
+def test_interrupted_shard_resumes_without_redoing_finished_pairs(model, data, tmp_path, counting):
+    x, y = data[0][:8], data[1][:8]
+    pairs = [settings(eps=1 / 255), settings(eps=2 / 255)]
+    computed = []
+    counting.fail_on_construction = 2
+    with pytest.raises(RuntimeError, match="node lost"):
+        attack_shard(model, x, y, pairs, tmp_path, on_done=lambda chosen, flags: computed.append((chosen, flags)))
+    assert [chosen for chosen, _ in computed] == [pairs[0]]
+
+    counting.constructions, counting.fail_on_construction = 0, None
+    resumed = attack_shard(model, x, y, pairs, tmp_path)
+    assert counting.constructions == 1  # only the unfinished pair
+    np.testing.assert_array_equal(resumed[pairs[0].key()], computed[0][1])
+    np.testing.assert_array_equal(resumed[pairs[1].key()], direct_flags(model, x, y, pairs[1]))
+
+
+class Softmaxed(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x).softmax(dim=1)
+
+
+class AlwaysDropout(nn.Module):
+    """Dropout that ignores eval mode, as a careless functional call does."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(F.dropout(x, p=0.5, training=True))
+
+
+@pytest.mark.parametrize(("wrap", "message"), [(Softmaxed, "model outputs probabilities"),
+                                               (AlwaysDropout, "model is not deterministic")])
+def test_refuses_bad_models_before_any_attack(model, data, tmp_path, monkeypatch, wrap, message):
+    forbid_autoattack(monkeypatch)
+    with pytest.raises(ValueError, match=message):
+        attack_shard(wrap(model), *data, [settings()], tmp_path)
+    with pytest.raises(ValueError, match=message):
+        check_model_for_attack(wrap(model), data[0][:4], "cpu")
+
+
+def test_check_puts_model_in_eval_mode(data):
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(768, 10)).train()
+    check_model_for_attack(model, data[0][:4], "cpu")
+    assert not model.training
+
+
+def test_refuses_normalised_images(model, data, tmp_path, monkeypatch):
+    forbid_autoattack(monkeypatch)
+    x, y = data
+    with pytest.raises(ValueError, match=r"pixel space \[0, 1\]"):
+        attack_shard(model, (x - 0.5) / 0.25, y, [settings()], tmp_path)
+
+
+def test_clean_correct_marks_wrong_labels(model, data):
+    correct = clean_correct(model, *data, batch_size=5, device="cpu")
+    assert correct.dtype == bool and np.flatnonzero(~correct).tolist() == list(WRONG_LABELS)
+
+
+def test_refuses_state_made_for_other_images_or_settings(model, data, tmp_path, monkeypatch):
+    x, y = data[0][:8], data[1][:8]
+    chosen = settings()
+    attack_shard(model, x, y, [chosen], tmp_path)
+    forbid_autoattack(monkeypatch)
+
+    other_shard = (data[0][8:16], data[1][8:16])
+    with pytest.raises(ValueError, match="was made for other settings/images"):
+        attack_shard(model, *other_shard, [chosen], tmp_path)
+
+    manifest_path = tmp_path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest[chosen.key()]["settings"]["batch_size"] = 16
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="was made for other settings/images"):
+        attack_shard(model, x, y, [chosen], tmp_path)
+
+    manifest_path.unlink()  # flags whose origin is unknown are not trusted either
+    with pytest.raises(ValueError, match="has no manifest entry"):
+        attack_shard(model, x, y, [chosen], tmp_path)

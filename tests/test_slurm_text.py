@@ -1,0 +1,67 @@
+"""What goes to sbatch, without a cluster: the generated script (golden file), dependencies, sacct parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sfhpc import slurm
+from sfhpc.config import ClusterProfile, Resources
+from sfhpc.launch import _dependency
+from sfhpc.sweep import Point
+
+GOLDEN = Path(__file__).parent / "golden" / "train_array.sbatch"
+
+
+def fixed_parameters() -> dict:
+    profile = ClusterProfile(partition="gpu", account="lab", qos="normal", constraint="h100",
+                             setup=["module load cuda/12.4", "source /opt/envs/sfhpc/bin/activate"],
+                             additional={"exclude": "node07"})
+    resources = Resources(nodes=2, tasks_per_node=4, cpus_per_task=8, gpus_per_node=4, mem_gb=64, timeout_min=240,
+                          signal_delay_s=120)
+    return slurm.executor_parameters(resources, profile, "sfhpc.paper.train", "afterok:100:101", throttle=16)
+
+
+def test_sbatch_text_for_a_fixed_profile_matches_the_golden_file():
+    text = slurm.sbatch_text(fixed_parameters(), "/runs/paper/logs/%j", n_tasks=50, python="python")
+    assert text == GOLDEN.read_text(), "regenerate tests/golden/train_array.sbatch only for an intended change"
+
+
+def test_golden_file_says_what_a_reviewer_looks_for():
+    text = GOLDEN.read_text()
+    for line in ("#SBATCH --array=0-49%16", "#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --qos=normal",
+                 "#SBATCH --constraint=h100", "#SBATCH --gpus-per-node=4", "#SBATCH --nodes=2",
+                 "#SBATCH --ntasks-per-node=4", "#SBATCH --dependency=afterok:100:101", "#SBATCH --signal=USR2@120",
+                 "#SBATCH --time=240", "#SBATCH --exclude=node07", "module load cuda/12.4"):
+        assert line in text, line
+
+
+def test_chunks_are_consecutive_and_bounded():
+    assert slurm.chunks(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
+    assert slurm.chunks([], 3) == []
+
+
+def point(stage: str, pid: str, upstream: tuple[str, ...] = ()) -> Point:
+    return Point(stage, pid, {}, upstream)
+
+
+def test_aligned_arrays_use_aftercorr_and_others_afterok():
+    arrays = {"train": [("100", ["train/a", "train/b"])]}
+    producer = {"train/a": "100_0", "train/b": "100_1"}
+    aligned = [point("cbm", "x", ("train/a",)), point("cbm", "y", ("train/b",))]
+    assert _dependency(aligned, producer, {}, arrays) == "aftercorr:100"
+    shards = [point("attack", f"s{i}", ("train/b",)) for i in range(3)]  # K shards of one model
+    assert _dependency(shards, producer, {}, arrays) == "afterok:100_1"
+    both = [point("rsa", "z", ("train/a", "train/b"))]
+    assert _dependency(both, producer, {}, arrays) == "afterok:100"  # whole array: shorter
+    assert _dependency([point("cbm", "w", ("train/done",))], producer, {}, arrays) is None  # input already there
+
+
+def test_sacct_lines_parse_with_arrays_requeues_and_cancel_notes():
+    text = ("7_0|COMPLETED|0:0|None|node1\n7_[1-3%2]|PENDING|0:0|JobArrayTaskLimit|None assigned\n"
+            "8|REQUEUED|0:0|None|node2\n8|RUNNING|0:0|None|node1\n9|CANCELLED by 0|0:15|None|node2\n")
+    states = slurm.parse_sacct(text)
+    assert states["7_0"].state == "COMPLETED" and states["7_3"].reason == "JobArrayTaskLimit"
+    assert set(states) == {"7_0", "7_1", "7_2", "7_3", "8", "9"}
+    assert states["8"].state == "RUNNING"  # the last record of a requeued job wins
+    assert states["9"].state == "CANCELLED" and states["9"].terminal
+    assert states["9"].describe() == "CANCELLED, exit code 0:15, on node2"
