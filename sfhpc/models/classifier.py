@@ -1,0 +1,138 @@
+"""Image classifiers: optional fixed spectral front-end, normalisation, a ResNet trunk and a linear head.
+
+Inputs are pixels in [0, 1]; the model returns logits, never probabilities (attack evaluation depends on
+it). The spectral filter sits before normalisation so that it acts on the images themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from sfhpc.models.bands import BandParams
+from sfhpc.models.spectral import build_filter
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ARCHS = ("resnet18", "small_resnet")
+
+
+class Classifier(nn.Module):
+    """pixels in [0,1] -> (optional spectral filter) -> normalisation -> trunk -> pooled features -> logits.
+
+    ``trunk`` maps normalised images to pooled features of size ``feature_dim``; ``mean`` and ``std``
+    are per-channel and stored as buffers (fixed, saved with the model, moved with ``.to``).
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        feature_dim: int,
+        n_classes: int,
+        spectral: nn.Module | None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.spectral = spectral
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.trunk = trunk
+        self.feature_dim = feature_dim
+        self.head = nn.Linear(feature_dim, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled penultimate features (B, feature_dim) of pixels ``x`` (B, 3, H, W) in [0, 1]."""
+        if self.spectral is not None:
+            x = self.spectral(x)
+        return self.trunk((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, n_classes) of pixels ``x`` (B, 3, H, W) in [0, 1]."""
+        return self.head(self.features(x))
+
+
+def _stage(inplanes: int, planes: int, n_blocks: int, stride: int) -> nn.Sequential:
+    downsample = None
+    if stride != 1 or inplanes != planes:
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+        )
+    layers = [BasicBlock(inplanes, planes, stride=stride, downsample=downsample)]
+    layers += [BasicBlock(planes, planes) for _ in range(n_blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def small_resnet_trunk(width: int = 16, blocks: Sequence[int] = (1, 1, 1, 1)) -> tuple[nn.Module, int]:
+    """A narrow ResNet for small images, from torchvision's BasicBlock; returns (trunk, 8 * width).
+
+    Stem: 3x3 conv stride 2 + BN + ReLU (no max-pool: at 64-128 px the extra 2x downsampling would
+    discard the fine scales the human band lives in). Four stages of widths width * (1, 2, 4, 8), strides
+    (1, 2, 2, 2), then global average pooling and flatten.
+    """
+    if len(blocks) != 4 or min(blocks) < 1:
+        raise ValueError(f"blocks must be four positive stage depths, got {tuple(blocks)}")
+    widths = [width * m for m in (1, 2, 4, 8)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, width, kernel_size=3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+    ]
+    inplanes = width
+    for planes, n_blocks, stride in zip(widths, blocks, (1, 2, 2, 2), strict=True):
+        layers.append(_stage(inplanes, planes, n_blocks, stride))
+        inplanes = planes
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    trunk = nn.Sequential(*layers)
+    _init_like_torchvision(trunk)
+    return trunk, widths[-1]
+
+
+def _init_like_torchvision(module: nn.Module) -> None:
+    # The same initialisation torchvision's ResNet uses, so both trunks start alike.
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def resnet18_trunk() -> tuple[nn.Module, int]:
+    """torchvision's ResNet-18 (random weights) with the classifier replaced by Identity; (trunk, 512)."""
+    trunk = torchvision.models.resnet18(weights=None)
+    feature_dim = trunk.fc.in_features
+    trunk.fc = nn.Identity()
+    return trunk, feature_dim
+
+
+def build_classifier(
+    arch: str,
+    n_classes: int,
+    band: str,
+    image_size: int,
+    band_params: BandParams = BandParams(),
+    width: int = 16,
+    blocks: Sequence[int] = (1, 1, 1, 1),
+) -> Classifier:
+    """A :class:`Classifier` for ``image_size`` px images with the ``band`` front-end.
+
+    Normalisation uses ImageNet's std and ImageNet's mean times the front-end's DC gain. ``arch`` is
+    'resnet18' or 'small_resnet' (``width`` and ``blocks`` apply to the latter only). Raises ValueError
+    for an unknown arch or band, or a band above the images' Nyquist frequency.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    spectral = build_filter(band, image_size, band_params)
+    trunk, feature_dim = resnet18_trunk() if arch == "resnet18" else small_resnet_trunk(width, blocks)
+    # Normalisation follows the filter, so it subtracts the mean the filter leaves: a band-pass passes
+    # no DC, and subtracting the raw ImageNet mean would add a large constant offset. That offset makes
+    # the first BatchNorm's running mean lag the fast-moving early weights, and the eval-mode model
+    # collapses onto one class (seen: val accuracy at chance with a training loss of 0.5).
+    dc_gain = 1.0 if spectral is None else spectral.dc_gain
+    mean = tuple(m * dc_gain for m in IMAGENET_MEAN)
+    return Classifier(trunk, feature_dim, n_classes, spectral, mean, IMAGENET_STD)
