@@ -59,14 +59,24 @@ def status(run: Path) -> dict:
     return json.loads(sfhpc("status", run, "--json").stdout)
 
 
-def wait_until(run: Path, done, timeout: float = 240) -> dict:
+def wait_until(run: Path, done, timeout: float = 240, expedite_requeues: bool = False) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         current = status(run)
         if done(current):
             return current
         assert time.monotonic() < deadline, f"timed out; last status: {json.dumps(current, indent=1)}"
+        if expedite_requeues:
+            start_requeued_jobs_now(current)
         time.sleep(1)
+
+
+def start_requeued_jobs_now(current: dict) -> None:
+    """SLURM holds a requeued job back for a couple of minutes (reason BeginTime); a test need not wait for that."""
+    for point in current["points"]:
+        if point["state"] == "pending":  # sacct does not always show the BeginTime reason: ask for every one
+            subprocess.run(["scontrol", "update", f"JobId={point['job_id']}", "StartTime=now"], env=os.environ,
+                           capture_output=True)
 
 
 def settled(current: dict) -> bool:
@@ -224,7 +234,7 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm_cluster, write_sw
         time.sleep(0.5)
     job_id = json.loads((run / "jobs.jsonl").read_text().splitlines()[-1])["job_id"]
     scancel_signal(job_id)  # what SLURM sends before a time limit or a preemption
-    final = wait_until(run, settled, timeout=300)
+    final = wait_until(run, settled, timeout=300, expedite_requeues=True)
     assert final["counts"] == {"train": {"done": 1}}, final
     attempts, resumed_from = attempts_and_resume(run)
     assert len(attempts) == 6 and attempts[0] == 0 and attempts[-1] >= 1  # later epochs ran in a later attempt
@@ -233,11 +243,11 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm_cluster, write_sw
 
 def test_time_limit_shorter_than_the_run_completes_after_requeues(slurm_cluster, write_sweep, awkward_dir):
     run = awkward_dir / "runs" / "limit"
-    # About 90 s of training under a 1-minute limit: USR2 comes 30 s before the limit (SLURM may send it up to
-    # a minute early), the job checkpoints, requeues itself and goes on from its last epoch.
-    launch(make_sweep(write_sweep, "limit", grid="  band: [none]", epochs=12, n_train=4096, timeout=1, delay=30,
+    # About 100 s of training (plus start-up) under a 2-minute limit: USR2 comes 30 s before the limit (SLURM may
+    # send it up to a minute earlier), the job checkpoints, requeues itself and goes on from its last epoch.
+    launch(make_sweep(write_sweep, "limit", grid="  band: [none]", epochs=30, n_train=12288, timeout=2, delay=30,
                       resources=", max_requeues: 8"), run)
-    final = wait_until(run, settled, timeout=600)
+    final = wait_until(run, settled, timeout=600, expedite_requeues=True)
     assert final["counts"] == {"train": {"done": 1}}, final
     attempts, resumed_from = attempts_and_resume(run)
-    assert len(attempts) == 12 and max(attempts) >= 1 and resumed_from >= 1
+    assert len(attempts) == 30 and max(attempts) >= 1 and resumed_from >= 1
