@@ -6,7 +6,6 @@ when it runs on the node.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import time
@@ -22,11 +21,9 @@ import yaml
 from sfhpc.config import PROJECT_ROOT
 from sfhpc.errors import RunError
 from sfhpc.results import ResultIndex, git_sha, now_iso
-from sfhpc.rundir import JobRecord, RunDir
+from sfhpc.rundir import CHECKPOINT_NAME, JobRecord, RunDir
 from sfhpc.status import active_points
 from sfhpc.sweep import Plan, Point, StagePlan
-
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 # ----------------------------------------------------------------------------------------- the job
@@ -231,7 +228,7 @@ def _has_result(run: RunDir, index: ResultIndex, stage: str, point_id: str) -> b
 def _record(run: RunDir, stage: str, point_id: str, kind: str, job_id: str | None) -> JobRecord:
     return JobRecord(stage=stage, point=point_id, executor=kind, job_id=job_id,
                      log_dir=str(run.logs.relative_to(run.path) / job_id) if job_id else "",
-                     submitted=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                     submitted=now_iso(),
                      launcher_pid=os.getpid())
 
 

@@ -21,6 +21,7 @@ from sfhpc.results import RESULT_NAME, ResultIndex, atomic_write
 
 MANIFEST_NAME = "manifest.json"
 ERROR_NAME = "error.txt"
+CHECKPOINT_NAME = "checkpoint.pt"  # a stage's resumable state, beside its result
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ class SlurmState:
     exit_code: str = ""
     reason: str = ""
     nodes: str = ""
+    earlier: tuple[str, ...] = ()  # states of earlier runs of a requeued job, oldest first
 
     @property
     def terminal(self) -> bool:
@@ -110,6 +111,8 @@ class SlurmState:
             parts.append(f"reason {self.reason}")
         if self.nodes and self.nodes not in ("None assigned", ""):
             parts.append(f"on {self.nodes}")
+        if self.earlier:
+            parts.append(f"requeued {len(self.earlier)}x, last after {self.earlier[-1]}")
         return ", ".join(parts)
 
 
@@ -128,16 +131,19 @@ def expand_array_ids(job_id: str) -> list[str]:
 
 
 def parse_sacct(text: str) -> dict[str, SlurmState]:
-    """Lines of `sacct -X -n -P -o JobID,State,ExitCode,Reason,NodeList`; the last record of a job wins
-    (a requeued job has several)."""
+    """Lines of `sacct -X -n -P --duplicates -o JobID,State,ExitCode,Reason,NodeList`: the last record of a job
+    is its state, earlier ones (a requeued job has several) are kept as its history."""
     states: dict[str, SlurmState] = {}
     for line in text.splitlines():
         fields = line.split("|")
         if len(fields) < 5 or not fields[0]:
             continue
         job_id, state, exit_code, reason, nodes = fields[:5]
+        state = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
         for one in expand_array_ids(job_id):
-            states[one] = SlurmState(state.split()[0], exit_code, reason, nodes)  # "CANCELLED by 0" -> CANCELLED
+            before = states.get(one)
+            earlier = (*before.earlier, before.state) if before else ()
+            states[one] = SlurmState(state, exit_code, reason, nodes, earlier)
     return states
 
 
@@ -164,17 +170,22 @@ class StateCache:
     def __init__(self, path: Path):
         self.path = path
         try:
-            self.states = {k: SlurmState(**v) for k, v in json.loads(path.read_text()).items()}
+            self.states = {k: SlurmState(**{**v, "earlier": tuple(v.get("earlier", ()))})
+                           for k, v in json.loads(path.read_text()).items()}
         except (OSError, ValueError, TypeError):
             self.states = {}
 
     def save(self, states: dict[str, SlurmState]) -> None:
         from sfhpc.results import atomic_write
 
-        terminal = {k: v.__dict__ for k, v in states.items() if v.terminal}
+        terminal = {k: _as_json(v) for k, v in states.items() if v.terminal}
         if terminal and terminal.keys() - self.states.keys():
-            merged = {**{k: v.__dict__ for k, v in self.states.items()}, **terminal}
+            merged = {**{k: _as_json(v) for k, v in self.states.items()}, **terminal}
             atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(merged)))
+
+
+def _as_json(state: SlurmState) -> dict[str, Any]:
+    return {**state.__dict__, "earlier": list(state.earlier)}
 
 
 def query_states(job_ids: list[str], cache: StateCache | None = None) -> tuple[dict[str, SlurmState], int]:
@@ -187,7 +198,7 @@ def query_states(job_ids: list[str], cache: StateCache | None = None) -> tuple[d
     if unknown:
         calls += 1
         try:
-            out = run_command(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode,Reason,NodeList",
+            out = run_command(["sacct", "-X", "-n", "-P", "--duplicates", "-o", "JobID,State,ExitCode,Reason,NodeList",
                                "-j", ",".join(array_ids(unknown))])
             found = parse_sacct(out)
             # An array that never started is one record under its own id: it speaks for all its tasks.

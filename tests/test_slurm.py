@@ -219,19 +219,15 @@ def scancel_signal(job_id: str) -> None:
 
 
 def attempts_and_resume(run: Path) -> tuple[list[int], int]:
-    (result,) = run.glob("train/*/result.h5")
-    with h5py.File(result) as f:
-        return f["curves/attempt"][()].tolist(), int(f.attrs["resumed_from_epoch"])
+    (point_dir,) = run.glob("train/*")
+    return attempts_and_resume_of(point_dir)
 
 
 def test_warning_signal_checkpoints_requeues_and_resumes(slurm_cluster, write_sweep, awkward_dir):
     run = awkward_dir / "runs" / "signal"
     launch(make_sweep(write_sweep, "signal", grid="  band: [none]", epochs=6, n_train=1536), run)
     (point_dir,) = run.glob("train/*")
-    deadline = time.monotonic() + 180
-    while not (point_dir / "checkpoint.pt").exists():  # wait for the first finished epoch
-        assert time.monotonic() < deadline, status(run)
-        time.sleep(0.5)
+    wait_for_file(point_dir / "checkpoint.pt", run)  # the first finished epoch
     job_id = json.loads((run / "jobs.jsonl").read_text().splitlines()[-1])["job_id"]
     scancel_signal(job_id)  # what SLURM sends before a time limit or a preemption
     final = wait_until(run, settled, timeout=300, expedite_requeues=True)
@@ -251,3 +247,69 @@ def test_time_limit_shorter_than_the_run_completes_after_requeues(slurm_cluster,
     assert final["counts"] == {"train": {"done": 1}}, final
     attempts, resumed_from = attempts_and_resume(run)
     assert len(attempts) == 30 and max(attempts) >= 1 and resumed_from >= 1
+
+
+def test_preempted_point_is_requeued_and_resumes(slurm_cluster, write_sweep, awkward_dir):
+    run = awkward_dir / "runs" / "preempted"
+    launch(make_sweep(write_sweep, "preempted", grid="  band: [none]", epochs=10, n_train=6144,
+                      cluster="  partition: preempt"), run)
+    (point_dir,) = run.glob("train/*")
+    wait_for_file(point_dir / "checkpoint.pt", run)
+    # A job in the higher-priority partition that needs every CPU of both nodes preempts (requeues) ours.
+    subprocess.run(["sbatch", "-p", "high", "-N2", "-n4", "--wrap", "sleep 5"], check=True, env=os.environ,
+                   capture_output=True)
+    final = wait_until(run, settled, timeout=300, expedite_requeues=True)
+    assert final["counts"] == {"train": {"done": 1}}, final
+    attempts, resumed_from = attempts_and_resume(run)
+    assert len(attempts) == 10 and max(attempts) >= 1 and resumed_from >= 1
+
+
+def wait_for_file(path: Path, run: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, status(run)
+        time.sleep(0.5)
+
+
+def kill_node(node: str, job_id: str) -> None:
+    """A node dies: its slurmd and the job's processes on it (slurmstepd and what it started) are killed."""
+    pid_file = Path(os.environ["SLURM_CONF"]).parents[1] / "run" / f"slurmd-{node}.pid"
+    subprocess.run(["kill", "-9", pid_file.read_text().strip()], check=True)
+    steps = subprocess.run(["pgrep", "-f", f"slurmstepd: \\[{job_id}[.]"], capture_output=True, text=True).stdout
+    for pid in steps.split():
+        subprocess.run(["pkill", "-9", "-P", pid])
+        subprocess.run(["kill", "-9", pid])
+
+
+def test_node_failure_is_reported_and_resubmit_finishes_only_that_point(slurm_cluster, write_sweep, awkward_dir):
+    run = awkward_dir / "runs" / "nodefail"
+    # Both points on node2, without SLURM's automatic requeue: the short one finishes, the long one loses its node.
+    sweep = make_sweep(write_sweep, "nodefail", grid="  band: [none, lsf]", epochs=12, n_train=6144,
+                       cluster="  additional: {nodelist: node2, no-requeue: true}")
+    short = expand_file(sweep).stage("train").points[0].id
+    launch(sweep, run)
+    wait_until(run, lambda s: any(p["point"] == short and p["state"] == "done" for p in s["points"]))
+    kept = results(run)
+    long_point = next(p for p in status(run)["points"] if p["point"] != short)
+    wait_for_file(run / "train" / long_point["point"] / "checkpoint.pt", run)
+    try:
+        kill_node("node2", long_point["job_id"].split("_")[0])
+        failed = wait_until(run, lambda s: any(p["state"] == "failed" for p in s["points"]), timeout=120)
+    finally:
+        subprocess.run(["bash", str(Path(__file__).parents[1] / "slurm_templates" / "testcluster.sh"), "start"],
+                       check=True, capture_output=True)
+    lost = next(p for p in failed["points"] if p["state"] == "failed")
+    assert lost["point"] == long_point["point"] and "NODE_FAIL" in lost["reason"], lost
+
+    report = json.loads(sfhpc("resubmit", run, "--failed", "--json").stdout)
+    assert report["to_run"] == {"train": [long_point["point"]]}
+    final = wait_until(run, settled, timeout=300)
+    assert final["counts"] == {"train": {"done": 2}}, final
+    assert all(results(run)[name] == data for name, data in kept.items())
+    attempts, resumed_from = attempts_and_resume_of(run / "train" / long_point["point"])
+    assert resumed_from >= 1 and max(attempts) >= 1  # the resubmitted job went on from the lost job's checkpoint
+
+
+def attempts_and_resume_of(point_dir: Path) -> tuple[list[int], int]:
+    with h5py.File(point_dir / "result.h5") as f:
+        return f["curves/attempt"][()].tolist(), int(f.attrs["resumed_from_epoch"])

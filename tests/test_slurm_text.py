@@ -62,6 +62,7 @@ def test_sacct_lines_parse_with_arrays_requeues_and_cancel_notes():
     states = slurm.parse_sacct(text)
     assert states["7_0"].state == "COMPLETED" and states["7_3"].reason == "JobArrayTaskLimit"
     assert set(states) == {"7_0", "7_1", "7_2", "7_3", "8", "9"}
-    assert states["8"].state == "RUNNING"  # the last record of a requeued job wins
+    assert states["8"].state == "RUNNING" and states["8"].earlier == ("REQUEUED",)  # the last record wins
+    assert states["8"].describe() == "RUNNING, on node1, requeued 1x, last after REQUEUED"
     assert states["9"].state == "CANCELLED" and states["9"].terminal
     assert states["9"].describe() == "CANCELLED, exit code 0:15, on node2"

@@ -25,8 +25,8 @@ from sfhpc.data import load_dataset
 from sfhpc.models.bands import BandParams
 from sfhpc.models.classifier import build_classifier
 from sfhpc.results import RESULT_NAME, Provenance, atomic_write, now_iso, write_result
+from sfhpc.rundir import CHECKPOINT_NAME
 
-CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
 EVAL_BATCH = 256
 
