@@ -99,17 +99,58 @@ class CbmParams(Closed):
         return sds
 
 
+Epsilon = float | str
+
+
+class AttackParams(Closed):
+    """AutoAttack on a trained model's test images (SCIENCE.md section 5), split into shards (array tasks)."""
+
+    attack_version: Literal["standard", "plus", "rand", "custom"] = "standard"
+    attack_names: tuple[str, ...] | None = Field(None, description="attacks of version custom, e.g. [apgd-ce]")
+    attack_eps: dict[str, tuple[Epsilon, ...]] = Field(
+        {"Linf": ("1/255", "2/255", "4/255", "8/255")},
+        description="epsilons per norm (Linf, L2, L1) in pixel units of [0, 1] images; '8/255' is allowed",
+        validate_default=True)
+    attack_shards: int | None = Field(None, ge=1, description="shards per model (default: the job file's)")
+    attack_images: int | None = Field(None, ge=1, description="test images attacked (default: all)")
+    attack_seed: int = Field(0, ge=0)
+    attack_batch_size: int = Field(128, ge=1)
+    attack_shard: int = Field(0, ge=0, description="set by sfhpc for each shard; not a sweep parameter")
+
+    @field_validator("attack_eps")
+    @classmethod
+    def _fractions_to_numbers(cls, eps: dict[str, tuple[Epsilon, ...]]) -> dict[str, tuple[float, ...]]:
+        return {norm: tuple(parse_epsilon(value) for value in values) for norm, values in eps.items()}
+
+    def epsilons(self) -> dict[str, tuple[float, ...]]:
+        return {norm: tuple(float(value) for value in values) for norm, values in self.attack_eps.items()}
+
+
+def parse_epsilon(value: float | str) -> float:
+    """8/255 written as a number or as the text '8/255'."""
+    if isinstance(value, str):
+        numerator, slash, denominator = value.partition("/")
+        try:
+            return float(numerator) / float(denominator) if slash else float(numerator)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"epsilon {value!r} is not a number or a fraction like '8/255'") from None
+    return float(value)
+
+
 @dataclass(frozen=True)
 class StageKind:
-    """What the framework knows about a stage before importing it: its parameters and its upstream stages."""
+    """What the framework knows about a stage before importing it: its parameters, its upstream stages and,
+    for a sharded stage, the parameter that numbers its shards."""
 
     params: type[Closed]
     upstream: tuple[str, ...] = ()
+    shard_param: str | None = None
 
 
 STAGE_KINDS: dict[str, StageKind] = {
     "train": StageKind(TrainParams),
     "cbm": StageKind(CbmParams, upstream=("train",)),
+    "attack": StageKind(AttackParams, upstream=("train",), shard_param="attack_shard"),
 }
 
 
@@ -143,10 +184,12 @@ class ClusterProfile(Closed):
 
 
 class JobSpec(Closed):
-    """A stage's job file (jobs/<stage>.yaml): the module that runs it and its default resources."""
+    """A stage's job file (jobs/<stage>.yaml): the module that runs it, its default resources and, for a sharded
+    stage, how many shards each upstream point is split into."""
 
     entry: str
     resources: Resources = Resources()
+    shards: int = Field(1, ge=1)
 
     @field_validator("entry")
     @classmethod

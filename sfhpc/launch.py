@@ -161,6 +161,7 @@ def point_config(run: RunDir, plan: Plan, stage: StagePlan, point: Point, sha: s
         "data": plan.sweep.data.model_dump(mode="json"),
         "upstream": list(point.upstream),
         "resources": stage.resources.model_dump(mode="json"),
+        "job": {"entry": stage.entry, "shards": stage.shards},
         "run_dir": str(run.path.resolve()),
         "git_sha": sha,
         "threads": threads,

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sfhpc.config import (
     JOBS_DIR,
     STAGE_KINDS,
+    AttackParams,
     ClusterProfile,
     DataConfig,
     JobSpec,
@@ -52,7 +53,8 @@ class StagePlan:
     resources: Resources
     points: tuple[Point, ...]
     axes: tuple[str, ...]  # the sweep axes of this stage's parameters
-    by_sweep_index: tuple[str, ...] = ()  # the point id each sweep point projects onto
+    by_sweep_index: tuple[tuple[str, ...], ...] = ()  # the point ids each sweep point projects onto
+    shards: int = 1  # the job file's shards per upstream point (a sweep parameter may override it)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class Plan:
                     "job": stage.job,
                     "entry": stage.entry,
                     "resources": stage.resources.model_dump(mode="json"),
+                    "shards": stage.shards,
                     "axes": list(stage.axes),
                     "points": [
                         {"id": p.id, "labels": p.labels, "params": p.params, "upstream": list(p.upstream)}
@@ -216,18 +219,19 @@ def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[
     job = _load_job(job_name, doc, name, jobs_dir)
     resources = _merge_resources(job, stage_cfg.resources, doc, name)
 
-    validated: dict[str, dict[str, Any]] = {}  # cache: many sweep points project onto one stage point
-    projected: list[dict[str, Any]] = []
+    validated: dict[str, list[dict[str, Any]]] = {}  # cache: many sweep points project onto one stage point
+    projected: list[list[dict[str, Any]]] = []  # per sweep point: its stage params (one per shard)
     for point in points:
         own = {k: v for k, v in point.values.items() if k in fields}
         for key in own:
-            if key in stage_cfg.params:
-                raise doc.error(("stages", name, "params", key),
-                                f"{key!r} is both a sweep axis and a fixed parameter; keep it in one place")
+            if key in stage_cfg.params or key == kind.shard_param:
+                raise doc.error(("stages", name, "params", key) if key in stage_cfg.params else point.origins[key],
+                                f"{key!r} is both a sweep axis and a fixed parameter; keep it in one place"
+                                if key in stage_cfg.params else f"{key!r} is set by sfhpc for each shard")
         cache_key = json.dumps(own, sort_keys=True, default=str)
         if cache_key not in validated:
-            validated[cache_key] = _validate_params(kind.params, {**stage_cfg.params, **own}, point, doc, name,
-                                                    sweep.data)
+            params = _validate_params(kind.params, {**stage_cfg.params, **own}, point, doc, name, sweep.data, job)
+            validated[cache_key] = _shards(params, kind.shard_param, job)
         projected.append(validated[cache_key])
 
     # Every sweep axis of the stage (and of its upstream stages) is in its ids, varying or not, so that adding a
@@ -235,23 +239,39 @@ def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[
     upstreams = _upstreams(done, kind.upstream)
     inherited = {axis for up in upstreams for axis in up.axes}
     axes = tuple(k for k in _axis_order(points) if k in fields or k in inherited)
+    shown = (*axes, kind.shard_param) if kind.shard_param else axes
     data = _non_defaults(sweep.data.model_dump(mode="json"), DataConfig())
     defaults = kind.params()
     points_of = {up.name: {p.id: p for p in up.points} for up in upstreams}
     stage_points: dict[str, Point] = {}
-    by_sweep_index: list[str] = []
-    for index, params in enumerate(projected):
-        upstream = tuple(f"{up.name}/{up.by_sweep_index[index]}" for up in upstreams)
+    by_sweep_index: list[tuple[str, ...]] = []
+    for index, shards in enumerate(projected):
+        upstream = tuple(f"{up.name}/{pid}" for up in upstreams for pid in up.by_sweep_index[index])
         parents = [points_of[key.split("/")[0]][key.split("/", 1)[1]] for key in upstream]
-        labels = {a: params[a] if a in fields else next(p.labels[a] for p in parents if a in p.labels) for a in axes}
-        identity = {"params": _non_defaults(params, defaults), "data": data}
-        if upstream:  # a downstream point is a function of the points it reads
-            identity["upstream"] = list(upstream)
-        pid = point_id(name, labels, axes, identity)
-        by_sweep_index.append(pid)
-        stage_points.setdefault(pid, Point(name, pid, params, upstream, labels))
+        ids = []
+        for params in shards:
+            labels = {a: params[a] if a in fields else next(p.labels[a] for p in parents if a in p.labels)
+                      for a in shown}
+            identity = {"params": _non_defaults(params, defaults), "data": data}
+            if upstream:  # a downstream point is a function of the points it reads
+                identity["upstream"] = list(upstream)
+            pid = point_id(name, labels, shown, identity)
+            ids.append(pid)
+            stage_points.setdefault(pid, Point(name, pid, params, upstream, labels))
+        by_sweep_index.append(tuple(ids))
     return StagePlan(name, job_name, job.entry, resources, tuple(stage_points.values()), axes,
-                     tuple(by_sweep_index))
+                     tuple(by_sweep_index), job.shards)
+
+
+def _shards(params: dict[str, Any], shard_param: str | None, job: JobSpec) -> list[dict[str, Any]]:
+    """A sharded stage's point becomes one point per shard; any other stage's stays one point."""
+    if shard_param is None:
+        return [params]
+    return [{**params, shard_param: shard} for shard in range(n_shards(params, job))]
+
+
+def n_shards(params: dict[str, Any], job: JobSpec) -> int:
+    return params.get("attack_shards") or job.shards
 
 
 def _upstreams(done: list[StagePlan], names: tuple[str, ...]) -> list[StagePlan]:
@@ -280,7 +300,7 @@ def _merge_resources(job: JobSpec, overrides: dict[str, Any], doc: LocatedYaml, 
 
 
 def _validate_params(model, values: dict[str, Any], point: SweepPoint, doc: LocatedYaml, stage: str,
-                     data: DataConfig) -> dict[str, Any]:
+                     data: DataConfig, job: JobSpec) -> dict[str, Any]:
     try:
         params = model.model_validate(values)
     except ValidationError as err:
@@ -288,23 +308,30 @@ def _validate_params(model, values: dict[str, Any], point: SweepPoint, doc: Loca
         key = first["loc"][0] if first["loc"] else None
         where = point.origins.get(key) or ("stages", stage, "params", *first["loc"])
         raise doc.error(where, explain_pydantic_error(first)) from None
-    if isinstance(params, TrainParams):
-        _check_band_fits_data(params, point, doc, stage, data)
+    check = {TrainParams: _check_band_fits_data, AttackParams: _check_attack_settings}.get(type(params))
+    if check:
+        try:
+            check(params, data, job)
+        except ValueError as err:
+            key = {TrainParams: "band", AttackParams: "attack_eps"}[type(params)]
+            raise doc.error(point.origins.get(key) or ("stages", stage, "params", key), str(err)) from None
     return params.model_dump(mode="json")
 
 
-def _check_band_fits_data(params: TrainParams, point: SweepPoint, doc: LocatedYaml, stage: str,
-                          data: DataConfig) -> None:
-    from sfhpc.models.bands import (  # numpy only, imported when a sweep is expanded
-        BandParams,
-        check_band_fits,
-    )
+def _check_band_fits_data(params: TrainParams, data: DataConfig, job: JobSpec) -> None:
+    from sfhpc.models.bands import BandParams, check_band_fits  # numpy only
 
     band_params = BandParams(params.lsf_sigma_px224, params.human_mu, params.human_s, params.human_floor)
-    try:
-        check_band_fits(params.band, data.image_size, band_params)
-    except ValueError as err:
-        raise doc.error(point.origins.get("band") or ("stages", stage, "params", "band"), str(err)) from None
+    check_band_fits(params.band, data.image_size, band_params)
+
+
+def _check_attack_settings(params: AttackParams, data: DataConfig, job: JobSpec) -> None:
+    """What AutoAttack would reject, found at expand time rather than on a node hours later."""
+    from sfhpc.evaluation.attack import validate_attack_settings  # torch-free
+
+    images = min(params.attack_images or data.n_test, data.n_test)
+    validate_attack_settings(params.attack_version, params.attack_names, list(params.attack_eps),
+                             params.epsilons(), n_shards(params.model_dump(), job), images)
 
 
 def _non_defaults(values: dict[str, Any], defaults: Any) -> dict[str, Any]:

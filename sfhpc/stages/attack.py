@@ -1,0 +1,87 @@
+"""The attack stage: AutoAttack on one shard of a trained model's test images (SCIENCE.md section 5).
+
+Each shard writes per-sample clean correctness and robust flags for every (norm, eps); shards of one model combine
+exactly (robust accuracy = robust count / N). Finished (norm, eps) pairs are kept in the point folder and never
+redone when a shard is requeued or relaunched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sfhpc.config import AttackParams, DataConfig, JobSpec
+from sfhpc.data import load_dataset
+from sfhpc.evaluation.attack import AttackSettings, attack_shard, clean_correct, shard_bounds
+from sfhpc.results import RESULT_NAME, Provenance, now_iso, write_result
+from sfhpc.stages.train import load_trained
+from sfhpc.sweep import n_shards
+
+STATE_DIR = "attack_state"
+
+
+def settings_of(params: AttackParams) -> list[AttackSettings]:
+    """One AutoAttack configuration per (norm, eps), in the sweep's order."""
+    names = tuple(params.attack_names) if params.attack_names else None
+    return [AttackSettings(params.attack_version, names, norm, eps, params.attack_seed, params.attack_batch_size)
+            for norm, values in params.epsilons().items() for eps in values]
+
+
+def metric_name(settings: AttackSettings) -> str:
+    return f"robust_accuracy_{settings.norm}_eps{settings.eps:.6g}"
+
+
+def run(config: dict[str, Any], point_dir: Path) -> Path:
+    """Attack this point's shard of the test images and write its per-sample flags."""
+    started = now_iso()
+    params = AttackParams.model_validate(config["params"])
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    (upstream,) = config["upstream"]
+    model, train_config = load_trained(config["run_dir"], upstream, device)
+    test = load_dataset(DataConfig.model_validate(train_config["data"])).test
+    total = min(params.attack_images or len(test.labels), len(test.labels))
+    shards = n_shards(params.model_dump(), JobSpec.model_validate(config["job"]))
+    start, stop = shard_bounds(total, shards, params.attack_shard)
+    x = torch.from_numpy(test.images[start:stop]).float().div_(255.0)
+    y = torch.from_numpy(test.labels[start:stop])
+    settings = settings_of(params)
+    flags = attack_shard(model, x, y, settings, point_dir / STATE_DIR, device)
+    clean = clean_correct(model, x, y, params.attack_batch_size, device)
+    result = point_dir / RESULT_NAME
+    write_result(
+        result, stage="attack", point_id=config["point_id"], config=config,
+        provenance=Provenance(config.get("git_sha", "unknown"), started, now_iso()),
+        metrics={"images": stop - start, "clean_accuracy": float(clean.mean()),
+                 **{metric_name(s): float(flags[s.key()].mean()) for s in settings}},
+        curves={"clean_correct": clean, **{f"robust_{s.norm}_eps{s.eps:.6g}": flags[s.key()] for s in settings}},
+        extra_attrs={"upstream": upstream, "shard": params.attack_shard, "shards": shards, "shard_start": start,
+                     "shard_stop": stop, "settings": json.dumps([s.__dict__ for s in settings]),
+                     "pyautoattack_version": _version("pyautoattack")},
+    )
+    return result
+
+
+def _version(name: str) -> str:
+    from sfhpc.results import package_version
+
+    return package_version(name)
+
+
+def merged_robust_accuracy(shard_results: list[Path]) -> dict[str, float]:
+    """Robust (and clean) accuracy of one model from its shards' per-sample flags: counts over all shards / N."""
+    import h5py
+
+    counts: dict[str, int] = {}
+    total = 0
+    for path in shard_results:
+        with h5py.File(path, "r") as f:
+            total += len(f["curves/clean_correct"])
+            for name in f["curves"]:
+                counts[name] = counts.get(name, 0) + int(np.count_nonzero(f["curves"][name][()]))
+    return {name: count / total for name, count in counts.items()}

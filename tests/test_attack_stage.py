@@ -1,0 +1,94 @@
+"""The attack stage in a sweep: shards expand per trained point, bad settings fail at expand time, shards run
+through the local executor and combine exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sfhpc.cli import app
+from sfhpc.config import SweepError
+from sfhpc.stages.attack import merged_robust_accuracy
+from sfhpc.sweep import expand_file
+
+runner = CliRunner()
+
+SWEEP = """\
+name: attacked
+executor: local
+data: {{image_size: 32, n_classes: 4, n_train: 64, n_val: 16, n_test: 12}}
+grid:
+  band: [none]
+stages:
+  train:
+    params: {{width: 4, epochs: 1, batch_size: 32}}
+  attack:
+    params:
+{attack}
+"""
+QUICK = """\
+      attack_version: custom
+      attack_names: [apgd-ce]
+      attack_eps: {Linf: [8/255, 0.1]}
+      attack_shards: 3
+      attack_batch_size: 4
+"""
+
+
+def test_shards_expand_per_trained_point(write_sweep):
+    plan = expand_file(write_sweep(SWEEP.format(attack=QUICK)))
+    (train,) = plan.stage("train").points
+    shards = plan.stage("attack").points
+    assert [p.params["attack_shard"] for p in shards] == [0, 1, 2]
+    assert all(p.upstream == (f"train/{train.id}",) for p in shards)
+    assert [p.id.rsplit("-", 1)[0] for p in shards] == [f"band=none-attack_shard={i}" for i in range(3)]
+    assert shards[0].params["attack_eps"] == {"Linf": [8 / 255, 0.1]}
+
+
+@pytest.mark.parametrize("attack, words", [
+    ("      attack_eps: {Linf: []}\n", ["empty epsilon list"]),
+    ("      attack_eps: {Linf: [-0.1]}\n", ["must be a finite number > 0"]),
+    ("      attack_version: custom\n      attack_names: [apgd-xyz]\n", ["unknown attack 'apgd-xyz'", "apgd-ce"]),
+    ("      attack_eps: {Lmax: [0.1]}\n", ["norm 'Lmax' is not supported", "Linf, L2, L1"]),
+    ("      attack_shards: 13\n", ["13 attack shards for a test set of 12 images"]),
+    ("      attack_eps: {Linf: [8/zero]}\n", ["'8/zero' is not a number"]),
+])
+def test_bad_attack_settings_fail_at_expand_time(write_sweep, attack, words):
+    path = write_sweep(SWEEP.format(attack=attack))
+    with pytest.raises(SweepError) as info:
+        expand_file(path)
+    assert info.value.key.startswith("stages.attack.params.attack_"), str(info.value)
+    assert info.value.line is not None
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+def test_sharded_attack_runs_and_combines_exactly(write_sweep, awkward_dir: Path):
+    sweep = write_sweep(SWEEP.format(attack=QUICK))
+    run = awkward_dir / "run"
+    result = runner.invoke(app, ["sweep", "launch", str(sweep), "--output", str(run)])
+    assert result.exit_code == 0, result.output
+    status = json.loads(runner.invoke(app, ["status", str(run), "--json"]).stdout)
+    assert status["counts"] == {"train": {"done": 1}, "attack": {"done": 3}}
+
+    shard_files = sorted(run.glob("attack/*/result.h5"))
+    sizes, robust = [], []
+    for path in shard_files:
+        with h5py.File(path) as f:
+            sizes.append(f.attrs["shard_stop"] - f.attrs["shard_start"])
+            robust.append(f["curves/robust_Linf_eps0.0313725"][()])
+            assert not (f["curves/robust_Linf_eps0.0313725"][()] & ~f["curves/clean_correct"][()]).any()
+    assert sizes == [4, 4, 4]
+    merged = merged_robust_accuracy(shard_files)
+    assert merged["robust_Linf_eps0.0313725"] == np.concatenate(robust).sum() / 12
+    assert merged["robust_Linf_eps0.1"] <= merged["robust_Linf_eps0.0313725"] <= merged["clean_correct"]
+
+    before = {p: p.read_bytes() for p in shard_files}
+    again = runner.invoke(app, ["sweep", "launch", str(sweep), "--output", str(run)])
+    assert "attack: submitted 0 points (3 already done)" in again.stdout
+    assert {p: p.read_bytes() for p in shard_files} == before
