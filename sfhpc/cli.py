@@ -69,8 +69,11 @@ def sweep_expand(sweep_file: Path = typer.Argument(..., help="Sweep YAML file.")
     with _user_errors():
         plan = expand_file(sweep_file)
     if as_json:
+        hours = {s.name: s.hours() for s in plan.stages}
         _print_json({"name": plan.sweep.name, "n_points": plan.n_points,
-                     "counts": {s.name: len(s.points) for s in plan.stages}, **plan.to_json()})
+                     "counts": {s.name: len(s.points) for s in plan.stages},
+                     "gpu_hours": sum(h["gpu_hours"] for h in hours.values() if h),
+                     "cpu_hours": sum(h["cpu_hours"] for h in hours.values() if h), **plan.to_json()})
         return
     _print_plan(plan)
 
@@ -80,14 +83,23 @@ def _print_plan(plan) -> None:
 
     console = _console()
     summary = Table(title=f"sweep {plan.sweep.name}: {plan.n_points} points", title_justify="left")
-    for column in ("stage", "points", "axes", "job", "resources per point"):
-        summary.add_column(column)
+    for column in ("stage", "points", "axes", "resources per point", "GPU-h", "CPU-h"):
+        summary.add_column(column, justify="right" if column.endswith("-h") else "left")
+    totals = {"gpu_hours": 0.0, "cpu_hours": 0.0}
     for stage in plan.stages:
         r = stage.resources
-        summary.add_row(stage.name, str(len(stage.points)), ", ".join(stage.axes) or "-", stage.job,
+        hours = stage.hours()
+        for key in totals:
+            totals[key] += hours[key] if hours else 0.0
+        summary.add_row(stage.name, str(len(stage.points)), ", ".join(stage.axes) or "-",
                         f"{r.nodes} node x {r.tasks_per_node} task, {r.cpus_per_task} cpu, {r.gpus_per_node} gpu, "
-                        f"{r.mem_gb:g} GB, {r.timeout_min} min")
+                        f"{r.mem_gb:g} GB, {r.timeout_min} min",
+                        f"{hours['gpu_hours']:.1f}" if hours else "?", f"{hours['cpu_hours']:.1f}" if hours else "?")
     console.print(summary)
+    unknown = [s.job for s in plan.stages if s.hours() is None]
+    console.print(f"estimate: {totals['gpu_hours']:.1f} GPU-hours, {totals['cpu_hours']:.1f} CPU-hours"
+                  + (f" (without {', '.join(unknown)}: no expected_minutes in their job files)" if unknown else "")
+                  + "; from jobs/*.yaml expected_minutes x points x nodes")
     for stage in plan.stages:
         table = Table(title=f"{stage.name} points", title_justify="left")
         table.add_column("#", justify="right")

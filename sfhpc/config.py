@@ -190,6 +190,8 @@ class JobSpec(Closed):
     entry: str
     resources: Resources = Resources()
     shards: int = Field(1, ge=1)
+    expected_minutes: float | None = Field(None, gt=0, description="typical run time of one point, for the "
+                                                                   "GPU- and CPU-hour estimate of `sweep expand`")
 
     @field_validator("entry")
     @classmethod

@@ -55,6 +55,16 @@ class StagePlan:
     axes: tuple[str, ...]  # the sweep axes of this stage's parameters
     by_sweep_index: tuple[tuple[str, ...], ...] = ()  # the point ids each sweep point projects onto
     shards: int = 1  # the job file's shards per upstream point (a sweep parameter may override it)
+    expected_minutes: float | None = None  # per point, from the job file
+
+    def hours(self) -> dict[str, float] | None:
+        """Estimated GPU- and CPU-hours of all the stage's points, or None without an expected run time."""
+        if self.expected_minutes is None:
+            return None
+        point_hours = len(self.points) * self.expected_minutes / 60 * self.resources.nodes
+        per_node = self.resources.tasks_per_node
+        return {"gpu_hours": point_hours * self.resources.gpus_per_node,
+                "cpu_hours": point_hours * per_node * self.resources.cpus_per_task}
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class Plan:
                     "entry": stage.entry,
                     "resources": stage.resources.model_dump(mode="json"),
                     "shards": stage.shards,
+                    "estimate": stage.hours(),
                     "axes": list(stage.axes),
                     "points": [
                         {"id": p.id, "labels": p.labels, "params": p.params, "upstream": list(p.upstream)}
@@ -260,7 +271,7 @@ def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[
             stage_points.setdefault(pid, Point(name, pid, params, upstream, labels))
         by_sweep_index.append(tuple(ids))
     return StagePlan(name, job_name, job.entry, resources, tuple(stage_points.values()), axes,
-                     tuple(by_sweep_index), job.shards)
+                     tuple(by_sweep_index), job.shards, job.expected_minutes)
 
 
 def _shards(params: dict[str, Any], shard_param: str | None, job: JobSpec) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+from sfhpc.config import load_job_spec
 from sfhpc.sweep import expand_file, point_id
 
 GRID = """\
@@ -115,3 +116,10 @@ def test_plan_json_round_trips(write_sweep):
     data = json.loads(json.dumps(plan.to_json()))
     assert [p["id"] for p in data["stages"][0]["points"]] == ids(plan)
     assert data["stages"][0]["resources"]["cpus_per_task"] >= 1
+
+
+def test_expand_estimates_hours_from_the_job_files(write_sweep):
+    plan = expand_file(write_sweep(GRID))
+    train = plan.stage("train")
+    minutes = load_job_spec("train").expected_minutes
+    assert train.hours() == {"gpu_hours": 0.0, "cpu_hours": 6 * minutes / 60 * train.resources.cpus_per_task}
