@@ -115,6 +115,8 @@ class AttackParams(Closed):
     attack_images: int | None = Field(None, ge=1, description="test images attacked (default: all)")
     attack_seed: int = Field(0, ge=0)
     attack_batch_size: int = Field(128, ge=1)
+    attack_apgd_iterations: int | None = Field(None, ge=1, description="quick runs: APGD iterations (default 100)")
+    attack_apgd_restarts: int | None = Field(None, ge=1, description="quick runs: APGD-CE restarts")
     attack_shard: int = Field(0, ge=0, description="set by sfhpc for each shard; not a sweep parameter")
 
     @field_validator("attack_eps")

@@ -92,3 +92,18 @@ def test_sharded_attack_runs_and_combines_exactly(write_sweep, awkward_dir: Path
     again = runner.invoke(app, ["sweep", "launch", str(sweep), "--output", str(run)])
     assert "attack: submitted 0 points (3 already done)" in again.stdout
     assert {p: p.read_bytes() for p in shard_files} == before
+
+
+def test_quick_runs_shorten_apgd_as_its_constructor_would():
+    import pyautoattack
+    import torch
+
+    from sfhpc.evaluation.attack import AttackSettings, _shorten_apgd
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    autoattack = pyautoattack.AutoAttack(model, norm="Linf", eps=0.1, version="custom", attacks=["apgd-ce"], seed=0)
+    _shorten_apgd(autoattack, AttackSettings("custom", ("apgd-ce",), "Linf", 0.1, 0, 8, apgd_iterations=20,
+                                             apgd_restarts=1))
+    reference = pyautoattack.autopgd_base.APGDAttack(model, n_iter=20, n_restarts=1, eps=0.1)
+    for name in ("n_iter", "n_iter_orig", "n_iter_2", "n_iter_min", "size_decr", "n_restarts"):
+        assert getattr(autoattack.apgd, name) == getattr(reference, name), name

@@ -128,6 +128,8 @@ class AttackSettings:
     eps: float
     seed: int
     batch_size: int
+    apgd_iterations: int | None = None  # quick runs: fewer APGD iterations than AutoAttack's 100
+    apgd_restarts: int | None = None  # quick runs: fewer APGD-CE restarts than the version's own
 
     def __post_init__(self) -> None:
         if self.attacks is not None:  # accept a list, but keep the frozen value hashable
@@ -138,6 +140,10 @@ class AttackSettings:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        for name in ("apgd_iterations", "apgd_restarts"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
     def key(self) -> str:
         """Readable, stable identity naming this pair's state files; the hash covers the exact eps."""
@@ -296,6 +302,7 @@ def _attack_pair(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, setti
     autoattack = pyautoattack.AutoAttack(model, norm=settings.norm, eps=settings.eps, version=settings.version,
                                          attacks=list(settings.attacks) if settings.attacks else None,
                                          seed=settings.seed, device=device)
+    _shorten_apgd(autoattack, settings)
     order = list(autoattack.attacks_to_run)  # a version's own list, or the custom one
     finished, robust = _load_progress(progress_path, order, len(x))
     if robust is None:
@@ -309,6 +316,18 @@ def _attack_pair(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, setti
         finished.append(attack)
         _save_progress(progress_path, finished, robust)
     return robust
+
+
+def _shorten_apgd(autoattack: Any, settings: AttackSettings) -> None:
+    """Quick runs: fewer APGD iterations and restarts, with APGD's step schedule scaled as its constructor does."""
+    for apgd in (autoattack.apgd, autoattack.apgd_targeted):
+        if settings.apgd_iterations:
+            n_iter = settings.apgd_iterations
+            apgd.n_iter = apgd.n_iter_orig = n_iter
+            apgd.n_iter_2, apgd.n_iter_min = max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1)
+            apgd.size_decr = max(int(0.03 * n_iter), 1)
+    if settings.apgd_restarts:
+        autoattack.apgd.n_restarts = settings.apgd_restarts
 
 
 def _run_attack(autoattack: Any, attack: str, x: torch.Tensor, y: torch.Tensor, robust: np.ndarray,

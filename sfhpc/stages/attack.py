@@ -27,7 +27,8 @@ STATE_DIR = "attack_state"
 def settings_of(params: AttackParams) -> list[AttackSettings]:
     """One AutoAttack configuration per (norm, eps), in the sweep's order."""
     names = tuple(params.attack_names) if params.attack_names else None
-    return [AttackSettings(params.attack_version, names, norm, eps, params.attack_seed, params.attack_batch_size)
+    return [AttackSettings(params.attack_version, names, norm, eps, params.attack_seed, params.attack_batch_size,
+                           params.attack_apgd_iterations, params.attack_apgd_restarts)
             for norm, values in params.epsilons().items() for eps in values]
 
 
