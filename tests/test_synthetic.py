@@ -116,3 +116,21 @@ def test_images_have_a_natural_image_like_spectrum() -> None:
 def test_bad_spec_raises_a_clear_error(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make_synthetic(dataclasses.replace(SMALL, **change))
+
+
+def test_run_cache_gives_the_same_dataset_and_survives_damage(tmp_path):
+    from sfhpc.config import DataConfig
+    from sfhpc.data import load_dataset
+
+    config = DataConfig(image_size=32, n_classes=4, n_train=16, n_val=8, n_test=8)
+    fresh = load_dataset(config)
+    first = load_dataset(config, tmp_path)  # generates and saves
+    (cache,) = tmp_path.glob("synthetic-*.npz")
+    second = load_dataset(config, tmp_path)  # loads
+    for dataset in (first, second):
+        assert dataset.class_names == fresh.class_names
+        for split in ("train", "val", "test"):
+            assert np.array_equal(getattr(dataset, split).images, getattr(fresh, split).images)
+            assert np.array_equal(getattr(dataset, split).labels, getattr(fresh, split).labels)
+    cache.write_bytes(b"damaged")
+    assert np.array_equal(load_dataset(config, tmp_path).test.images, fresh.test.images)

@@ -18,7 +18,7 @@ from sfhpc.config import AttackParams, DataConfig, JobSpec
 from sfhpc.data import load_dataset
 from sfhpc.evaluation.attack import AttackSettings, attack_shard, clean_correct, shard_bounds
 from sfhpc.results import RESULT_NAME, Provenance, now_iso, write_result
-from sfhpc.stages.train import load_trained
+from sfhpc.stages.train import data_cache, load_trained
 from sfhpc.sweep import n_shards
 
 STATE_DIR = "attack_state"
@@ -45,7 +45,7 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     (upstream,) = config["upstream"]
     model, train_config = load_trained(config["run_dir"], upstream, device)
-    test = load_dataset(DataConfig.model_validate(train_config["data"])).test
+    test = load_dataset(DataConfig.model_validate(train_config["data"]), data_cache(config)).test
     total = min(params.attack_images or len(test.labels), len(test.labels))
     shards = n_shards(params.model_dump(), JobSpec.model_validate(config["job"]))
     start, stop = shard_bounds(total, shards, params.attack_shard)

@@ -17,7 +17,7 @@ from sfhpc.config import CbmParams, DataConfig
 from sfhpc.data import load_dataset
 from sfhpc.evaluation import cbm
 from sfhpc.results import RESULT_NAME, Provenance, now_iso, write_result
-from sfhpc.stages.train import load_trained
+from sfhpc.stages.train import data_cache, load_trained
 
 
 def run(config: dict[str, Any], point_dir: Path) -> Path:
@@ -29,7 +29,7 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
     (upstream,) = config["upstream"]
     model, train_config = load_trained(config["run_dir"], upstream)
     data_cfg = DataConfig.model_validate(train_config["data"])
-    test = load_dataset(data_cfg).test
+    test = load_dataset(data_cfg, data_cache(config)).test
     count = min(params.cbm_images or len(test.labels), len(test.labels))
     images = cbm.to_cbm_images(test.images[:count])
     accuracy = cbm.accuracy_grid(cbm.torch_predictor(model), images, test.labels[:count], data_cfg.image_size,

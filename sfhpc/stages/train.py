@@ -68,6 +68,11 @@ def build_model(params: TrainParams, n_classes: int, image_size: int) -> nn.Modu
                             width=params.width, blocks=tuple(params.blocks))
 
 
+def data_cache(config: dict[str, Any]) -> Path | None:
+    """The run folder's data/ (shared by every point of the run), when the stage runs inside a run."""
+    return Path(config["run_dir"]) / "data" if config.get("run_dir") else None
+
+
 def load_trained(run_dir: Path | str, upstream: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """The finished model of train point `upstream` ("train/<point id>") in eval mode, and its config."""
     import yaml
@@ -94,7 +99,7 @@ def training_identity(params: TrainParams, data: DataConfig) -> str:
 def _train_and_evaluate(params: TrainParams, data_cfg: DataConfig, env: distributed.DistEnv, device: torch.device,
                         point_dir: Path, config: dict[str, Any], started: str) -> Path:
     torch.manual_seed(params.seed)  # same initial weights on every rank
-    dataset = load_dataset(data_cfg)
+    dataset = load_dataset(data_cfg, data_cache(config))
     model = build_model(params, len(dataset.class_names), data_cfg.image_size).to(device)
     ddp_model = _wrap_ddp(model, env, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
