@@ -19,6 +19,7 @@ DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 TERMINAL_STATES = {"COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "CANCELLED", "PREEMPTED",
                    "BOOT_FAIL", "DEADLINE"}
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING"}
+MAYBE_REQUEUED = {"PREEMPTED", "NODE_FAIL"}  # final unless SLURM requeues the job (JobRequeue, PreemptMode=REQUEUE)
 PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 
 
@@ -178,7 +179,7 @@ class StateCache:
     def save(self, states: dict[str, SlurmState]) -> None:
         from sfhpc.results import atomic_write
 
-        terminal = {k: _as_json(v) for k, v in states.items() if v.terminal}
+        terminal = {k: _as_json(v) for k, v in states.items() if v.terminal and v.state not in MAYBE_REQUEUED}
         if terminal and terminal.keys() - self.states.keys():
             merged = {**{k: _as_json(v) for k, v in self.states.items()}, **terminal}
             atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(merged)))
@@ -206,14 +207,20 @@ def query_states(job_ids: list[str], cache: StateCache | None = None) -> tuple[d
                            if j in found or j.split("_", 1)[0] in found})
         except SlurmError:
             pass  # accounting off: squeue below
-    missing = [j for j in job_ids if j not in states]
+    # Unknown to sacct (accounting off or lagging), or preempted / on a failed node and perhaps requeued already:
+    # squeue knows whether the job is back in the queue.
+    missing = [j for j in job_ids if j not in states or states[j].state in MAYBE_REQUEUED]
     if missing:
         calls += 1
         try:
             out = run_command(["squeue", "-h", "-r", "-o", "%i|%T|%r|%N", "-j", ",".join(array_ids(missing))])
-            states.update({j: s for j, s in parse_squeue(out).items() if j in missing})
+            for job_id, queued in parse_squeue(out).items():
+                if job_id in missing:
+                    before = states.get(job_id)
+                    earlier = (*before.earlier, before.state) if before else ()
+                    states[job_id] = SlurmState(queued.state, queued.exit_code, queued.reason, queued.nodes, earlier)
         except SlurmError:
-            pass  # squeue refuses ids it has forgotten: those stay unknown
+            pass  # squeue refuses ids it has forgotten: those stay as they are
     if cache:
         cache.save(states)
     return states, calls

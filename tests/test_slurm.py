@@ -31,7 +31,7 @@ grid:
 {grid}
 stages:
   train:
-    params: {{width: 4, epochs: {epochs}, batch_size: 32}}
+    params: {{width: 4, {epochs}batch_size: 32}}
     resources: {{mem_gb: 1, cpus_per_task: 1, timeout_min: {timeout}, signal_delay_s: {delay}{resources}}}
 {extra_stages}"""
 CBM_STAGE = """\
@@ -41,10 +41,11 @@ CBM_STAGE = """\
 """
 
 
-def make_sweep(write_sweep, name: str, grid: str = "  band: [none, lsf]", cluster: str = "", epochs: int = 1,
+def make_sweep(write_sweep, name: str, grid: str = "  band: [none, lsf]", cluster: str = "", epochs: int | None = 1,
                n_train: int = 64, timeout: int = 10, delay: int = 90, resources: str = "",
                extra_stages: str = "") -> Path:
-    text = SWEEP.format(name=name, grid=grid, cluster=cluster, epochs=epochs, n_train=n_train, timeout=timeout,
+    text = SWEEP.format(name=name, grid=grid, cluster=cluster, epochs=f"epochs: {epochs}, " if epochs else "",
+                        n_train=n_train, timeout=timeout,
                         delay=delay, resources=resources, extra_stages=extra_stages)
     return write_sweep(text, f"{name}.yaml")
 
@@ -239,14 +240,15 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm_cluster, write_sw
 
 def test_time_limit_shorter_than_the_run_completes_after_requeues(slurm_cluster, write_sweep, awkward_dir):
     run = awkward_dir / "runs" / "limit"
-    # About 100 s of training (plus start-up) under a 2-minute limit: USR2 comes 30 s before the limit (SLURM may
-    # send it up to a minute earlier), the job checkpoints, requeues itself and goes on from its last epoch.
-    launch(make_sweep(write_sweep, "limit", grid="  band: [none]", epochs=30, n_train=12288, timeout=2, delay=30,
-                      resources=", max_requeues: 8"), run)
-    final = wait_until(run, settled, timeout=600, expedite_requeues=True)
+    # More training than fits in a 2-minute limit (60 epochs of 2-3.5 s): USR2 comes 30 s before
+    # the limit (SLURM may send it up to a minute earlier), the job checkpoints, requeues itself and goes on from
+    # its last epoch, as often as it takes.
+    launch(make_sweep(write_sweep, "limit", grid="  band: [none]", epochs=60, n_train=12288, timeout=2, delay=30,
+                      resources=", max_requeues: 30"), run)
+    final = wait_until(run, settled, timeout=900, expedite_requeues=True)
     assert final["counts"] == {"train": {"done": 1}}, final
     attempts, resumed_from = attempts_and_resume(run)
-    assert len(attempts) == 30 and max(attempts) >= 1 and resumed_from >= 1
+    assert len(attempts) == 60 and max(attempts) >= 1 and resumed_from >= 1
 
 
 def test_preempted_point_is_requeued_and_resumes(slurm_cluster, write_sweep, awkward_dir):
@@ -284,8 +286,8 @@ def kill_node(node: str, job_id: str) -> None:
 def test_node_failure_is_reported_and_resubmit_finishes_only_that_point(slurm_cluster, write_sweep, awkward_dir):
     run = awkward_dir / "runs" / "nodefail"
     # Both points on node2, without SLURM's automatic requeue: the short one finishes, the long one loses its node.
-    sweep = make_sweep(write_sweep, "nodefail", grid="  band: [none, lsf]", epochs=12, n_train=6144,
-                       cluster="  additional: {nodelist: node2, no-requeue: true}")
+    sweep = make_sweep(write_sweep, "nodefail", grid="  seed: [0]\nzip:\n  band: [none, lsf]\n  epochs: [1, 30]",
+                       epochs=None, n_train=6144, cluster="  additional: {nodelist: node2, no-requeue: true}")
     short = expand_file(sweep).stage("train").points[0].id
     launch(sweep, run)
     wait_until(run, lambda s: any(p["point"] == short and p["state"] == "done" for p in s["points"]))
