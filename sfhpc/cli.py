@@ -302,23 +302,54 @@ def cbm_fit(thresholds: str = typer.Argument(..., help="Per-band thresholds, low
 # -------------------------------------------------------------------------------------- aggregate
 @app.command("aggregate")
 def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
-              as_json: bool = typer.Option(False, "--json", help="Print rows and problems as JSON.")) -> None:
-    """Collect the result files into summary.csv and summary.md and print the table."""
-    from sfhpc.aggregate import constant_metrics, display_columns, format_value, summarize, write_summary
+              as_json: bool = typer.Option(False, "--json", help="Print rows, conditions and problems as JSON.")
+              ) -> None:
+    """Collect the result files: summary.csv/.md (one row per point), conditions.csv, report.md and figures/
+    (per condition: mean +- SEM over seeds, each against the band=none, alpha=0 baseline by a paired test)."""
+    from sfhpc.aggregate import summarize, write_summary
+    from sfhpc.report import headline_rows, write_report
     from sfhpc.rundir import RunDir
 
     with _user_errors():
         run_dir = RunDir.find(run)
         summary = summarize(run_dir)
     csv_path, md_path = write_summary(run_dir, summary)
+    files = write_report(run_dir, summary)
+    written = [csv_path, md_path, str(files.conditions_csv), str(files.report_md), *map(str, files.figures)]
+    header, rows = headline_rows(files.report)
     if as_json:
         _print_json({"tables": [t.__dict__ for t in summary.tables], "problems": summary.problems,
-                     "files": [csv_path, md_path]})
+                     "conditions": [dict(zip(header, row, strict=True)) for row in rows], "files": written})
         return
+    _print_point_tables(summary)
     from rich.table import Table
 
     console = _console()
+    if rows:
+        view = Table(title="conditions (mean ± SEM over seeds; details and p-values in report.md)",
+                     title_justify="left")
+        for column in header:
+            view.add_column(column)
+        for row in rows:
+            view.add_row(*row)
+        console.print(view)
+    for problem in summary.problems:
+        console.print(f"[red]{problem['state']:>8}[/] {problem['stage']}/{problem['point']}: {problem['reason']}",
+                      soft_wrap=True)
+    console.print("wrote " + ", ".join(written), soft_wrap=True)
+
+
+def _print_point_tables(summary, most_rows: int = 40) -> None:
+    """One table per stage (one row per point); a long one is left to summary.csv."""
+    from rich.table import Table
+
+    from sfhpc.aggregate import constant_metrics, display_columns, format_value
+
+    console = _console()
     for table in summary.tables:
+        if len(table.rows) > most_rows:
+            console.print(f"{table.stage}: {len(table.rows)} points with results (one row each in summary.csv)")
+            continue
         columns = display_columns(table)
         view = Table(title=f"{table.stage}: {len(table.rows)} points with results", title_justify="left")
         for column in columns:
@@ -329,10 +360,6 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
         constant = constant_metrics(table)
         if constant:
             console.print("same for every point: " + ", ".join(f"{k}={format_value(v)}" for k, v in constant.items()))
-    for problem in summary.problems:
-        console.print(f"[red]{problem['state']:>8}[/] {problem['stage']}/{problem['point']}: {problem['reason']}",
-                      soft_wrap=True)
-    console.print(f"wrote {csv_path} and {md_path}")
 
 
 if __name__ == "__main__":
