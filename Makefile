@@ -24,7 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	-bash slurm_templates/testcluster.sh start
 	$(BIN)/ruff check sfhpc tests benchmarks
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check sfhpc tests benchmarks
