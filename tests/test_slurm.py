@@ -258,8 +258,8 @@ def test_preempted_point_is_requeued_and_resumes(slurm_cluster, write_sweep, awk
     (point_dir,) = run.glob("train/*")
     wait_for_file(point_dir / "checkpoint.pt", run)
     # A job in the higher-priority partition that needs every CPU of both nodes preempts (requeues) ours.
-    subprocess.run(["sbatch", "-p", "high", "-N2", "-n4", "--wrap", "sleep 5"], check=True, env=os.environ,
-                   capture_output=True)
+    subprocess.run(["sbatch", "-p", "high", "-N2", "-n4", "-o", "/dev/null", "--wrap", "sleep 5"], check=True,
+                   env=os.environ, capture_output=True)
     final = wait_until(run, settled, timeout=300, expedite_requeues=True)
     assert final["counts"] == {"train": {"done": 1}}, final
     attempts, resumed_from = attempts_and_resume(run)
