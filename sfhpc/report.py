@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from sfhpc.aggregate import Summary, markdown_table, summarize
+from sfhpc.evaluation.cbm import LOWEST_CENTRE_CPI  # band k is centred at 1.75 * 2**k c/img
 from sfhpc.results import ResultCheck, read_metrics
 from sfhpc.rundir import RunDir, manifest_points
 
@@ -42,7 +43,6 @@ FIGURES_DIR = "figures"
 ROBUST_FIGURE = "robust_accuracy.png"
 CBM_FIGURE = "cbm_channels.png"
 DPI = 120
-LOWEST_CENTRE_CPI = 1.75  # band k is centred at 1.75 * 2**k c/img (SCIENCE.md section 4)
 HUMAN_CHANNEL = (4.0, 4.5, 0.4246)  # A, mu, sigma in band-index units: 1.00 octave at 39.6 c/img
 CBM_METRICS = {"bandwidth_octaves": ("CBM bandwidth (octaves)", ".2f"), "centre_cpi": ("CBM centre (c/img)", ".1f"),
                "peak_sensitivity": ("CBM peak noise sensitivity", ".3f"),
