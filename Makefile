@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cli_startup.py
+	$(BIN)/python benchmarks/expand_scale.py
 
 cluster-start:
 	bash slurm_templates/testcluster.sh start
