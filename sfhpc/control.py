@@ -22,7 +22,10 @@ def cancel_run(run: RunDir, stage: str | None = None) -> list[str]:
         cancel(slurm_ids)
     for record in live:
         if record.executor == "local":
-            os.kill(int(record.job_id), signal.SIGTERM)
+            try:
+                os.kill(int(record.job_id), signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # it ended on its own meanwhile
     return [r.job_id for r in live]
 
 
