@@ -68,6 +68,8 @@ class TrainParams(Closed):
     lr_step: int = Field(20, ge=1, description="StepLR step size in epochs")
     lr_gamma: float = Field(0.1, gt=0, le=1)
     augment: bool = Field(True, description="random crop (padding 1/16 of the size) and horizontal flip")
+    augment_contrast_min: float = Field(1.0, gt=0, le=1, description="each training image's contrast is scaled "
+                                        "by a factor drawn from [this, 1] (1: off); CBM shows contrast-0.2 images")
 
     @field_validator("alpha")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import zlib
 from dataclasses import dataclass
 
 
@@ -34,16 +35,23 @@ def from_torchrun() -> DistEnv | None:
                    "torchrun", node_name())
 
 
+def rendezvous_port(job_id: str) -> int:
+    """The TCP port rank 0 listens on, the same for every task of a job: derived from the job id, and below
+    Linux's ephemeral range (32768-60999), where submitit's own choice can collide with open connections."""
+    return 20000 + zlib.crc32(job_id.encode()) % 12000
+
+
 def from_submitit() -> DistEnv | None:
     """A submitit job (SLURM or local) with several tasks: submitit knows the tasks and the first node's name."""
     if "SUBMITIT_EXECUTOR" not in os.environ:
         return None
     import submitit
 
+    os.environ.setdefault("MASTER_PORT", str(rendezvous_port(submitit.JobEnvironment().job_id)))
     env = submitit.helpers.TorchDistributedEnvironment()
     if env.world_size == 1:
         return None
-    env.export(set_cuda_visible_devices=False)  # we pick the device by local rank ourselves
+    env.export(set_cuda_visible_devices=False, overwrite=True)  # device: by local rank, in setup()
     return DistEnv(env.rank, env.world_size, env.local_rank, "submitit", node_name())
 
 

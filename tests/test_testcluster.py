@@ -85,7 +85,11 @@ def gloo_all_reduce() -> tuple[int, float]:
     import torch
     import torch.distributed as dist
 
-    dist_env = submitit.helpers.TorchDistributedEnvironment().export()
+    from sfhpc.distributed import rendezvous_port
+
+    # submitit's own port (20000-60000) may be an ephemeral port in use: take sfhpc's, below that range
+    os.environ.setdefault("MASTER_PORT", str(rendezvous_port(submitit.JobEnvironment().job_id)))
+    dist_env = submitit.helpers.TorchDistributedEnvironment().export(overwrite=True)
     dist.init_process_group("gloo", rank=dist_env.rank, world_size=dist_env.world_size)
     try:
         value = torch.tensor([float(dist_env.rank + 1)])

@@ -104,3 +104,18 @@ def test_two_process_ddp_step_equals_single_step_on_the_whole_batch(tmp_path: Pa
     assert changed
     for key in single:
         assert torch.allclose(ddp[key], single[key], atol=1e-6), key
+
+
+def test_contrast_augmentation_keeps_each_mean_and_scales_within_bounds():
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.rand(64, 3, 8, 8, generator=generator)
+    scaled = train.scale_contrast(batch, 0.2, generator)
+    assert torch.allclose(scaled.mean(dim=(1, 2, 3)), batch.mean(dim=(1, 2, 3)), atol=1e-6)
+    ratio = scaled.std(dim=(1, 2, 3)) / batch.std(dim=(1, 2, 3))
+    assert ratio.min() >= 0.2 - 1e-5 and ratio.max() <= 1 + 1e-5 and ratio.max() - ratio.min() > 0.5
+
+
+def test_rendezvous_port_is_per_job_and_below_the_ephemeral_range():
+    ports = {distributed.rendezvous_port(f"{job}_{task}") for job in range(100, 110) for task in range(5)}
+    assert len(ports) == 50 and all(20000 <= port < 32000 for port in ports)
+    assert distributed.rendezvous_port("123_4") == distributed.rendezvous_port("123_4")

@@ -193,6 +193,14 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
+def scale_contrast(batch: torch.Tensor, lowest: float, generator: torch.Generator) -> torch.Tensor:
+    """Each image's deviations from its own mean luminance scaled by a factor drawn from [lowest, 1]: a model that
+    is to be probed with low-contrast images (critical band masking) should have seen some."""
+    factors = lowest + (1 - lowest) * torch.rand(len(batch), 1, 1, 1, generator=generator)
+    means = batch.mean(dim=(1, 2, 3), keepdim=True)
+    return means + factors.to(batch.device) * (batch - means)
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                labels: torch.Tensor) -> float:
     """One SGD step on mean cross-entropy; under DDP the gradient is averaged over ranks."""
@@ -215,6 +223,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.n
         batch = to_float(images, index, device)
         if params.augment:
             batch = augment(batch, generator)
+        if params.augment_contrast_min < 1:
+            batch = scale_contrast(batch, params.augment_contrast_min, generator)
         losses.append(train_step(model, optimizer, batch, label_tensor[index].to(device)))
     return _mean_over_ranks(float(np.mean(losses)) if losses else float("nan"), env, device)
 
