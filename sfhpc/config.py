@@ -88,10 +88,19 @@ class CbmParams(Closed):
 
     cbm_noise_sds: tuple[float, ...] = Field((0.0, 0.02, 0.04, 0.08, 0.16), min_length=2,
                                              description="noise SDs; the first must be 0 (the noise-free level)")
-    cbm_criterion: float = Field(0.5, gt=0, lt=1, description="accuracy at or below which a level counts as masked")
+    cbm_criterion: float | Literal["midpoint"] = Field(
+        0.5, description="accuracy at or below which a level counts as masked: a number (SCIENCE.md: 0.5), or "
+                         "'midpoint' between chance and the model's noise-free accuracy (for weaker models)")
     cbm_images: int | None = Field(None, ge=1, description="test images used (default: all)")
     cbm_seed: int = Field(0, ge=0, description="seed of the masking noise")
     cbm_batch_size: int = Field(128, ge=1)
+
+    @field_validator("cbm_criterion")
+    @classmethod
+    def _criterion_is_an_accuracy(cls, criterion: float | str) -> float | str:
+        if not isinstance(criterion, str) and not 0 < criterion < 1:
+            raise ValueError(f"cbm_criterion must be between 0 and 1 (or 'midpoint'), got {criterion}")
+        return criterion
 
     @field_validator("cbm_noise_sds")
     @classmethod

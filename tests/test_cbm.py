@@ -185,3 +185,22 @@ def test_importing_cbm_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_masking_criterion_is_fixed_or_midway_to_chance():
+    from sfhpc.stages.cbm import masking_criterion
+
+    assert masking_criterion(0.5, 0.9, 16) == 0.5
+    assert masking_criterion("midpoint", 0.625, 8) == pytest.approx((0.125 + 0.625) / 2)
+
+
+def test_criterion_must_be_an_accuracy_or_midpoint():
+    from pydantic import ValidationError
+
+    from sfhpc.config import CbmParams
+
+    assert CbmParams(cbm_criterion="midpoint").cbm_criterion == "midpoint"
+    with pytest.raises(ValidationError, match="between 0 and 1"):
+        CbmParams(cbm_criterion=1.5)
+    with pytest.raises(ValidationError):
+        CbmParams(cbm_criterion="median")

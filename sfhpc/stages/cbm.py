@@ -35,7 +35,8 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
     accuracy = cbm.accuracy_grid(cbm.torch_predictor(model), images, test.labels[:count], data_cfg.image_size,
                                  noise_sds=params.cbm_noise_sds, seed=params.cbm_seed,
                                  batch_size=params.cbm_batch_size)
-    thresholds = cbm.thresholds(accuracy, params.cbm_criterion)
+    criterion = masking_criterion(params.cbm_criterion, float(accuracy[0].mean()), data_cfg.n_classes)
+    thresholds = cbm.thresholds(accuracy, criterion)
     channel = _fit_or_nan(thresholds)
     result = point_dir / RESULT_NAME
     write_result(
@@ -46,9 +47,17 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
                  "clean_grayscale_accuracy": float(accuracy[0].mean()), "images": count},
         curves={"accuracy": accuracy, "thresholds": thresholds, "noise_sds": np.asarray(params.cbm_noise_sds),
                 "band_centres_cpi": np.asarray(cbm.band_centres_cpi(data_cfg.image_size))},
-        extra_attrs={"upstream": upstream, "channel_fit": channel["status"]},
+        extra_attrs={"upstream": upstream, "channel_fit": channel["status"], "criterion": criterion},
     )
     return result
+
+
+def masking_criterion(setting: float | str, noise_free_accuracy: float, n_classes: int) -> float:
+    """The accuracy at or below which a noise level masks a band: the configured number, or the midpoint between
+    chance and the model's own noise-free accuracy (a fixed 50% says nothing about a model that never reaches it)."""
+    if setting == "midpoint":
+        return (1.0 / n_classes + noise_free_accuracy) / 2
+    return float(setting)
 
 
 def _fit_or_nan(thresholds: np.ndarray) -> dict[str, Any]:
