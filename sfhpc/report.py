@@ -150,11 +150,6 @@ def build_report(run: RunDir, summary: Summary | None = None) -> Report:
     return Report(run, manifest, list(models.values()), conditions, metrics, rows, problems, panels)
 
 
-def condition_table(run: RunDir) -> list[ConditionRow]:
-    """One row per (metric, condition), metrics in table order: what conditions.csv holds."""
-    return build_report(run).rows
-
-
 def _result_checks(run: RunDir, manifest: dict[str, Any]) -> dict[tuple[str, str], ResultCheck]:
     index = run.result_index()
     checks = {(stage, p["id"]): index.check(run.result_path(stage, p["id"]), p["id"])
