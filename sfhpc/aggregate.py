@@ -26,6 +26,7 @@ class StageTable:
 class Summary:
     tables: list[StageTable]
     problems: list[dict[str, str]]  # stage, point, state (missing | failed | corrupt), reason
+    metrics: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (stage, point) with a valid result
 
 
 def summarize(run: RunDir) -> Summary:
@@ -34,6 +35,7 @@ def summarize(run: RunDir) -> Summary:
     statuses = {(s.stage, s.point): s for s in run_status(run)}
     tables: dict[str, StageTable] = {}
     problems: list[dict[str, str]] = []
+    metrics_of: dict[tuple[str, str], dict[str, Any]] = {}
     for stage, point in manifest_points(manifest):
         table = tables.setdefault(stage, StageTable(stage, axes_of[stage], list(point["params"]), []))
         status = statuses[(stage, point["id"])]
@@ -44,8 +46,9 @@ def summarize(run: RunDir) -> Summary:
             continue
         metrics, _ = read_metrics(run.result_path(stage, point["id"]))
         table.metrics += [m for m in metrics if m not in table.metrics]
+        metrics_of[(stage, point["id"])] = metrics
         table.rows.append({"point": point["id"], **point["params"], **point.get("labels", {}), **metrics})
-    return Summary(list(tables.values()), problems)
+    return Summary(list(tables.values()), problems, metrics_of)
 
 
 def format_value(value: Any) -> str:

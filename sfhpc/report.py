@@ -32,8 +32,7 @@ import numpy as np
 
 from sfhpc.aggregate import Summary, markdown_table, summarize
 from sfhpc.evaluation.cbm import LOWEST_CENTRE_CPI  # band k is centred at 1.75 * 2**k c/img
-from sfhpc.results import ResultCheck, read_metrics
-from sfhpc.rundir import RunDir, manifest_points
+from sfhpc.rundir import RunDir
 
 TEST_NAME = "paired t-test over seeds"
 NO_BASELINE = "none: no baseline condition (band=none, alpha=0) with these other axes"
@@ -136,26 +135,18 @@ def build_report(run: RunDir, summary: Summary | None = None) -> Report:
     """Read every valid result file of the run and compute the condition statistics."""
     manifest = run.read_manifest()
     stages = {stage["name"]: stage for stage in manifest["plan"]["stages"]}
-    checks = _result_checks(run, manifest)
-    problems = list((summary or summarize(run)).problems)
-    models = _train_models(run, stages["train"]["points"], checks)
+    summary = summary or summarize(run)  # it has checked every result file and read their scalars
+    problems = list(summary.problems)
+    models = _train_models(stages["train"]["points"], summary)
     metrics: dict[str, Metric] = {"test_accuracy": Metric("test_accuracy", "clean test accuracy", "accuracy")}
     panels: dict[tuple[str, str], list[float]] = {}
     if "attack" in stages:
-        problems += _add_attack(run, stages["attack"]["points"], models, checks, metrics, panels)
+        problems += _add_attack(run, stages["attack"]["points"], models, summary, metrics, panels)
     if "cbm" in stages:
-        problems += _add_cbm(run, stages["cbm"]["points"], models, checks, metrics)
+        problems += _add_cbm(run, stages["cbm"]["points"], models, summary, metrics)
     conditions = list(dict.fromkeys(model.condition for model in models.values()))
     rows = condition_statistics(list(models.values()), conditions, list(metrics))
     return Report(run, manifest, list(models.values()), conditions, metrics, rows, problems, panels)
-
-
-def _result_checks(run: RunDir, manifest: dict[str, Any]) -> dict[tuple[str, str], ResultCheck]:
-    index = run.result_index()
-    checks = {(stage, p["id"]): index.check(run.result_path(stage, p["id"]), p["id"])
-              for stage, p in manifest_points(manifest)}
-    index.save()
-    return checks
 
 
 def condition_name(labels: dict[str, Any]) -> str:
@@ -163,13 +154,13 @@ def condition_name(labels: dict[str, Any]) -> str:
     return ", ".join(f"{axis}={value}" for axis, value in labels.items() if axis != "seed") or "all models"
 
 
-def _train_models(run: RunDir, points: list[dict[str, Any]], checks) -> dict[str, Model]:
+def _train_models(points: list[dict[str, Any]], summary: Summary) -> dict[str, Model]:
     models = {}
     for point in points:
         model = Model(point["id"], point["labels"], point["params"], condition_name(point["labels"]),
                       point["labels"].get("seed", point["params"].get("seed")))
-        if checks[("train", point["id"])].state == "ok":
-            metrics, _ = read_metrics(run.result_path("train", point["id"]))
+        metrics = summary.metrics.get(("train", point["id"]))
+        if metrics is not None:
             model.values["test_accuracy"] = float(metrics["test_accuracy"])
         models[point["id"]] = model
     return models
@@ -253,20 +244,21 @@ def _norm_label(norm: str) -> str:
     return {"Linf": "L∞"}.get(norm, norm)
 
 
-def _add_attack(run: RunDir, points: list[dict[str, Any]], models: dict[str, Model], checks, metrics, panels
-                ) -> list[dict[str, str]]:
+def _add_attack(run: RunDir, points: list[dict[str, Any]], models: dict[str, Model], summary: Summary, metrics,
+                panels) -> list[dict[str, str]]:
     """Merge each model's shards into its values; returns the models whose shards are not all valid."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for point in points:
         model, variant = _model_and_variant(point, models)
         groups.setdefault((model.point, variant), []).append(point)
+    states = {(p["stage"], p["point"]): p["state"] for p in summary.problems}
     problems = []
     for (model_id, variant), shards in groups.items():
         where = _label(f"train/{model_id}", variant)
-        bad = [(p["labels"].get(SHARD_LABEL, i), checks[("attack", p["id"])]) for i, p in enumerate(shards)]
-        bad = [(shard, check) for shard, check in bad if check.state != "ok"]
+        bad = [(p["labels"].get(SHARD_LABEL, i), states.get(("attack", p["id"]), "missing"))
+               for i, p in enumerate(shards) if ("attack", p["id"]) not in summary.metrics]
         if bad:
-            listed = "; ".join(f"shard {shard}: {check.state}" for shard, check in bad)
+            listed = "; ".join(f"shard {shard}: {state}" for shard, state in bad)
             problems.append({"stage": "attack", "point": where, "state": "incomplete",
                              "reason": f"{len(bad)} of {len(shards)} shards without a valid result ({listed}); "
                                        "no attack numbers for this model"})
@@ -304,18 +296,18 @@ def robust_key(norm: str, eps: float, variant: str = "") -> str:
 
 
 # ----------------------------------------------------------------------------------------------- cbm
-def _add_cbm(run: RunDir, points: list[dict[str, Any]], models: dict[str, Model], checks, metrics
+def _add_cbm(run: RunDir, points: list[dict[str, Any]], models: dict[str, Model], summary: Summary, metrics
              ) -> list[dict[str, str]]:
     import h5py
 
     problems = []
     for point in points:
-        if checks[("cbm", point["id"])].state != "ok":
+        values = summary.metrics.get(("cbm", point["id"]))
+        if values is None:
             continue  # listed by summarize
         model, variant = _model_and_variant(point, models)
         path = run.result_path("cbm", point["id"])
         try:
-            values, _ = read_metrics(path)
             with h5py.File(path, "r") as f:
                 centres, thresholds = f["curves/band_centres_cpi"][()], f["curves/thresholds"][()]
         except (KeyError, OSError) as err:
