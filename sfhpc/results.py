@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -49,7 +50,7 @@ def git_sha(repo: Path) -> str:
     return f"{sha}+dirty" if dirty else sha
 
 
-def atomic_write(path: Path, write: callable, suffix: str = ".tmp") -> None:
+def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:
     """Call write(tmp_path) on a temporary file in the same folder, then os.replace it onto `path`: readers see
     the old file or the complete new one, never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)

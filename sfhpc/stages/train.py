@@ -81,10 +81,7 @@ def load_trained(run_dir: Path | str, upstream: str, device: torch.device | str 
     config = yaml.safe_load((point_dir / "config.yaml").read_text())
     params = TrainParams.model_validate(config["params"])
     data_cfg = DataConfig.model_validate(config["data"])
-    from sfhpc.data.synthetic import CLASS_NAMES  # n_classes is part of the data config
-
-    n_classes = min(data_cfg.n_classes, len(CLASS_NAMES))
-    model = build_model(params, n_classes, data_cfg.image_size)
+    model = build_model(params, data_cfg.n_classes, data_cfg.image_size)
     model.load_state_dict(torch.load(point_dir / MODEL_NAME, map_location="cpu", weights_only=True))
     return model.to(device).eval(), config
 
