@@ -100,7 +100,7 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
         for point in todo[stage.name]:
             _prepare_point_dir(run, point_config(run, plan, stage, point, manifest["git_sha"], None), force)
     if kind == "slurm":
-        _submit_to_slurm(run, plan, todo, manifest["git_sha"], throttle, report)
+        _submit_to_slurm(run, plan, todo, manifest["git_sha"], throttle, report, index)
     else:
         _run_in_waves(run, plan, todo, kind, parallel, report, progress, index)
     index.save()
@@ -235,14 +235,16 @@ def _record(run: RunDir, stage: str, point_id: str, kind: str, job_id: str | Non
 
 # --------------------------------------------------------------------------------------------- SLURM
 def _submit_to_slurm(run: RunDir, plan: Plan, todo: dict[str, list[Point]], sha: str, throttle: int | None,
-                     report: LaunchReport) -> None:
+                     report: LaunchReport, index: ResultIndex) -> None:
     """One job array per stage and chunk (chunks of at most MaxArraySize tasks, indexed from 0), each waiting on
     the arrays of its upstream points; returns as soon as everything is queued."""
     from sfhpc import slurm
 
     profile = plan.cluster
     limit = slurm.max_array_size()
-    previous = run.latest_jobs()
+    # Earlier jobs matter only for inputs still to come: a finished one may be gone from slurmctld already, and
+    # sbatch refuses a dependency on a job it no longer knows.
+    previous = {key: record for key, record in run.latest_jobs().items() if not _has_result(run, index, *key)}
     producer: dict[str, str] = {}  # "stage/point" -> job id that will produce it, this launch
     arrays_of: dict[str, list[tuple[str, list[str]]]] = {}  # stage -> [(array id, [point keys])]
     for stage in plan.stages:
