@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from sfhpc.aggregate import Summary, markdown_table, summarize
+from sfhpc.evaluation.attack import robust_curve_name
 from sfhpc.evaluation.cbm import LOWEST_CENTRE_CPI  # band k is centred at 1.75 * 2**k c/img
 from sfhpc.rundir import RunDir
 
@@ -183,11 +184,6 @@ def _label(name: str, variant: str) -> str:
 
 
 # -------------------------------------------------------------------------------------------- attack
-def robust_curve_name(norm: str, eps: float) -> str:
-    """The per-sample flag curve of one (norm, eps) in an attack result file."""
-    return f"robust_{norm}_eps{eps:.6g}"
-
-
 @dataclass(frozen=True)
 class MergedAttack:
     images: int

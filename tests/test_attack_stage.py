@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from sfhpc.cli import app
 from sfhpc.config import SweepError
-from sfhpc.stages.attack import merged_robust_accuracy
+from sfhpc.report import merge_attack_shards
 from sfhpc.sweep import expand_file
 
 runner = CliRunner()
@@ -84,9 +84,10 @@ def test_sharded_attack_runs_and_combines_exactly(write_sweep, awkward_dir: Path
             robust.append(f["curves/robust_Linf_eps0.0313725"][()])
             assert not (f["curves/robust_Linf_eps0.0313725"][()] & ~f["curves/clean_correct"][()]).any()
     assert sizes == [4, 4, 4]
-    merged = merged_robust_accuracy(shard_files)
-    assert merged["robust_Linf_eps0.0313725"] == np.concatenate(robust).sum() / 12
-    assert merged["robust_Linf_eps0.1"] <= merged["robust_Linf_eps0.0313725"] <= merged["clean_correct"]
+    merged = merge_attack_shards(shard_files)
+    accuracy = merged.robust_accuracy
+    assert accuracy[("Linf", 8 / 255)] == np.concatenate(robust).sum() / 12
+    assert accuracy[("Linf", 0.1)] <= accuracy[("Linf", 8 / 255)] <= merged.clean_accuracy
 
     before = {p: p.read_bytes() for p in shard_files}
     again = runner.invoke(app, ["sweep", "launch", str(sweep), "--output", str(run)])

@@ -11,13 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sfhpc.config import AttackParams, DataConfig, JobSpec
 from sfhpc.data import load_dataset
-from sfhpc.evaluation.attack import AttackSettings, attack_shard, clean_correct, shard_bounds
-from sfhpc.results import RESULT_NAME, Provenance, now_iso, write_result
+from sfhpc.evaluation.attack import AttackSettings, attack_shard, clean_correct, robust_curve_name, shard_bounds
+from sfhpc.results import RESULT_NAME, Provenance, now_iso, package_version, write_result
 from sfhpc.stages.train import data_cache, load_trained
 from sfhpc.sweep import n_shards
 
@@ -60,29 +59,9 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
         provenance=Provenance(config.get("git_sha", "unknown"), started, now_iso()),
         metrics={"images": stop - start, "clean_accuracy": float(clean.mean()),
                  **{metric_name(s): float(flags[s.key()].mean()) for s in settings}},
-        curves={"clean_correct": clean, **{f"robust_{s.norm}_eps{s.eps:.6g}": flags[s.key()] for s in settings}},
+        curves={"clean_correct": clean, **{robust_curve_name(s.norm, s.eps): flags[s.key()] for s in settings}},
         extra_attrs={"upstream": upstream, "shard": params.attack_shard, "shards": shards, "shard_start": start,
                      "shard_stop": stop, "settings": json.dumps([s.__dict__ for s in settings]),
-                     "pyautoattack_version": _version("pyautoattack")},
+                     "pyautoattack_version": package_version("pyautoattack")},
     )
     return result
-
-
-def _version(name: str) -> str:
-    from sfhpc.results import package_version
-
-    return package_version(name)
-
-
-def merged_robust_accuracy(shard_results: list[Path]) -> dict[str, float]:
-    """Robust (and clean) accuracy of one model from its shards' per-sample flags: counts over all shards / N."""
-    import h5py
-
-    counts: dict[str, int] = {}
-    total = 0
-    for path in shard_results:
-        with h5py.File(path, "r") as f:
-            total += len(f["curves/clean_correct"])
-            for name in f["curves"]:
-                counts[name] = counts.get(name, 0) + int(np.count_nonzero(f["curves"][name][()]))
-    return {name: count / total for name, count in counts.items()}
