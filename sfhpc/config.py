@@ -33,6 +33,28 @@ class Closed(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- data
+ROIS: tuple[str, ...] = ("V1", "V2", "V4", "VO", "PHC", "LO", "TO")  # hierarchy order (SCIENCE.md section 1)
+SUBJECTS: tuple[str, ...] = tuple(f"subj{n:02d}" for n in range(1, 9))
+# Reference subj01 mean noise ceilings (%), SCIENCE.md section 1: the simulated brain's defaults.
+REFERENCE_NOISE_CEILING: dict[str, float] = {"V1": 31.1, "V2": 29.9, "V4": 31.8, "VO": 31.6, "PHC": 30.0,
+                                             "LO": 29.3, "TO": 43.0}
+
+
+class NeuralConfig(Closed):
+    """The fMRI data that guides training (SCIENCE.md sections 1, 2, 6): one canonical HDF5 file per subject.
+
+    `simulated` (the embedded default) generates each subject's file in the run folder from a seeded encoding
+    model over synthetic scenes; `nsd` reads files made by `sfhpc data nsd-prepare` from `dir`."""
+
+    kind: Literal["simulated", "nsd"] = "simulated"
+    dir: str | None = Field(None, description="nsd: folder holding <subject>.h5 canonical files")
+    n_images: int = Field(600, ge=20, description="simulated: images each subject saw")
+    n_shared: int = Field(100, ge=10, description="simulated: shared (validation) images, each shown 3 times")
+    noise_ceiling: dict[str, float] = Field(REFERENCE_NOISE_CEILING,
+                                            description="simulated: mean noise ceiling (%) per ROI")
+    seed: int = Field(0, ge=0, description="simulated: seed of the scenes and of every subject's encoding model")
+
+
 class DataConfig(Closed):
     """The dataset every stage of a sweep uses. `synthetic` is the embedded default (sfhpc.data.synthetic)."""
 
@@ -43,6 +65,7 @@ class DataConfig(Closed):
     n_val: int = Field(400, ge=1)
     n_test: int = Field(400, ge=1)
     seed: int = Field(0, ge=0)
+    neural: NeuralConfig = NeuralConfig()
 
 
 # --------------------------------------------------------------------------------------- stages

@@ -20,10 +20,10 @@ def load_dataset(config: DataConfig, cache_dir: Path | None = None) -> Synthetic
     generates it and saves it there; the others load it instead of generating it again."""
     from sfhpc.data.synthetic import SyntheticSpec, make_synthetic
 
-    spec = SyntheticSpec(**config.model_dump(exclude={"kind"}))
+    spec = SyntheticSpec(**config.model_dump(exclude={"kind", "neural"}))
     if cache_dir is None:
         return make_synthetic(spec)
-    digest = hashlib.sha1(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(json.dumps(config.model_dump(mode="json", exclude={"neural"}), sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"synthetic-{digest}.npz"
     cached = _read_cache(path, spec)
     if cached is not None:
