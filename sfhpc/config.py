@@ -94,15 +94,56 @@ class TrainParams(Closed):
     augment_contrast_min: float = Field(1.0, gt=0, le=1, description="each training image's contrast is scaled "
                                         "by a factor drawn from [this, 1] (1: off); CBM shows contrast-0.2 images")
 
-    @field_validator("alpha")
+
+
+class PredictorParams(Closed):
+    """The neural predictor of one subject's ROI (SCIENCE.md section 2): a ResNet regressing the ROI's PC scores.
+    `subject`, `roi` and `predictor` are sweep axes; a guided train point (alpha > 0) uses the predictor of its
+    subject, ROI and control."""
+
+    subject: str = Field("subj01", description=f"one of {', '.join(SUBJECTS)}")
+    roi: str = Field(description=f"one of {', '.join(ROIS)}")
+    predictor: Literal["trained", "shuffled", "random"] = Field(
+        "trained", description="trained; shuffled (image-response pairs permuted, a control); random (untrained)")
+    predictor_arch: Literal["small_resnet", "resnet18"] = "small_resnet"
+    predictor_width: int = Field(16, ge=2, description="base width of small_resnet")
+    predictor_epochs: int = Field(40, ge=1)
+    predictor_batch_size: int = Field(200, ge=1)
+    predictor_lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    predictor_weight_decay: float = Field(5e-4, ge=0)
+    predictor_seed: int = Field(0, ge=0)
+
+    @field_validator("subject")
     @classmethod
-    def _guidance_not_built_yet(cls, alpha: float) -> float:
-        if alpha > 0:
-            raise ValueError(
-                "alpha > 0 (neural co-training) needs the predictor stage, which this version of sfhpc does not "
-                "have yet; use alpha: 0"
-            )
-        return alpha
+    def _known_subject(cls, subject: str) -> str:
+        if subject not in SUBJECTS:
+            raise ValueError(f"unknown subject {subject!r}; NSD subjects are {', '.join(SUBJECTS)}")
+        return subject
+
+    @field_validator("roi")
+    @classmethod
+    def _known_roi(cls, roi: str) -> str:
+        if roi not in ROIS:
+            raise ValueError(f"unknown ROI {roi!r}; known ROIs: {', '.join(ROIS)}")
+        return roi
+
+
+class RsaParams(Closed):
+    """Similarity of a trained model's representational geometry to the subject's ROIs (SCIENCE.md section 6)."""
+
+    rsa_subjects: tuple[str, ...] | None = Field(
+        None, description="subjects whose ROIs each model is compared with; default: a guided model's own subject, "
+                          "an unguided one every subject of the sweep's predictor stage (subj01 without one)")
+    rsa_permutations: int = Field(1000, ge=0, description="image permutations of the significance test")
+    rsa_seed: int = Field(0, ge=0)
+
+    @field_validator("rsa_subjects")
+    @classmethod
+    def _known_subjects(cls, subjects: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        unknown = [s for s in subjects or () if s not in SUBJECTS]
+        if unknown:
+            raise ValueError(f"unknown subject {unknown[0]!r}; NSD subjects are {', '.join(SUBJECTS)}")
+        return subjects
 
 
 class CbmParams(Closed):
@@ -175,18 +216,27 @@ def parse_epsilon(value: float | str) -> float:
 
 @dataclass(frozen=True)
 class StageKind:
-    """What the framework knows about a stage before importing it: its parameters, its upstream stages and,
-    for a sharded stage, the parameter that numbers its shards."""
+    """What the framework knows about a stage before importing it: its parameters, its upstream stages, an
+    upstream stage that only the points with a positive `optional_when` parameter need, and, for a sharded stage,
+    the parameter that numbers its shards."""
 
     params: type[Closed]
     upstream: tuple[str, ...] = ()
     shard_param: str | None = None
+    optional_upstream: str | None = None
+    optional_when: str | None = None
+
+    def needs_optional(self, params: dict[str, Any]) -> bool:
+        return self.optional_when is not None and params.get(self.optional_when, 0) > 0
 
 
 STAGE_KINDS: dict[str, StageKind] = {
-    "train": StageKind(TrainParams),
+    "predictor": StageKind(PredictorParams),
+    # A guided train point (alpha > 0) reads its predictor; an unguided one needs none, and expands once.
+    "train": StageKind(TrainParams, optional_upstream="predictor", optional_when="alpha"),
     "cbm": StageKind(CbmParams, upstream=("train",)),
     "attack": StageKind(AttackParams, upstream=("train",), shard_param="attack_shard"),
+    "rsa": StageKind(RsaParams, upstream=("train",)),
 }
 
 

@@ -24,6 +24,7 @@ from sfhpc.config import (
     KeyPath,
     LocatedYaml,
     Resources,
+    StageKind,
     SweepConfig,
     TrainParams,
     explain_pydantic_error,
@@ -213,9 +214,16 @@ def _stage_order(sweep: SweepConfig, doc: LocatedYaml) -> list[str]:
                 raise doc.error(("stages", name), f"stage needs stage {upstream!r}, which the sweep lacks")
     while len(ordered) < len(sweep.stages):
         for name in sweep.stages:
-            if name not in ordered and all(u in ordered for u in STAGE_KINDS[name].upstream):
+            if name not in ordered and all(u in ordered for u in _upstream_names(name, sweep)):
                 ordered.append(name)
     return ordered
+
+
+def _upstream_names(name: str, sweep: SweepConfig) -> tuple[str, ...]:
+    """A stage's upstream stages in this sweep: its required ones, and its optional one when the sweep has it."""
+    kind = STAGE_KINDS[name]
+    optional = (kind.optional_upstream,) if kind.optional_upstream in sweep.stages else ()
+    return (*kind.upstream, *optional)
 
 
 def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[SweepPoint],
@@ -247,21 +255,23 @@ def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[
 
     # Every sweep axis of the stage (and of its upstream stages) is in its ids, varying or not, so that adding a
     # value to an axis keeps the ids (and results) of the points that were already there.
-    upstreams = _upstreams(done, kind.upstream)
+    upstreams = _upstreams(done, _upstream_names(name, sweep))
     inherited = {axis for up in upstreams for axis in up.axes}
     axes = tuple(k for k in _axis_order(points) if k in fields or k in inherited)
     shown = (*axes, kind.shard_param) if kind.shard_param else axes
     data = _non_defaults(sweep.data.model_dump(mode="json"), DataConfig())
-    defaults = kind.params()
+    defaults = kind.params.model_construct()  # the defaults, without the fields a sweep must give
     points_of = {up.name: {p.id: p for p in up.points} for up in upstreams}
     stage_points: dict[str, Point] = {}
     by_sweep_index: list[tuple[str, ...]] = []
     for index, shards in enumerate(projected):
-        upstream = tuple(f"{up.name}/{pid}" for up in upstreams for pid in up.by_sweep_index[index])
+        needed = _needed_upstreams(kind, upstreams, shards[0], points[index], doc, name)
+        upstream = tuple(f"{up.name}/{pid}" for up in needed for pid in up.by_sweep_index[index])
         parents = [points_of[key.split("/")[0]][key.split("/", 1)[1]] for key in upstream]
         ids = []
         for params in shards:
-            labels = {a: params[a] if a in fields else next(p.labels[a] for p in parents if a in p.labels)
+            # An axis of an upstream stage this point does not need (an unguided model's ROI) is None.
+            labels = {a: params[a] if a in fields else next((p.labels[a] for p in parents if a in p.labels), None)
                       for a in shown}
             identity = {"params": _non_defaults(params, defaults), "data": data}
             if upstream:  # a downstream point is a function of the points it reads
@@ -272,6 +282,21 @@ def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[
         by_sweep_index.append(tuple(ids))
     return StagePlan(name, job_name, job.entry, resources, tuple(stage_points.values()), axes,
                      tuple(by_sweep_index), job.shards, job.expected_minutes)
+
+
+def _needed_upstreams(kind: StageKind, upstreams: list[StagePlan], params: dict[str, Any], point: SweepPoint,
+                      doc: LocatedYaml, stage: str) -> list[StagePlan]:
+    """The upstream stages one point reads: all of them, except an optional one its parameters do not need (an
+    unguided train point needs no predictor, so it expands once, not once per subject and ROI)."""
+    if kind.optional_upstream is None:
+        return upstreams
+    needs = kind.needs_optional(params)
+    if needs and not any(up.name == kind.optional_upstream for up in upstreams):
+        key = kind.optional_when
+        where = point.origins.get(key) or ("stages", stage, "params", key)
+        raise doc.error(where, f"{key} > 0 needs the {kind.optional_upstream!r} stage (the neural predictor "
+                               f"supplies the targets); add it under `stages`")
+    return [up for up in upstreams if needs or up.name != kind.optional_upstream]
 
 
 def _shards(params: dict[str, Any], shard_param: str | None, job: JobSpec) -> list[dict[str, Any]]:
