@@ -23,7 +23,8 @@ def load_dataset(config: DataConfig, cache_dir: Path | None = None) -> Synthetic
     spec = SyntheticSpec(**config.model_dump(exclude={"kind", "neural"}))
     if cache_dir is None:
         return make_synthetic(spec)
-    digest = hashlib.sha1(json.dumps(config.model_dump(mode="json", exclude={"neural"}), sort_keys=True).encode()).hexdigest()[:12]
+    settings = config.model_dump(mode="json", exclude={"neural"})  # the images do not depend on the fMRI data
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"synthetic-{digest}.npz"
     cached = _read_cache(path, spec)
     if cached is not None:

@@ -25,7 +25,9 @@ class Classifier(nn.Module):
     """pixels in [0,1] -> (optional spectral filter) -> normalisation -> trunk -> pooled features -> logits.
 
     ``trunk`` maps normalised images to pooled features of size ``feature_dim``; ``mean`` and ``std``
-    are per-channel and stored as buffers (fixed, saved with the model, moved with ``.to``).
+    are per-channel and stored as buffers (fixed, saved with the model, moved with ``.to``). With ``neural_dim``,
+    a second linear head on the same pooled features predicts a neural predictor's outputs (co-training,
+    SCIENCE.md section 2); ``forward`` still returns logits alone unless asked for both.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class Classifier(nn.Module):
         spectral: nn.Module | None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        neural_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.spectral = spectral
@@ -44,6 +47,7 @@ class Classifier(nn.Module):
         self.trunk = trunk
         self.feature_dim = feature_dim
         self.head = nn.Linear(feature_dim, n_classes)
+        self.neural_head = nn.Linear(feature_dim, neural_dim) if neural_dim else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled penultimate features (B, feature_dim) of pixels ``x`` (B, 3, H, W) in [0, 1]."""
@@ -51,9 +55,15 @@ class Classifier(nn.Module):
             x = self.spectral(x)
         return self.trunk((x - self.mean) / self.std)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, n_classes) of pixels ``x`` (B, 3, H, W) in [0, 1]."""
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, with_neural: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, n_classes) of pixels ``x`` (B, 3, H, W) in [0, 1]; with ``with_neural``, (logits, neural
+        head outputs). One call computes both, so that DDP sees every parameter used in one forward pass."""
+        features = self.features(x)
+        if not with_neural:
+            return self.head(features)
+        if self.neural_head is None:
+            raise ValueError("this model has no neural head (it was built without neural_dim)")
+        return self.head(features), self.neural_head(features)
 
 
 def _stage(inplanes: int, planes: int, n_blocks: int, stride: int) -> nn.Sequential:
@@ -118,11 +128,13 @@ def build_classifier(
     band_params: BandParams = BandParams(),
     width: int = 16,
     blocks: Sequence[int] = (1, 1, 1, 1),
+    neural_dim: int | None = None,
 ) -> Classifier:
     """A :class:`Classifier` for ``image_size`` px images with the ``band`` front-end.
 
     Normalisation uses ImageNet's std and ImageNet's mean times the front-end's DC gain. ``arch`` is
-    'resnet18' or 'small_resnet' (``width`` and ``blocks`` apply to the latter only). Raises ValueError
+    'resnet18' or 'small_resnet' (``width`` and ``blocks`` apply to the latter only); ``neural_dim`` adds a neural
+    head of that many outputs. Raises ValueError
     for an unknown arch or band, or a band above the images' Nyquist frequency.
     """
     if arch not in ARCHS:
@@ -135,4 +147,4 @@ def build_classifier(
     # collapses onto one class (seen: val accuracy at chance with a training loss of 0.5).
     dc_gain = 1.0 if spectral is None else spectral.dc_gain
     mean = tuple(m * dc_gain for m in IMAGENET_MEAN)
-    return Classifier(trunk, feature_dim, n_classes, spectral, mean, IMAGENET_STD)
+    return Classifier(trunk, feature_dim, n_classes, spectral, mean, IMAGENET_STD, neural_dim)

@@ -1,4 +1,5 @@
-"""The train stage: a classifier with an optional fixed spectral front-end (SCIENCE.md sections 2-3).
+"""The train stage: a classifier with an optional fixed spectral front-end (SCIENCE.md sections 2-3), co-trained
+with a frozen neural predictor when alpha > 0 (L = (1 - alpha) CE + alpha MSE, SCIENCE.md section 2).
 
 Runs on the node: single process, torchrun, or one rank of a multi-node submitit/SLURM job (DDP). Checkpoints
 atomically after every epoch and resumes from the last one, so a requeued or relaunched point never restarts.
@@ -33,10 +34,11 @@ EVAL_BATCH = 256
 
 @dataclass
 class History:
-    """Per-epoch record, saved in every checkpoint; `attempt` tells which run of the job trained each epoch."""
+    """Per-epoch record, saved in every checkpoint; `attempt` tells which run of the job trained each epoch.
+    `val_score` is a classifier's validation accuracy, or a predictor's mean per-image Pearson r."""
 
     train_loss: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
+    val_score: list[float] = field(default_factory=list)
     attempt: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
@@ -62,10 +64,29 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def build_model(params: TrainParams, n_classes: int, image_size: int) -> nn.Module:
+def build_model(params: TrainParams, n_classes: int, image_size: int, neural_dim: int | None = None) -> nn.Module:
     band_params = BandParams(params.lsf_sigma_px224, params.human_mu, params.human_s, params.human_floor)
     return build_classifier(params.arch, n_classes, params.band, image_size, band_params,
-                            width=params.width, blocks=tuple(params.blocks))
+                            width=params.width, blocks=tuple(params.blocks), neural_dim=neural_dim)
+
+
+@dataclass(frozen=True)
+class NeuralGuide:
+    """Co-training targets: a frozen predictor's outputs on the same (augmented) images, weighted by alpha."""
+
+    predictor: nn.Module
+    alpha: float
+
+    @property
+    def n_outputs(self) -> int:
+        return self.predictor.head.out_features
+
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(1 - alpha) * cross-entropy + alpha * mean squared error to the predictor's outputs."""
+        with torch.no_grad():
+            targets = self.predictor(images)
+        logits, neural = model(images, with_neural=True)
+        return (1 - self.alpha) * F.cross_entropy(logits, labels) + self.alpha * F.mse_loss(neural, targets)
 
 
 def data_cache(config: dict[str, Any]) -> Path | None:
@@ -81,15 +102,28 @@ def load_trained(run_dir: Path | str, upstream: str, device: torch.device | str 
     config = yaml.safe_load((point_dir / "config.yaml").read_text())
     params = TrainParams.model_validate(config["params"])
     data_cfg = DataConfig.model_validate(config["data"])
-    model = build_model(params, data_cfg.n_classes, data_cfg.image_size)
-    model.load_state_dict(torch.load(point_dir / MODEL_NAME, map_location="cpu", weights_only=True))
+    state = torch.load(point_dir / MODEL_NAME, map_location="cpu", weights_only=True)
+    neural_dim = state["neural_head.weight"].shape[0] if "neural_head.weight" in state else None
+    model = build_model(params, data_cfg.n_classes, data_cfg.image_size, neural_dim)
+    model.load_state_dict(state)
     return model.to(device).eval(), config
+
+
+def neural_guide(params: TrainParams, config: dict[str, Any], device: torch.device) -> NeuralGuide | None:
+    """The frozen predictor a guided point (alpha > 0) is co-trained with: its one upstream point's."""
+    if params.alpha == 0:
+        return None
+    from sfhpc.stages.predictor import load_predictor
+
+    (upstream,) = config["upstream"]
+    return NeuralGuide(load_predictor(config["run_dir"], upstream, device), params.alpha)
 
 
 def training_identity(params: TrainParams, data: DataConfig) -> str:
     """What a checkpoint must match to be resumed: every setting except the number of epochs (so a finished run
     can be extended)."""
-    settings = {"params": params.model_dump(mode="json", exclude={"epochs"}), "data": data.model_dump(mode="json")}
+    settings = {"params": params.model_dump(mode="json", exclude={"epochs", "predictor_epochs"}),
+                "data": data.model_dump(mode="json")}
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -97,7 +131,9 @@ def _train_and_evaluate(params: TrainParams, data_cfg: DataConfig, env: distribu
                         point_dir: Path, config: dict[str, Any], started: str) -> Path:
     torch.manual_seed(params.seed)  # same initial weights on every rank
     dataset = load_dataset(data_cfg, data_cache(config))
-    model = build_model(params, len(dataset.class_names), data_cfg.image_size).to(device)
+    guide = neural_guide(params, config, device)
+    neural_dim = guide.n_outputs if guide else None
+    model = build_model(params, len(dataset.class_names), data_cfg.image_size, neural_dim).to(device)
     ddp_model = _wrap_ddp(model, env, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
                                 weight_decay=params.weight_decay)
@@ -111,11 +147,11 @@ def _train_and_evaluate(params: TrainParams, data_cfg: DataConfig, env: distribu
     for epoch in range(start_epoch, params.epochs):
         tic = time.perf_counter()
         loss = train_epoch(ddp_model, optimizer, dataset.train.images, dataset.train.labels, params, epoch,
-                           env, per_rank, device)
+                           env, per_rank, device, guide)
         scheduler.step()
         accuracy = evaluate(model, dataset.val.images, dataset.val.labels, env, device)
         history.train_loss.append(loss)
-        history.val_accuracy.append(accuracy)
+        history.val_score.append(accuracy)
         history.attempt.append(attempt)
         history.seconds.append(time.perf_counter() - tic)
         if env.is_main:
@@ -123,6 +159,7 @@ def _train_and_evaluate(params: TrainParams, data_cfg: DataConfig, env: distribu
         _barrier(env)
 
     test_accuracy = evaluate(model, dataset.test.images, dataset.test.labels, env, device)
+    neural_fit = neural_fit_r(model, guide, dataset.test.images, device) if guide and env.is_main else float("nan")
     hosts = distributed.all_hosts(env)
     result_path = point_dir / RESULT_NAME
     if env.is_main:
@@ -132,14 +169,15 @@ def _train_and_evaluate(params: TrainParams, data_cfg: DataConfig, env: distribu
             provenance=Provenance(config.get("git_sha", "unknown"), started, now_iso()),
             metrics={
                 "test_accuracy": test_accuracy,
-                "val_accuracy": history.val_accuracy[-1],
+                "val_accuracy": history.val_score[-1],
                 "train_loss": history.train_loss[-1],
                 "chance": 1.0 / len(dataset.class_names),
                 "epochs": params.epochs,
                 "train_seconds": float(sum(history.seconds)),
                 "world_size": env.world_size,
+                "neural_fit_r": neural_fit,
             },
-            curves={"train_loss": history.train_loss, "val_accuracy": history.val_accuracy,
+            curves={"train_loss": history.train_loss, "val_accuracy": history.val_score,
                     "attempt": history.attempt, "epoch_seconds": history.seconds},
             extra_attrs={"hosts": json.dumps(hosts), "world_size": env.world_size, "dist_source": env.source,
                          "device": str(device), "resumed_from_epoch": start_epoch, "attempts": attempt + 1},
@@ -199,10 +237,11 @@ def scale_contrast(batch: torch.Tensor, lowest: float, generator: torch.Generato
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor) -> float:
-    """One SGD step on mean cross-entropy; under DDP the gradient is averaged over ranks."""
+               labels: torch.Tensor, guide: NeuralGuide | None = None) -> float:
+    """One SGD step on mean cross-entropy (or the co-training loss, with a guide); under DDP the gradient is
+    averaged over ranks."""
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(images), labels)
+    loss = guide.loss(model, images, labels) if guide else F.cross_entropy(model(images), labels)
     loss.backward()
     optimizer.step()
     return loss.item()
@@ -210,7 +249,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray, labels: np.ndarray,
                 params: TrainParams, epoch: int, env: distributed.DistEnv, per_rank: int,
-                device: torch.device) -> float:
+                device: torch.device, guide: NeuralGuide | None = None) -> float:
     """One epoch; returns the mean training loss over all ranks' batches."""
     model.train()
     generator = torch.Generator().manual_seed(distributed.rank_seed(params.seed, env.rank) * 1_000 + epoch)
@@ -222,7 +261,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.n
             batch = augment(batch, generator)
         if params.augment_contrast_min < 1:
             batch = scale_contrast(batch, params.augment_contrast_min, generator)
-        losses.append(train_step(model, optimizer, batch, label_tensor[index].to(device)))
+        losses.append(train_step(model, optimizer, batch, label_tensor[index].to(device), guide))
     return _mean_over_ranks(float(np.mean(losses)) if losses else float("nan"), env, device)
 
 
@@ -251,16 +290,31 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, env: dist
     return correct.item() / len(labels)
 
 
+@torch.no_grad()
+def neural_fit_r(model: nn.Module, guide: NeuralGuide, images: np.ndarray, device: torch.device) -> float:
+    """Mean per-image Pearson r between a guided model's neural head and its predictor's outputs."""
+    from sfhpc.evaluation.prediction import per_image_pearson
+
+    model.eval()
+    pairs = []
+    for start in range(0, len(images), EVAL_BATCH):
+        batch = to_float(images, torch.arange(start, min(start + EVAL_BATCH, len(images))), device)
+        _, neural = model(batch, with_neural=True)
+        pairs.append((neural.cpu().numpy(), guide.predictor(batch).cpu().numpy()))
+    predicted, targets = (np.concatenate(side) for side in zip(*pairs, strict=True))
+    return float(np.nanmean(per_image_pearson(predicted, targets)))
+
+
 # ------------------------------------------------------------------------------------ checkpoints
 def save_checkpoint(path: Path, identity: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, history: History) -> None:
+                    scheduler: Any | None, history: History) -> None:
     state = {"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "history": history.__dict__}
+             "scheduler": scheduler.state_dict() if scheduler else None, "history": history.__dict__}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path, identity: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any) -> tuple[History, int]:
+                    scheduler: Any | None) -> tuple[History, int]:
     """Restore the last checkpoint, if any: (history, first epoch to run). Refuses one made for other settings."""
     if not path.exists():
         return History(), 0
@@ -274,6 +328,7 @@ def load_checkpoint(path: Path, identity: str, model: nn.Module, optimizer: torc
         raise RuntimeError(f"checkpoint {path} was made for other settings; delete it or relaunch with --force")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    if scheduler:
+        scheduler.load_state_dict(state["scheduler"])
     history = History(**state["history"])
     return history, len(history.train_loss)
