@@ -42,6 +42,8 @@ SHARD_LABEL = "attack_shard"
 FIGURES_DIR = "figures"
 ROBUST_FIGURE = "robust_accuracy.png"
 CBM_FIGURE = "cbm_channels.png"
+RSA_FIGURE = "rsa_per_roi.png"
+RSA_LAYERS = {"pooled": "pooled layer", "neural_head": "neural head"}
 DPI = 120
 HUMAN_CHANNEL = (4.0, 4.5, 0.4246)  # A, mu, sigma in band-index units: 1.00 octave at 39.6 c/img
 CBM_METRICS = {"bandwidth_octaves": ("CBM bandwidth (octaves)", ".2f"), "centre_cpi": ("CBM centre (c/img)", ".1f"),
@@ -54,6 +56,11 @@ FAMILIES = {
     "auc": ("Area under the accuracy-ε curve",
             "Per norm: trapezoid rule over [0, ε_max] with the clean accuracy at ε = 0, divided by ε_max, so that it "
             "is the curve's average accuracy, in [0, 1]."),
+    "rsa": ("Similarity to human neural geometry (RSA)",
+            "Spearman ρ between the model's RDM (1 - Pearson r of features on the subject's shared validation images) "
+            "and each ROI's RDM (z-scored repeat averages), averaged over the subjects each model is compared with; "
+            "the ROI's mean noise ceiling (NSD method, %) is in the metric's name. Per-model permutation p-values "
+            "are in each rsa result file."),
     "cbm": ("CBM channel",
             "Gaussian channel fitted to each model's critical-band-masking thresholds (SCIENCE.md section 4); a "
             "model whose thresholds are all 0 has no fit and does not count in n. Human reference: 1.00 octave "
@@ -113,6 +120,7 @@ class Report:
     rows: list[ConditionRow]
     problems: list[dict[str, str]]  # stage, point, state (missing | failed | corrupt | incomplete), reason
     attack_panels: dict[tuple[str, str], list[float]]  # (norm, variant) -> its epsilons, ascending
+    noise_ceilings: dict[str, float] = field(default_factory=dict)  # ROI -> mean noise ceiling (%) of rsa results
 
     def row(self, condition: str, metric: str) -> ConditionRow | None:
         return next((r for r in self.rows if r.condition == condition and r.metric == metric), None)
@@ -145,9 +153,10 @@ def build_report(run: RunDir, summary: Summary | None = None) -> Report:
         problems += _add_attack(run, stages["attack"]["points"], models, summary, metrics, panels)
     if "cbm" in stages:
         problems += _add_cbm(run, stages["cbm"]["points"], models, summary, metrics)
+    ceilings = _add_rsa(stages["rsa"]["points"], models, summary, metrics) if "rsa" in stages else {}
     conditions = list(dict.fromkeys(model.condition for model in models.values()))
     rows = condition_statistics(list(models.values()), conditions, list(metrics))
-    return Report(run, manifest, list(models.values()), conditions, metrics, rows, problems, panels)
+    return Report(run, manifest, list(models.values()), conditions, metrics, rows, problems, panels, ceilings)
 
 
 def condition_name(labels: dict[str, Any]) -> str:
@@ -318,6 +327,33 @@ def _add_cbm(run: RunDir, points: list[dict[str, Any]], models: dict[str, Model]
     return problems
 
 
+# ----------------------------------------------------------------------------------------------- rsa
+def _add_rsa(points: list[dict[str, Any]], models: dict[str, Model], summary: Summary, metrics: dict[str, Metric]
+             ) -> dict[str, float]:
+    """Each model's rho per (layer, ROI), from its rsa result's scalars, ROIs in hierarchy order; returns each ROI's
+    mean noise ceiling."""
+    from sfhpc.config import ROIS
+
+    ceilings: dict[str, list[float]] = {}
+    found: set[tuple[str, str, str]] = set()
+    for point in points:
+        values = summary.metrics.get(("rsa", point["id"]))
+        if values is None:
+            continue  # listed by summarize
+        model, variant = _model_and_variant(point, models)
+        for layer, roi in itertools.product(RSA_LAYERS, ROIS):
+            if f"rho_{layer}_{roi}" in values:
+                model.values[_key(f"rsa_rho_{layer}_{roi}", variant)] = float(values[f"rho_{layer}_{roi}"])
+                ceilings.setdefault(roi, []).append(float(values[f"noise_ceiling_{roi}"]))
+                found.add((layer, roi, variant))
+    for layer, roi in itertools.product(RSA_LAYERS, ROIS):
+        for variant in sorted({v for l_, r, v in found if (l_, r) == (layer, roi)}):
+            key = _key(f"rsa_rho_{layer}_{roi}", variant)
+            label = f"RSA ρ {roi}, {RSA_LAYERS[layer]} (noise ceiling {np.mean(ceilings[roi]):.1f}%)"
+            metrics[key] = Metric(key, _label(label, variant), "rsa")
+    return {roi: float(np.mean(values)) for roi, values in ceilings.items()}
+
+
 def channel_parameters(bandwidth_octaves: float, centre_cpi: float, peak_sensitivity: float
                        ) -> tuple[float, float, float]:
     """(A, mu, sigma) in band-index units of a fitted channel, inverting the formulas of SCIENCE.md section 4:
@@ -363,17 +399,25 @@ def is_baseline(model: Model) -> bool:
     return model.params.get("band", "none") == "none" and float(model.params.get("alpha", 0.0)) == 0.0
 
 
-def _matching_axes(model: Model) -> tuple:
-    return tuple(sorted((k, json.dumps(v)) for k, v in model.labels.items() if k not in ("seed", "band", "alpha")))
+PAIRED_AXES = ("seed", "band", "alpha")  # the axes a condition differs from its baseline in (seed: the pairing)
+
+
+def _compares_with(model: Model, baseline: Model) -> bool:
+    """Equal on every other axis; an axis the baseline has no value for (an unguided model's subject and ROI)
+    matches any value, so every guided condition is compared with the one unguided model of its band and seed."""
+    axes = (set(model.labels) | set(baseline.labels)) - set(PAIRED_AXES)
+    return all(baseline.labels.get(k) is None or baseline.labels.get(k) == model.labels.get(k) for k in axes)
 
 
 def baselines(models: list[Model]) -> dict[str, str | None]:
-    """Each condition's baseline condition: band none, alpha 0, equal on every other axis except the seed."""
+    """Each condition's baseline condition: band none, alpha 0, equal on every other axis except the seed (an exact
+    match first, then one whose guidance axes are empty)."""
     first = {}
     for model in models:
         first.setdefault(model.condition, model)
-    base_of_axes = {_matching_axes(m): c for c, m in first.items() if is_baseline(m)}
-    return {c: base_of_axes.get(_matching_axes(m)) for c, m in first.items()}
+    candidates = sorted((m for m in first.values() if is_baseline(m)),
+                        key=lambda m: sum(v is None for v in m.labels.values()))
+    return {c: next((b.condition for b in candidates if _compares_with(m, b)), None) for c, m in first.items()}
 
 
 def condition_statistics(models: list[Model], conditions: list[str], metrics: list[str]) -> list[ConditionRow]:
@@ -410,7 +454,8 @@ def write_report(run: RunDir, summary: Summary | None = None) -> ReportFiles:
     csv_path.write_text(to_csv(report.rows))
     figures_dir = run.path / FIGURES_DIR
     figures = []
-    for name, draw in ((ROBUST_FIGURE, draw_robust_accuracy), (CBM_FIGURE, draw_cbm_channels)):
+    for name, draw in ((ROBUST_FIGURE, draw_robust_accuracy), (CBM_FIGURE, draw_cbm_channels),
+                       (RSA_FIGURE, draw_rsa_per_roi)):
         path = figures_dir / name
         path.unlink(missing_ok=True)
         if draw(report, path):
@@ -494,14 +539,16 @@ def to_markdown(report: Report, figures: set[str]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-FIGURE_STAGE = {ROBUST_FIGURE: "attack", CBM_FIGURE: "cbm"}  # the stage whose results a figure shows
-FIGURE_FAMILY = {ROBUST_FIGURE: "accuracy", CBM_FIGURE: "cbm"}  # the table it follows
+FIGURE_STAGE = {ROBUST_FIGURE: "attack", CBM_FIGURE: "cbm", RSA_FIGURE: "rsa"}  # the stage a figure shows
+FIGURE_FAMILY = {ROBUST_FIGURE: "accuracy", CBM_FIGURE: "cbm", RSA_FIGURE: "rsa"}  # the table it follows
 FIGURE_CAPTIONS = {
     ROBUST_FIGURE: "Robust accuracy vs ε, one panel per norm (mean ± SEM over seeds; ε = 0 is the clean accuracy of "
                    "the attacked images).",
     CBM_FIGURE: "CBM thresholds per band (mean ± SEM over seeds) and the channel drawn from the mean fitted "
                 "parameters (its centre is the geometric mean of the models' centres); dashed: the human reference "
                 "channel (1.00 octave at 39.6 c/img).",
+    RSA_FIGURE: "RSA ρ of the pooled layer per ROI in hierarchy order (mean ± SEM over seeds), one line per "
+                "condition; grey bars: the ROI's mean noise ceiling (%, right axis).",
 }
 
 
@@ -621,6 +668,43 @@ def draw_cbm_channels(report: Report, path: Path) -> bool:
     fig.supylabel("threshold (noise levels masking the band)", fontsize="medium")
     handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
     fig.legend(handles.values(), handles.keys(), loc="outside upper center", ncols=3, fontsize="small")
+    _save(fig, path)
+    return True
+
+
+def draw_rsa_per_roi(report: Report, path: Path) -> bool:
+    """Pooled-layer rho per ROI (hierarchy order) per condition, with the ROIs' noise ceilings as grey bars on a
+    second axis. Returns False (and draws nothing) when no model has an rsa result."""
+    from sfhpc.config import ROIS
+
+    keys = {roi: f"rsa_rho_pooled_{roi}" for roi in ROIS if f"rsa_rho_pooled_{roi}" in report.metrics}
+    if not keys:
+        return False
+    from matplotlib.figure import Figure
+
+    rois = list(keys)
+    x = np.arange(len(rois))
+    fig = Figure(figsize=(7.5, 4.0), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ceiling_ax = ax.twinx()
+    ceilings = [report.noise_ceilings[roi] for roi in rois]
+    ceiling_ax.bar(x, ceilings, width=0.6, color="0.85", zorder=0)
+    ceiling_ax.set_ylabel("noise ceiling (%)")
+    ceiling_ax.set_ylim(0, max(100.0, max(ceilings) * 1.1))
+    ax.set_zorder(ceiling_ax.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    for i, condition in enumerate(report.conditions):
+        rows = [report.row(condition, keys[roi]) for roi in rois]
+        y = np.array([r.mean if r else math.nan for r in rows])
+        err = np.array([r.sem if r and math.isfinite(r.sem) else 0.0 for r in rows])
+        if np.isfinite(y).any():
+            ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, color=f"C{i % 10}", label=condition)
+    ax.axhline(0, color="k", linewidth=0.8)
+    ax.set_xticks(x, rois)
+    ax.set_xlabel("ROI (ventral hierarchy)")
+    ax.set_ylabel("Spearman ρ (model vs ROI RDM)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", title="condition", title_fontsize="small")
     _save(fig, path)
     return True
 
