@@ -7,13 +7,15 @@ Every user mistake becomes a :class:`SweepError` that names the file, the line a
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sfhpc.errors import SweepError
 
@@ -56,16 +58,88 @@ class NeuralConfig(Closed):
 
 
 class DataConfig(Closed):
-    """The dataset every stage of a sweep uses. `synthetic` is the embedded default (sfhpc.data.synthetic)."""
+    """The dataset every stage of a sweep uses: `synthetic`, the embedded default (sfhpc.data.synthetic), or
+    `imagefolder`, an ImageNet-style class subset (sfhpc.data.imagefolder).
 
-    kind: Literal["synthetic"] = "synthetic"
-    image_size: int = Field(128, ge=32, le=1024)
-    n_classes: int = Field(8, ge=2)
-    n_train: int = Field(2000, ge=1)
-    n_val: int = Field(400, ge=1)
-    n_test: int = Field(400, ge=1)
-    seed: int = Field(0, ge=0)
+    For imagefolder, `n_classes` is filled in from the class-list file when the config is loaded (and must match
+    it when given), so that every stage reading `data.n_classes` gets the class list's length; `root` and
+    `classes_file` become absolute paths, so that jobs find them wherever they start and the resolved config
+    beside each result says which files were read. Both must be readable where sweeps are expanded."""
+
+    kind: Literal["synthetic", "imagefolder"] = "synthetic"
+    image_size: int = Field(128, ge=32, le=1024, description="stored images' size in px; imagefolder: the centre "
+                            "crop after resizing the shorter side to size * 256/224 (224 for ImageNet)")
+    n_classes: int = Field(8, ge=2, description="synthetic: classes generated; imagefolder: filled in from "
+                                                "classes_file (give it only to check it)")
+    n_train: int = Field(2000, ge=1, description="synthetic only (imagefolder: all of train/, see max_per_class)")
+    n_val: int = Field(400, ge=1, description="synthetic only (imagefolder: half of each class's val/ images)")
+    n_test: int = Field(400, ge=1, description="synthetic only (imagefolder: the other half of val/)")
+    seed: int = Field(0, ge=0, description="synthetic: seed of the images; imagefolder: seed of the val/test "
+                                           "halves and of each split's order")
+    root: str | None = Field(None, description="imagefolder: folder holding train/ and val/, each with one folder "
+                                               "of images per class (ImageNet layout)")
+    classes_file: str | None = Field(None, description="imagefolder: the classes used, one class folder per line "
+                                                       "(label = line order), optionally followed by a readable "
+                                                       "name; '#' starts a comment")
+    max_per_class: int | None = Field(None, ge=2, description="imagefolder: at most this many images per class "
+                                                              "from train/ and from val/ (quick runs; default all)")
     neural: NeuralConfig = NeuralConfig()
+
+    @field_validator("root", "classes_file")
+    @classmethod
+    def _absolute(cls, path: str | None) -> str | None:
+        return None if path is None else _absolute_path(path)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _n_classes_from_class_list(cls, values: Any) -> Any:
+        # Before the fields are validated: a frozen model cannot fill in n_classes afterwards.
+        if not (isinstance(values, dict) and values.get("kind") == "imagefolder"
+                and isinstance(values.get("classes_file"), str)):
+            return values  # nothing to read; the field and `after` checks report what is wrong
+        from sfhpc.data.imagefolder import ImageFolderError, read_class_list  # numpy and PIL, no torch
+
+        path = _absolute_path(values["classes_file"])
+        try:
+            count = len(read_class_list(Path(path)))
+        except ImageFolderError as err:
+            raise _key_error("classes_file", str(err), values["classes_file"]) from None
+        if count < 2:
+            raise _key_error("classes_file", f"{path} lists 1 class; a classifier needs at least 2", path)
+        if values.get("n_classes", count) != count:
+            raise _key_error("n_classes", f"is {values['n_classes']}, but classes_file {path} lists {count} "
+                             "classes; leave n_classes out for imagefolder (it is taken from the file)",
+                             values["n_classes"])
+        return {**values, "n_classes": count}
+
+    @model_validator(mode="after")
+    def _keys_match_kind(self) -> DataConfig:
+        if self.kind == "imagefolder":
+            for key, what in (("root", "the folder holding train/ and val/"), ("classes_file", "the class list")):
+                if getattr(self, key) is None:
+                    raise _key_error(key, f"kind imagefolder needs {key} ({what})", None)
+            from sfhpc.data.imagefolder import ImageFolderError, check_root
+
+            try:
+                check_root(Path(self.root))
+            except ImageFolderError as err:
+                raise _key_error("root", str(err), self.root) from None
+        else:  # a forgotten `kind: imagefolder` would otherwise train on synthetic images without a word
+            for key in ("root", "classes_file", "max_per_class"):
+                if getattr(self, key) is not None:
+                    raise _key_error(key, f"is only read by kind imagefolder (kind is {self.kind})", getattr(self, key))
+        return self
+
+
+def _absolute_path(path: str) -> str:
+    """``path`` with ~ expanded, relative to the current folder (symbolic links kept as written)."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _key_error(key: str, message: str, value: Any) -> ValidationError:
+    """A validation error located at `key` (a model validator's own errors would point at the whole model)."""
+    error = PydanticCustomError("value_error", "{error}", {"error": message})
+    return ValidationError.from_exception_data("DataConfig", [InitErrorDetails(type=error, loc=(key,), input=value)])
 
 
 # --------------------------------------------------------------------------------------- stages

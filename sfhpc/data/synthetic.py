@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
+from sfhpc.data import Dataset, Split  # the types every loader returns (Split was defined here first)
+
 CLASS_NAMES: tuple[str, ...] = ("disk", "square", "triangle", "cross", "ring", "star", "bars", "ellipse")
 MIN_IMAGE_SIZE = 32
 
@@ -51,22 +53,10 @@ class SyntheticSpec:
 
 
 @dataclass(frozen=True)
-class Split:
-    """One split: ``images`` uint8 (N, 3, H, W) in [0, 255]; ``labels`` int64 (N,)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-
-@dataclass(frozen=True)
-class SyntheticDataset:
-    """The three splits of one :class:`SyntheticSpec`, with the names of the classes in label order."""
+class SyntheticDataset(Dataset):
+    """The three splits of one :class:`SyntheticSpec`, with the names of the classes in label order, and the spec."""
 
     spec: SyntheticSpec
-    class_names: tuple[str, ...]
-    train: Split
-    val: Split
-    test: Split
 
 
 # --- shapes -------------------------------------------------------------------------------------------
