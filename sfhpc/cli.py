@@ -15,6 +15,8 @@ sweep_app = typer.Typer(help="Expand or launch a sweep file.", no_args_is_help=T
 app.add_typer(sweep_app, name="sweep")
 cbm_app = typer.Typer(help="Critical band masking tools.", no_args_is_help=True)
 app.add_typer(cbm_app, name="cbm")
+data_app = typer.Typer(help="Neural data: prepare NSD subjects for neural guidance.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "pending": "yellow", "not submitted": "dim"}
 
@@ -297,6 +299,51 @@ def cbm_fit(thresholds: str = typer.Argument(..., help="Per-band thresholds, low
     _console().print(f"bandwidth {fit.bandwidth_octaves:.2f} octaves, centre {fit.centre_cpi:.1f} c/img, "
                      f"peak noise sensitivity {fit.peak_sensitivity:.3f} (A={fit.amplitude:.2f}, "
                      f"mu={fit.mu:.2f}, sigma={fit.sigma:.2f})")
+
+
+# ------------------------------------------------------------------------------------------- data
+@data_app.command("nsd-prepare")
+def data_nsd_prepare(
+    nsd_root: Path = typer.Option(..., "--nsd-root", help="NSD root (holds nsddata/, nsddata_betas/, "
+                                                          "nsddata_stimuli/)."),
+    subject: str = typer.Option(..., "--subject", help="NSD subject: 1..8 or subj01..subj08."),
+    atlas: str = typer.Option("Kastner2015", "--atlas", help="Kastner2015 | streams | prf-visualrois."),
+    rois: str = typer.Option("V1,V2,V4,VO,PHC,LO,TO", "--rois", help="Comma-separated ROI names of the atlas."),
+    out: Path = typer.Option(..., "--out", help="Canonical file to write: <data.neural.dir>/subjNN.h5."),
+    sessions: int | None = typer.Option(None, "--sessions", help="Use sessions 1..K (default: all of them)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Read one NSD subject's betas (one session at a time), ROI masks and design, and write its canonical
+    neural-data file: repeat averages, split, z-score, PCA scores, noise ceilings. Stimuli are referenced."""
+    from rich.progress import Progress
+
+    from sfhpc.data.neural import NeuralDataError
+    from sfhpc.data.nsd import plan_nsd, prepare_nsd
+
+    try:
+        plan = plan_nsd(nsd_root, subject, atlas, [r.strip() for r in rois.split(",") if r.strip()], sessions)
+        if not as_json:
+            _console().print(plan.describe_memory())
+        with Progress(console=_console(stderr=True), disable=as_json, transient=True) as bar:
+            task = bar.add_task("sessions", total=len(plan.sessions))
+            summary = prepare_nsd(plan, out, progress=lambda done, _total: bar.update(task, completed=done))
+    except (NeuralDataError, OSError) as err:
+        _fail(str(err))
+    if as_json:
+        _print_json({**summary, "memory": plan.memory()})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{summary['subject']} ({plan.atlas}, sessions 1-{plan.sessions[-1]}): "
+                        f"{summary['n_images']} images ({summary['n_val']} shared), {summary['n_trials']} trials",
+                  title_justify="left")
+    for column in ("ROI", "voxels", "PCs (95%)", "noise ceiling %"):
+        table.add_column(column, justify="left" if column == "ROI" else "right")
+    for name, roi in summary["rois"].items():
+        table.add_row(name, str(roi["voxels"]), str(roi["components"]), f"{roi['noise_ceiling']:.1f}")
+    console = _console()
+    console.print(table)
+    console.print(f"wrote {summary['path']}", soft_wrap=True)
 
 
 # -------------------------------------------------------------------------------------- aggregate
