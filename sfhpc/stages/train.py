@@ -121,9 +121,10 @@ def neural_guide(params: TrainParams, config: dict[str, Any], device: torch.devi
 
 def training_identity(params: TrainParams, data: DataConfig) -> str:
     """What a checkpoint must match to be resumed: every setting except the number of epochs (so a finished run
-    can be extended)."""
-    settings = {"params": params.model_dump(mode="json", exclude={"epochs", "predictor_epochs"}),
-                "data": data.model_dump(mode="json")}
+    can be extended). Only settings that differ from their defaults count, so that a new setting with a default
+    keeps existing checkpoints resumable (as it keeps point ids)."""
+    settings = {"params": params.model_dump(mode="json", exclude={"epochs", "predictor_epochs"}, exclude_defaults=True),
+                "data": data.model_dump(mode="json", exclude_defaults=True)}
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,0 +1,99 @@
+"""The rsa stage: how similar a trained model's representational geometry is to a subject's ROIs (SCIENCE.md
+section 6).
+
+Features at the pooled penultimate layer (and the neural head of a guided model) on the subject's shared
+validation images; RDM = 1 - Pearson r; Spearman rho against each ROI's RDM (from its z-scored repeat averages);
+the ROI's mean noise ceiling beside it; one-sided p-values from permuting images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from sfhpc.config import DataConfig, RsaParams
+from sfhpc.data.neural import neural_file, open_neural
+from sfhpc.evaluation.rsa import RsaRow, rows_to_arrays, rsa_against_rois
+from sfhpc.models.classifier import Classifier
+from sfhpc.results import RESULT_NAME, Provenance, now_iso, write_result
+from sfhpc.rundir import RunDir, manifest_points
+from sfhpc.stages.train import EVAL_BATCH, data_cache, load_trained, to_float
+
+DEFAULT_SUBJECT = "subj01"
+
+
+def run(config: dict[str, Any], point_dir: Path) -> Path:
+    """Compare one trained model with every ROI of its subjects and write the point's result file."""
+    started = now_iso()
+    params = RsaParams.model_validate(config["params"])
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    (upstream,) = config["upstream"]
+    model, train_config = load_trained(config["run_dir"], upstream)
+    data_cfg = DataConfig.model_validate(train_config["data"])
+    subjects = compared_subjects(params, train_config, Path(config["run_dir"]))
+    rows: list[tuple[str, RsaRow]] = []
+    for subject in subjects:
+        neural = open_neural(neural_file(data_cfg.neural, subject, data_cache(config) or point_dir,
+                                         data_cfg.image_size))
+        val = np.asarray(neural.val_index)
+        features = layer_features(model, neural.images(val, data_cfg.image_size))
+        rois = {name: neural.roi(name) for name in neural.rois}
+        compared = rsa_against_rois(features, {name: np.asarray(roi.mean)[val] for name, roi in rois.items()},
+                                    {name: float(np.nanmean(roi.noise_ceiling)) for name, roi in rois.items()},
+                                    params.rsa_permutations, params.rsa_seed)
+        rows += [(subject, row) for row in compared]
+
+    arrays = rows_to_arrays([row for _, row in rows])
+    arrays["subject"] = np.array([subject.encode() for subject, _ in rows], dtype=np.bytes_)
+    result = point_dir / RESULT_NAME
+    write_result(
+        result, stage="rsa", point_id=config["point_id"], config=config,
+        provenance=Provenance(config.get("git_sha", "unknown"), started, now_iso()),
+        metrics={**mean_rho_per_roi(rows), "n_subjects": len(subjects), "n_images": rows[0][1].n_images},
+        curves=arrays,
+        extra_attrs={"upstream": upstream, "subjects": ",".join(subjects), "rdm": "1 - Pearson r",
+                     "comparison": "Spearman rho of upper triangles", "test": "one-sided image permutation"},
+    )
+    return result
+
+
+def compared_subjects(params: RsaParams, train_config: dict[str, Any], run_dir: Path) -> tuple[str, ...]:
+    """Whose ROIs a model is compared with: the configured subjects; else a guided model's own subject; else every
+    subject of the run's predictor stage; else subj01."""
+    if params.rsa_subjects:
+        return tuple(params.rsa_subjects)
+    if train_config.get("upstream"):
+        (predictor,) = train_config["upstream"]
+        predictor_config = yaml.safe_load((run_dir / predictor / "config.yaml").read_text())
+        return (predictor_config["params"]["subject"],)
+    manifest = RunDir(run_dir).read_manifest()
+    subjects = [p["params"]["subject"] for stage, p in manifest_points(manifest) if stage == "predictor"]
+    return tuple(dict.fromkeys(subjects)) or (DEFAULT_SUBJECT,)
+
+
+@torch.no_grad()
+def layer_features(model: Classifier, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Pooled penultimate features of every image, and the neural head's outputs when the model has one."""
+    pooled = []
+    for start in range(0, len(images), EVAL_BATCH):
+        batch = to_float(images, torch.arange(start, min(start + EVAL_BATCH, len(images))), torch.device("cpu"))
+        pooled.append(model.features(batch))
+    features = torch.cat(pooled)
+    layers = {"pooled": features.numpy().astype(np.float64)}
+    if model.neural_head is not None:
+        layers["neural_head"] = model.neural_head(features).numpy().astype(np.float64)
+    return layers
+
+
+def mean_rho_per_roi(rows: list[tuple[str, RsaRow]]) -> dict[str, float]:
+    """Scalar metrics for tables: rho and noise ceiling per (layer, ROI), averaged over the compared subjects."""
+    metrics: dict[str, list[float]] = {}
+    for _, row in rows:
+        metrics.setdefault(f"rho_{row.layer}_{row.roi}", []).append(row.rho)
+        metrics.setdefault(f"noise_ceiling_{row.roi}", []).append(row.noise_ceiling)
+    return {name: float(np.mean(values)) for name, values in metrics.items()}

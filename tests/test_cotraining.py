@@ -1,0 +1,142 @@
+"""Neural co-training (SCIENCE.md section 2): the predictor stage and the guided train stage on the node. The loss is
+(1 - alpha) CE + alpha MSE to a frozen predictor's outputs; guided training resumes and runs under DDP exactly like
+plain training."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+import yaml
+
+from sfhpc import distributed
+from sfhpc.config import PredictorParams, TrainParams
+from sfhpc.stages import predictor, train
+
+DATA = {"kind": "synthetic", "image_size": 32, "n_classes": 4, "n_train": 64, "n_val": 32, "n_test": 32, "seed": 0,
+        "neural": {"n_images": 60, "n_shared": 20}}
+PREDICTOR = {"subject": "subj01", "roi": "TO", "predictor_width": 4, "predictor_epochs": 20,
+             "predictor_batch_size": 16}
+TRAIN = {"band": "none", "width": 4, "batch_size": 16, "lr": 0.05, "lr_step": 1, "seed": 3, "alpha": 0.9}
+
+
+def run_predictor(run_dir: Path, **overrides) -> Path:
+    """A finished predictor point `predictor/p` in run_dir, as the local executor leaves it."""
+    point_dir = run_dir / "predictor" / "p"
+    point_dir.mkdir(parents=True, exist_ok=True)
+    config = {"point_id": "p", "params": {**PREDICTOR, **overrides}, "data": DATA, "git_sha": "test", "threads": 1,
+              "run_dir": str(run_dir), "upstream": []}
+    (point_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    return predictor.run(config, point_dir)
+
+
+def guided_config(run_dir: Path, **overrides) -> dict:
+    return {"point_id": "g", "params": {**TRAIN, **overrides}, "data": DATA, "git_sha": "test", "threads": 1,
+            "run_dir": str(run_dir), "upstream": ["predictor/p"]}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("guided run")
+    run_predictor(folder)
+    return folder
+
+
+def metrics(result: Path) -> dict:
+    with h5py.File(result) as f:
+        return {name: f["metrics"][name][()] for name in f["metrics"]} | dict(f.attrs)
+
+
+def test_predictor_learns_the_roi_and_records_its_fit(run_dir: Path):
+    found = metrics(run_dir / "predictor" / "p" / "result.h5")
+    assert found["n_components"] >= 1 and found["n_val_images"] == 20 and found["n_train_images"] == 40
+    assert -1 <= found["val_pearson_mean"] <= 1 and np.isfinite(found["val_r2_mean"])
+    assert 0 < found["noise_ceiling_mean"] < 100
+    assert found["train_pearson_mean"] > 0.3  # 20 epochs fit the training images' PC patterns
+    with h5py.File(run_dir / "predictor" / "p" / "result.h5") as f:
+        assert f["curves/val_pearson"].shape == (20,) and f["curves/val_r2"].shape == (found["n_components"],)
+
+
+def test_controls_shuffle_targets_or_skip_training(tmp_path: Path):
+    targets = np.arange(20, dtype=np.float32).reshape(10, 2)
+    shuffled = predictor.control_targets(targets, PredictorParams(**{**PREDICTOR, "predictor": "shuffled"}))
+    assert not np.array_equal(shuffled, targets) and sorted(shuffled[:, 0]) == sorted(targets[:, 0])
+    assert np.array_equal(predictor.control_targets(targets, PredictorParams(**PREDICTOR)), targets)
+    untrained = metrics(run_predictor(tmp_path, predictor="random"))
+    assert untrained["epochs"] == 0
+
+
+def test_cotraining_loss_is_the_weighted_sum(run_dir: Path):
+    guide = train.NeuralGuide(predictor.load_predictor(run_dir, "predictor/p"), alpha=0.9)
+    model = train.build_model(TrainParams(**TRAIN), 4, 32, guide.n_outputs).eval()
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    logits, neural = model(images, with_neural=True)
+    expected = 0.1 * F.cross_entropy(logits, labels) + 0.9 * ((neural - guide.predictor(images)) ** 2).mean()
+    assert guide.loss(model, images, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert all(not p.requires_grad for p in guide.predictor.parameters())
+
+
+def test_guided_training_resumes_exactly(run_dir: Path):
+    straight = train.run(guided_config(run_dir, epochs=2), run_dir / "train" / "straight")
+    train.run(guided_config(run_dir, epochs=1), run_dir / "train" / "resumed")
+    resumed = train.run(guided_config(run_dir, epochs=2), run_dir / "train" / "resumed")
+    with h5py.File(straight) as a, h5py.File(resumed) as b:
+        assert b["curves/attempt"][()].tolist() == [0, 1]
+        assert np.allclose(a["curves/train_loss"][()], b["curves/train_loss"][()], rtol=1e-5)
+        assert np.isfinite(a["metrics/neural_fit_r"][()])
+    (run_dir / "train" / "straight" / "config.yaml").write_text(yaml.safe_dump(guided_config(run_dir, epochs=2)))
+    model, _ = train.load_trained(run_dir, "train/straight")
+    assert model.neural_head is not None  # the saved guided model loads with its neural head
+
+
+def test_unguided_training_needs_no_predictor(tmp_path: Path):
+    config = {**guided_config(tmp_path, epochs=1, alpha=0.0), "upstream": []}
+    found = metrics(train.run(config, tmp_path / "train" / "u"))
+    assert np.isnan(found["neural_fit_r"])
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+def _guided_step(rank: int, world: int, port: int, run_dir: Path, out: Path) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    env = distributed.detect()
+    torch.set_num_threads(1)
+    device = distributed.setup(env)
+    guide = train.NeuralGuide(predictor.load_predictor(run_dir, "predictor/p"), alpha=0.5)
+    params = TrainParams(**{**TRAIN, "batch_size": 8})
+    torch.manual_seed(params.seed)
+    model = train.build_model(params, 4, 32, guide.n_outputs)
+    model.eval()  # frozen BatchNorm statistics, as in the plain DDP test (no SyncBN on CPUs)
+    wrapped = train._wrap_ddp(model, env, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(8) % 4
+    (index,) = train.rank_batches(torch.arange(8), 8, env, distributed.per_rank_batch(8, world))
+    train.train_step(wrapped, optimizer, images[index], labels[index], guide)
+    if env.is_main:
+        torch.save(model.state_dict(), out)
+    distributed.teardown(env)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_guided_step_equals_single_step_on_the_whole_batch(run_dir: Path, tmp_path: Path):
+    mp.spawn(_guided_step, args=(2, _free_port(), run_dir, tmp_path / "ddp.pt"), nprocs=2, join=True)
+    mp.spawn(_guided_step, args=(1, _free_port(), run_dir, tmp_path / "single.pt"), nprocs=1, join=True)
+    ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
+    assert "neural_head.weight" in single
+    for key in single:
+        assert torch.allclose(ddp[key], single[key], atol=1e-6), key
