@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def _print_plan(plan) -> None:
 
     console = _console()
     summary = Table(title=f"sweep {plan.sweep.name}: {plan.n_points} points", title_justify="left")
-    for column in ("stage", "points", "axes", "resources per point", "GPU-h", "CPU-h"):
+    for column in ("stage", "points", "axes", "reads", "resources per point", "GPU-h", "CPU-h"):
         summary.add_column(column, justify="right" if column.endswith("-h") else "left")
     totals = {"gpu_hours": 0.0, "cpu_hours": 0.0}
     for stage in plan.stages:
@@ -93,7 +94,7 @@ def _print_plan(plan) -> None:
         hours = stage.hours()
         for key in totals:
             totals[key] += hours[key] if hours else 0.0
-        summary.add_row(stage.name, str(len(stage.points)), ", ".join(stage.axes) or "-",
+        summary.add_row(stage.name, str(len(stage.points)), ", ".join(stage.axes) or "-", _reads(stage),
                         f"{r.nodes} node x {r.tasks_per_node} task, {r.cpus_per_task} cpu, {r.gpus_per_node} gpu, "
                         f"{r.mem_gb:g} GB, {r.timeout_min} min",
                         f"{hours['gpu_hours']:.1f}" if hours else "?", f"{hours['cpu_hours']:.1f}" if hours else "?")
@@ -102,15 +103,27 @@ def _print_plan(plan) -> None:
     console.print(f"estimate: {totals['gpu_hours']:.1f} GPU-hours, {totals['cpu_hours']:.1f} CPU-hours"
                   + (f" (without {', '.join(unknown)}: no expected_minutes in their job files)" if unknown else "")
                   + "; from jobs/*.yaml expected_minutes x points x nodes")
+    readers = Counter(key for stage in plan.stages for point in stage.points for key in point.upstream)
     for stage in plan.stages:
         table = Table(title=f"{stage.name} points", title_justify="left")
         table.add_column("#", justify="right")
         table.add_column("point id")
         for axis in stage.axes:
             table.add_column(axis)
+        read = any(readers[f"{stage.name}/{p.id}"] for p in stage.points)
+        if read:
+            table.add_column("read by", justify="right")
         for index, point in enumerate(stage.points):
-            table.add_row(str(index), point.id, *(str(point.labels[a]) for a in stage.axes))
+            used = [str(readers[f"{stage.name}/{point.id}"])] if read else []
+            table.add_row(str(index), point.id, *(str(point.labels[a]) for a in stage.axes), *used)
         console.print(table)
+
+
+def _reads(stage) -> str:
+    """Which upstream points a stage's points read: `predictor: 4 of 10 points` (an unguided train point reads
+    none), or `-`."""
+    counts = Counter(key.split("/", 1)[0] for point in stage.points for key in set(point.upstream))
+    return ", ".join(f"{name}: {n} of {len(stage.points)} points" for name, n in counts.items()) or "-"
 
 
 @sweep_app.command("launch")

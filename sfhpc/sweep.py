@@ -23,6 +23,7 @@ from sfhpc.config import (
     JobSpec,
     KeyPath,
     LocatedYaml,
+    PredictorParams,
     Resources,
     StageKind,
     SweepConfig,
@@ -344,12 +345,13 @@ def _validate_params(model, values: dict[str, Any], point: SweepPoint, doc: Loca
         key = first["loc"][0] if first["loc"] else None
         where = point.origins.get(key) or ("stages", stage, "params", *first["loc"])
         raise doc.error(where, explain_pydantic_error(first)) from None
-    check = {TrainParams: _check_band_fits_data, AttackParams: _check_attack_settings}.get(type(params))
+    check = {TrainParams: _check_band_fits_data, AttackParams: _check_attack_settings,
+             PredictorParams: _check_neural_data}.get(type(params))
     if check:
         try:
             check(params, data, job)
         except ValueError as err:
-            key = {TrainParams: "band", AttackParams: "attack_eps"}[type(params)]
+            key = {TrainParams: "band", AttackParams: "attack_eps", PredictorParams: "roi"}[type(params)]
             raise doc.error(point.origins.get(key) or ("stages", stage, "params", key), str(err)) from None
     return params.model_dump(mode="json")
 
@@ -359,6 +361,13 @@ def _check_band_fits_data(params: TrainParams, data: DataConfig, job: JobSpec) -
 
     band_params = BandParams(params.lsf_sigma_px224, params.human_mu, params.human_s, params.human_floor)
     check_band_fits(params.band, data.image_size, band_params)
+
+
+def _check_neural_data(params: PredictorParams, data: DataConfig, job: JobSpec) -> None:
+    """The subject's neural data has the ROI: settings of the simulated brain, or a prepared NSD file's ROIs."""
+    from sfhpc.data.neural import check_neural  # h5py attributes only
+
+    check_neural(data.neural, [params.subject], [params.roi])
 
 
 def _check_attack_settings(params: AttackParams, data: DataConfig, job: JobSpec) -> None:

@@ -39,6 +39,11 @@ def test_login_node_commands_do_not_import_torch(command, tiny_sweep: Path, tmp_
     assert heavy_modules_after(*args) == ""
 
 
+def test_expanding_the_guided_quickstart_does_not_import_torch():
+    quickstart = Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml"
+    assert heavy_modules_after("sweep", "expand", quickstart, "--json") == ""
+
+
 def test_status_and_aggregate_do_not_import_torch(tiny_sweep: Path, tmp_path: Path):
     run = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "sfhpc.cli", "sweep", "launch", str(tiny_sweep), "--output", str(run)],
