@@ -135,6 +135,29 @@ def test_downstream_stage_waits_on_its_upstream_array(slurm_cluster, write_sweep
     assert wait_until(run, settled)["counts"] == {"train": {"done": 2}, "cbm": {"done": 2}}
 
 
+GUIDED_STAGES = """\
+  predictor:
+    params: {predictor_width: 4, predictor_epochs: 2, predictor_batch_size: 16}
+    resources: {mem_gb: 1, cpus_per_task: 1}
+  rsa:
+    params: {rsa_permutations: 20}
+    resources: {mem_gb: 1, cpus_per_task: 1}
+"""
+
+
+def test_guided_points_wait_for_their_predictor_and_rsa_follows(slurm_cluster, write_sweep, awkward_dir):
+    sweep = make_sweep(write_sweep, "guided", grid="  roi: [TO]\n  alpha: [0, 0.9]", extra_stages=GUIDED_STAGES)
+    sweep.write_text(sweep.read_text().replace("n_test: 32}", "n_test: 32, neural: {n_images: 40, n_shared: 10}}"))
+    run = awkward_dir / "runs" / "guided"
+    report = launch(sweep, run)
+    stages = [(a["stage"], a["tasks"]) for a in report["arrays"]]
+    assert stages == [("predictor", 1), ("train", 2), ("rsa", 2)]
+    predictor_job = report["arrays"][0]["job_id"]
+    assert predictor_job in report["arrays"][1]["dependency"]  # the guided task needs the predictor
+    final = wait_until(run, settled, timeout=300)
+    assert final["counts"] == {"predictor": {"done": 1}, "train": {"done": 2}, "rsa": {"done": 2}}, final
+
+
 def test_arrays_larger_than_max_array_size_are_chunked_and_status_makes_one_sacct_call(
         slurm_cluster, write_sweep, awkward_dir, monkeypatch):
     assert slurm.max_array_size() == 1001  # read from the real cluster's `scontrol show config`
