@@ -11,8 +11,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sfhpc.results import ResultCheck
-from sfhpc.rundir import JobRecord, RunDir, manifest_points, tail
+from sfhpc.results import RESULT_NAME, ResultCheck
+from sfhpc.rundir import ERROR_NAME, JobRecord, RunDir, manifest_points, tail
 
 STATES = ("done", "failed", "running", "pending", "not submitted")
 
@@ -37,12 +37,14 @@ def run_status(run: RunDir) -> list[PointStatus]:
     jobs = run.latest_jobs()
     index = run.result_index()
     keys = [(stage, point["id"]) for stage, point in manifest_points(manifest)]
-    results = {key: index.check(run.result_path(*key), key[1]) for key in keys}
+    folders = {key: run.point_dir(*key) for key in keys}  # built once: 10,000 points make pathlib count
+    results = {key: index.check(folders[key] / RESULT_NAME, key[1]) for key in keys}
     index.save()
-    undecided = [jobs[k] for k in keys if k in jobs and results[k].state == "missing"
-                 and not run.error_path(*k).exists()]
+    errors = {key: folders[key] / ERROR_NAME for key in keys if results[key].state == "missing"}
+    errors = {key: path for key, path in errors.items() if path.exists()}
+    undecided = [jobs[k] for k in keys if k in jobs and results[k].state == "missing" and k not in errors]
     scheduler = scheduler_states(run, undecided)
-    return [point_status(run, *key, jobs.get(key), results[key], scheduler) for key in keys]
+    return [point_status(run, *key, jobs.get(key), results[key], scheduler, errors.get(key)) for key in keys]
 
 
 def scheduler_states(run: RunDir, records: list[JobRecord]) -> dict:
@@ -57,14 +59,14 @@ def scheduler_states(run: RunDir, records: list[JobRecord]) -> dict:
 
 
 def point_status(run: RunDir, stage: str, point_id: str, job: JobRecord | None, result: ResultCheck,
-                 scheduler: dict) -> PointStatus:
+                 scheduler: dict, error: Path | None) -> PointStatus:
+    """`error`: the point's error file, when it has one."""
     job_id = job.job_id if job else None
     if result.state == "ok":
         return PointStatus(stage, point_id, "done", job_id=job_id, result="ok")
     if result.state == "corrupt":
         return PointStatus(stage, point_id, "failed", f"corrupt result: {result.reason}", job_id, result="corrupt")
-    error = run.error_path(stage, point_id)
-    if error.exists():
+    if error is not None:
         summary = error.read_text(errors="replace").split("\n", 1)[0]
         return PointStatus(stage, point_id, "failed", summary, job_id, tail(error))
     if job is None:
