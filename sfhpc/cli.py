@@ -399,8 +399,9 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
     console.print("wrote " + ", ".join(written), soft_wrap=True)
 
 
-def _print_point_tables(summary, most_rows: int = 40) -> None:
-    """One table per stage (one row per point); a long one is left to summary.csv."""
+def _print_point_tables(summary, most_rows: int = 40, most_metrics: int = 6) -> None:
+    """One table per stage (one row per point) with at most `most_metrics` metric columns; a long or wide one is
+    left, in full or in part, to summary.csv."""
     from rich.table import Table
 
     from sfhpc.aggregate import constant_metrics, display_columns, format_value
@@ -411,6 +412,11 @@ def _print_point_tables(summary, most_rows: int = 40) -> None:
             console.print(f"{table.stage}: {len(table.rows)} points with results (one row each in summary.csv)")
             continue
         columns = display_columns(table)
+        metrics = [c for c in columns if c in table.metrics]
+        if len(metrics) > most_metrics:
+            columns = [c for c in columns if c not in metrics[most_metrics:]]
+            console.print(f"{table.stage}: {len(metrics) - most_metrics} more metrics per point in summary.csv "
+                          f"({', '.join(metrics[most_metrics:most_metrics + 3])}, ...)", soft_wrap=True)
         view = Table(title=f"{table.stage}: {len(table.rows)} points with results", title_justify="left")
         for column in columns:
             view.add_column(column, justify="right" if column in table.metrics else "left")

@@ -573,6 +573,9 @@ def headline_rows(report: Report) -> tuple[list[str], list[list[str]]]:
         columns.append((_label(f"AUC {_norm_label(norm)}", variant), _key(f"auc_{norm}", variant), ".3f"))
     for name in ("bandwidth_octaves", "centre_cpi"):
         columns += [(m.label, m.key, m.fmt) for m in report.metrics.values() if m.key.split("[")[0] == name]
+    rsa = [m for m in report.metrics.values() if m.key.startswith("rsa_rho_pooled_") and "[" not in m.key]
+    earliest_and_latest_roi = rsa[:1] + (rsa[-1:] if len(rsa) > 1 else [])
+    columns += [(f"RSA ρ {m.key.rsplit('_', 1)[1]}", m.key, m.fmt) for m in earliest_and_latest_roi]
     header = ["condition", "n", *(title for title, _, _ in columns)]
     rows = []
     for condition in report.conditions:
