@@ -8,7 +8,6 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from sfhpc.results import read_metrics
 from sfhpc.rundir import RunDir, manifest_points
 from sfhpc.status import run_status
 
@@ -32,7 +31,8 @@ class Summary:
 def summarize(run: RunDir) -> Summary:
     manifest = run.read_manifest()
     axes_of = {stage["name"]: stage["axes"] for stage in manifest["plan"]["stages"]}
-    statuses = {(s.stage, s.point): s for s in run_status(run)}
+    index = run.result_index()
+    statuses = {(s.stage, s.point): s for s in run_status(run, index)}
     tables: dict[str, StageTable] = {}
     problems: list[dict[str, str]] = []
     metrics_of: dict[tuple[str, str], dict[str, Any]] = {}
@@ -44,7 +44,7 @@ def summarize(run: RunDir) -> Summary:
             problems.append({"stage": stage, "point": point["id"], "state": state,
                              "reason": status.reason or status.state})
             continue
-        metrics, _ = read_metrics(run.result_path(stage, point["id"]))
+        metrics = index.metrics(run.result_path(stage, point["id"]))
         table.metrics += [m for m in metrics if m not in table.metrics]
         metrics_of[(stage, point["id"])] = metrics
         table.rows.append({"point": point["id"], **point["params"], **point.get("labels", {}), **metrics})

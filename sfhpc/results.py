@@ -3,7 +3,8 @@
 Layout of a result file:
     attrs      schema_version, stage, point_id, config (resolved, YAML), git_sha, versions (sfhpc, torch, numpy),
                host, started, ended (ISO 8601, UTC)
-    metrics/   scalar datasets: the numbers a summary table shows (e.g. test_accuracy)
+    metrics/   scalar datasets: the numbers a summary table shows (e.g. test_accuracy); the same numbers are in the
+               attributes metric_values (JSON, in the order written) and their names in metric_order
     curves/    1-D datasets: per-epoch histories and per-sample outcomes
 A file is valid only when it opens, has this schema version and names the expected point; anything else is
 reported as corrupt and never used.
@@ -98,6 +99,8 @@ def write_result(path: Path, *, stage: str, point_id: str, config: dict[str, Any
             f.attrs.update(provenance.attrs())
             f.attrs.update(extra_attrs or {})
             f.attrs["metric_order"] = json.dumps(list(metrics))  # HDF5 lists members alphabetically
+            # The same numbers in one attribute: reading 8 datasets costs 8 times reading one attribute.
+            f.attrs["metric_values"] = json.dumps({name: np.asarray(value).item() for name, value in metrics.items()})
             group = f.create_group("metrics")
             for name, value in metrics.items():
                 group.create_dataset(name, data=value)
@@ -116,22 +119,28 @@ class ResultCheck:
 
 def check_result(path: Path, point_id: str) -> ResultCheck:
     """Is `path` a complete result of `point_id`? Never raises for a bad file: says why it is bad."""
+    return inspect_result(path, point_id)[0]
+
+
+def inspect_result(path: Path, point_id: str) -> tuple[ResultCheck, dict[str, Any] | None]:
+    """`check_result` and, for a valid file, its metrics, in one opening of the file (aggregating 10,000 results
+    opens each once)."""
     if not path.exists():
-        return ResultCheck("missing")
+        return ResultCheck("missing"), None
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            version = f.attrs.get("schema_version")
+            version = _attr(f, "schema_version")
             if version != SCHEMA_VERSION:
-                return ResultCheck("corrupt", f"schema_version {_plain(version)!r}, expected {SCHEMA_VERSION}")
-            if f.attrs.get("point_id") != point_id:
-                return ResultCheck("corrupt", f"made for point {f.attrs.get('point_id')!r}, not {point_id!r}")
+                return ResultCheck("corrupt", f"schema_version {_plain(version)!r}, expected {SCHEMA_VERSION}"), None
+            if _attr(f, "point_id") != point_id:
+                return ResultCheck("corrupt", f"made for point {_attr(f, 'point_id')!r}, not {point_id!r}"), None
             if "metrics" not in f:
-                return ResultCheck("corrupt", "no metrics group")
+                return ResultCheck("corrupt", "no metrics group"), None
+            return ResultCheck("ok"), _metrics(f)
     except Exception as err:  # h5py raises OSError, KeyError, ValueError... for damaged files
-        return ResultCheck("corrupt", f"unreadable HDF5 ({type(err).__name__}: {err})")
-    return ResultCheck("ok")
+        return ResultCheck("corrupt", f"unreadable HDF5 ({type(err).__name__}: {err})"), None
 
 
 def read_metrics(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -139,11 +148,35 @@ def read_metrics(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     import h5py
 
     with h5py.File(path, "r") as f:
-        names = json.loads(f.attrs.get("metric_order", "[]"))
-        names += [name for name in f["metrics"] if name not in names]
-        metrics = {name: f["metrics"][name][()].item() for name in names}
-        attrs = {key: _plain(value) for key, value in f.attrs.items()}
-    return metrics, attrs
+        return _metrics(f), {key: _plain(value) for key, value in f.attrs.items()}
+
+
+def _metrics(f: Any) -> dict[str, Any]:
+    """The metrics of an open result file, in the order written: from the `metric_values` attribute (one read),
+    or, in files written before it existed, from the datasets."""
+    values = _attr(f, "metric_values")
+    if values is not None:
+        return json.loads(values)
+    group = f["metrics"]
+    names = json.loads(_attr(f, "metric_order") or "[]")
+    names += [name for name in group if name not in names]
+    return {name: group[name][()].item() for name in names}
+
+
+def _attr(f: Any, name: str) -> Any:
+    """Attribute `name` of an open file (None when absent) as a Python value, through h5py's low-level calls:
+    a fifth of the cost of `f.attrs.get(name)`, which adds up over 10,000 files."""
+    import h5py
+    import numpy as np
+
+    key = name.encode()
+    if not h5py.h5a.exists(f.id, key):
+        return None
+    attr = h5py.h5a.open(f.id, key)
+    value = np.empty(attr.shape, dtype=attr.dtype)
+    attr.read(value)
+    value = value.item() if value.ndim == 0 else value
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _plain(value: Any) -> Any:
@@ -158,6 +191,7 @@ class ResultIndex:
     def __init__(self, path: Path):
         self.path = path
         self.dirty = False
+        self.read: dict[str, dict[str, Any]] = {}  # metrics of the valid files `check` opened, until `metrics` asks
         try:
             self.entries: dict[str, list] = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -173,10 +207,22 @@ class ResultIndex:
         entry = self.entries.get(key)
         if entry and entry[:3] == signature:
             return ResultCheck(entry[3], entry[4])
-        verdict = check_result(result, point_id)
+        verdict, metrics = inspect_result(result, point_id)
+        if metrics is not None:
+            self.read[key] = metrics
         self.entries[key] = [*signature, verdict.state, verdict.reason]
         self.dirty = True
         return verdict
+
+    def metrics(self, result: Path) -> dict[str, Any]:
+        """The metrics of a result file that `check` found valid: those it read, else read now."""
+        metrics = self.read.pop(os.path.relpath(result, self.path.parent), None)
+        if metrics is None:
+            import h5py
+
+            with h5py.File(result, "r") as f:
+                metrics = _metrics(f)
+        return metrics
 
     def save(self) -> None:
         """Write the index if it learnt something; losing it only costs a re-check."""

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sfhpc.results import RESULT_NAME, ResultCheck
+from sfhpc.results import RESULT_NAME, ResultCheck, ResultIndex
 from sfhpc.rundir import ERROR_NAME, JobRecord, RunDir, manifest_points, tail
 
 STATES = ("done", "failed", "running", "pending", "not submitted")
@@ -31,11 +31,12 @@ class PointStatus:
         return asdict(self)
 
 
-def run_status(run: RunDir) -> list[PointStatus]:
-    """The state of every point of the run, in manifest order."""
+def run_status(run: RunDir, index: ResultIndex | None = None) -> list[PointStatus]:
+    """The state of every point of the run, in manifest order. `index`: the run's result index, for a caller that
+    wants the metrics it reads on the way (`ResultIndex.metrics`)."""
     manifest = run.read_manifest()
     jobs = run.latest_jobs()
-    index = run.result_index()
+    index = index or run.result_index()
     keys = [(stage, point["id"]) for stage, point in manifest_points(manifest)]
     folders = {key: run.point_dir(*key) for key in keys}  # built once: 10,000 points make pathlib count
     results = {key: index.check(folders[key] / RESULT_NAME, key[1]) for key in keys}
