@@ -425,8 +425,9 @@ def condition_statistics(models: list[Model], conditions: list[str], metrics: li
     base_of = baselines(models)
     rows = []
     for metric in metrics:
-        per_condition = {c: {m.seed: m.values.get(metric, math.nan) for m in models if m.condition == c}
-                         for c in conditions}
+        per_condition: dict[str, dict[Any, float]] = {c: {} for c in conditions}
+        for m in models:  # one pass (not one per condition: 1,000 conditions of 10,000 models took a second)
+            per_condition[m.condition][m.seed] = m.values.get(metric, math.nan)
         for condition in conditions:
             values = per_condition[condition]
             n, mean, sem = describe(list(values.values()))
