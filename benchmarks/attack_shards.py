@@ -1,0 +1,123 @@
+"""AutoAttack split into K shards against one run over all images: total CPU time ratio (goal: <= 1.05).
+
+The model is the train stage's small_resnet (width 8) trained for a few epochs by the stage's own `train_epoch` on
+32 px synthetic images (seeded: the same model every run; eval mode is deterministic, which `attack_shard` checks).
+The attack is a quick custom AutoAttack (pyautoattack): APGD-CE with 10 iterations (--iterations; AutoAttack's own
+is 100) and 1 restart, Linf eps 2/255 and 8/255, batch size 64, seed 0. The sharded side attacks each of K
+contiguous shards of the test images (`shard_bounds`, as the attack stage splits them) with `attack_shard`, the
+stage's own call; the other side attacks all images in one `attack_shard` call. CPU time is this process's
+(`time.process_time`, every thread), on one torch thread so that thread spinning does not blur it; each side runs
+--repeat times, alternating, with fresh state folders, and the medians are compared. The merged flags of the shards
+are compared with the unsharded flags.
+
+Not in the ratio, and printed beside it: each shard is its own SLURM task, which also pays a process start, the
+torch import and loading the model (measured here as a fresh `python -c "import sfhpc.stages.attack"`).
+
+What the shards cost beyond the attack itself: every AutoAttack call (one per shard and (norm, eps)) first runs
+pyautoattack's model checks and a clean pass (a few forward passes of a batch), and each shard attacks its own
+still-robust images in its own batches: more, smaller batches, each with APGD's per-iteration bookkeeping. On this
+toy model (32 px, a few ms per batch) both are a visible share; they shrink as the work per image grows.
+
+Run: .venv/bin/python benchmarks/attack_shards.py [--shards 4] [--images 256] [--iterations 10] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfhpc import distributed
+from sfhpc.config import DataConfig, TrainParams
+from sfhpc.data import load_dataset
+from sfhpc.evaluation.attack import AttackSettings, attack_shard, shard_bounds
+from sfhpc.stages.train import build_model, train_epoch
+
+
+def trained_model(images: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A small classifier trained by the stage's train_epoch, and `images` test images in [0, 1] with labels."""
+    data = DataConfig(kind="synthetic", image_size=32, n_classes=4, n_train=1024, n_val=64, n_test=images)
+    dataset = load_dataset(data, None)
+    params = TrainParams(arch="small_resnet", width=8, batch_size=64, lr=0.05, epochs=4)
+    torch.manual_seed(params.seed)
+    model = build_model(params, len(dataset.class_names), data.image_size)
+    optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
+                                weight_decay=params.weight_decay)
+    for epoch in range(params.epochs):
+        train_epoch(model, optimizer, dataset.train.images, dataset.train.labels, params, epoch,
+                    distributed.single(), params.batch_size, torch.device("cpu"))
+    model.eval()
+    x = torch.from_numpy(dataset.test.images).float().div_(255.0)
+    return model, x, torch.from_numpy(dataset.test.labels)
+
+
+def cpu_seconds(run) -> tuple[float, dict[str, np.ndarray]]:
+    tic = time.process_time()
+    flags = run()
+    return time.process_time() - tic, flags
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=10, help="APGD iterations (AutoAttack's own: 100)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model, x, y = trained_model(args.images)
+    settings = [AttackSettings("custom", ("apgd-ce",), "Linf", eps, seed=0, batch_size=64,
+                               apgd_iterations=args.iterations, apgd_restarts=1) for eps in (2 / 255, 8 / 255)]
+    bounds = [shard_bounds(len(y), args.shards, shard) for shard in range(args.shards)]
+    with tempfile.TemporaryDirectory(prefix="sfhpc-attack-shards-") as tmp:
+        def whole() -> dict[str, np.ndarray]:
+            return attack_shard(model, x, y, settings, Path(tempfile.mkdtemp(dir=tmp)))
+
+        def sharded() -> dict[str, np.ndarray]:
+            parts = [attack_shard(model, x[a:b], y[a:b], settings, Path(tempfile.mkdtemp(dir=tmp)))
+                     for a, b in bounds]
+            return {s.key(): np.concatenate([part[s.key()] for part in parts]) for s in settings}
+
+        one, many = [], []
+        for _ in range(args.repeat):
+            seconds, one_flags = cpu_seconds(whole)
+            one.append(seconds)
+            seconds, merged_flags = cpu_seconds(sharded)
+            many.append(seconds)
+    startup = job_startup_cpu_seconds()
+    ratio = statistics.median(many) / statistics.median(one)
+    with torch.no_grad():
+        clean = float((model(x).argmax(1) == y).float().mean())
+    print(f"{len(y)} test images (clean accuracy {clean:.3f}), APGD-CE {args.iterations} iterations, Linf eps 2/255 "
+          f"and 8/255, "
+          f"batch 64, 1 torch thread; median of {args.repeat}")
+    print(f"one run over all images       {statistics.median(one):7.2f} s CPU  (each: "
+          f"{', '.join(f'{t:.2f}' for t in one)})")
+    print(f"{args.shards} shards {str([b - a for a, b in bounds]):<20} {statistics.median(many):7.2f} s CPU  (each: "
+          f"{', '.join(f'{t:.2f}' for t in many)})")
+    print(f"ratio shards / one run          {ratio:6.3f}  goal <= 1.05: {'met' if ratio <= 1.05 else 'MISSED'}")
+    for s in settings:
+        a, b = one_flags[s.key()], merged_flags[s.key()]
+        print(f"  Linf eps {s.eps * 255:.0f}/255: robust accuracy {a.mean():.3f} (one run) vs {b.mean():.3f} "
+              f"(merged shards); flags equal: {'yes' if np.array_equal(a, b) else f'NO, {int((a != b).sum())} differ'}")
+    print(f"per shard job, outside the ratio: {startup:.2f} s CPU to start python and import torch and the stage "
+          f"(x {args.shards} shards: {args.shards * startup:.1f} s, against {1 * startup:.1f} s for one job)")
+
+
+def job_startup_cpu_seconds() -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", "import sfhpc.stages.attack"], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+if __name__ == "__main__":
+    main()
