@@ -207,14 +207,15 @@ def purge(names: list[str], forgotten: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def room_for(points: int, job_names: list[str]) -> Iterator[None]:
+def room_for(points: int, job_names: list[str]) -> Iterator[bool]:
     """Make room for `points` queued tasks (see the module docstring). When MaxJobCount is too low: hold
     testcluster.sh's lock (a concurrent `testcluster.sh start` would otherwise put the template's slurm.conf back
     mid-benchmark), raise MaxJobCount with MinJobAge=5 (a slurmctld restart); afterwards cancel these jobs, wait until
-    they are purged, restore slurm.conf, restart slurmctld, release the lock and check the cluster's health."""
+    they are purged, restore slurm.conf, restart slurmctld, release the lock and check the cluster's health.
+    Yields whether it raised the limit (then cancelled jobs are purged within seconds, not MinJobAge's minutes)."""
     if int(scontrol_value("MaxJobCount")) > points + 1000:
         try:
-            yield
+            yield False
         finally:
             purge(job_names, forgotten=False)
         return
@@ -227,7 +228,7 @@ def room_for(points: int, job_names: list[str]) -> Iterator[None]:
         conf.write_text(with_settings(original, {"MaxJobCount": max(100_000, 4 * points), "MinJobAge": 5}))
         try:
             restart_slurmctld(state / "run")
-            yield
+            yield True
         finally:
             try:
                 purge(job_names)
@@ -241,7 +242,7 @@ def room_for(points: int, job_names: list[str]) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------- sides
-def sfhpc_side(folder: Path, calls: Calls, seeds: int, repeat: int) -> dict:
+def sfhpc_side(folder: Path, calls: Calls, seeds: int, repeat: int, purged: bool) -> dict:
     name = SFHPC_SWEEP
     sweep = folder / "scale.yaml"
     sweep.write_text(SWEEP.format(name=name, seeds=list(range(seeds)), **GRID))
@@ -260,7 +261,7 @@ def sfhpc_side(folder: Path, calls: Calls, seeds: int, repeat: int) -> dict:
             status_times.append(time.perf_counter() - tic)
             sacct_calls.append(calls.count("sacct"))
             squeue_calls.append(calls.count("squeue"))
-        purge([SFHPC_JOBS])  # (the run folders go with the temporary folder, after the cluster is restored)
+        purge([SFHPC_JOBS], forgotten=purged)  # (the run folders go with the temporary folder, at the end)
     pending = re.search(r"train\D+(\d+)\D+(\d+)\D+(\d+)\D+(\d+)", out)
     return {"launch": launches, "sbatch": sbatch_calls, "status": status_times, "sacct": sacct_calls,
             "squeue": squeue_calls, "status_line": pending.group(0) if pending else out.strip().splitlines()[-2]}
@@ -315,8 +316,8 @@ def main() -> None:
         folder = Path(tmp)
         calls = Calls(folder)
         os.environ["PATH"] = f"{calls.bin}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-        with room_for(args.points, [SFHPC_JOBS]):
-            ours = sfhpc_side(folder, calls, args.points // 1000, args.repeat)
+        with room_for(args.points, [SFHPC_JOBS]) as raised:
+            ours = sfhpc_side(folder, calls, args.points // 1000, args.repeat, purged=raised)
         launch = report_sfhpc(ours, args.points, args.repeat, max_array)
         if hydra:
             with room_for(args.hydra_points, [HYDRA_JOBS]):
@@ -341,7 +342,7 @@ def report_sfhpc(ours: dict, points: int, repeat: int, max_array: int) -> float:
     print(f"sfhpc status RUN     {status:7.2f} s  goal < 1 s: {verdict(status < 1)}  "
           f"(each: {', '.join(f'{t:.2f}' for t in ours['status'])})")
     print(f"  sacct calls        {max(ours['sacct']):7d}    goal 1: {verdict(set(ours['sacct']) == {1})}  "
-          f"(squeue calls: {max(ours['squeue'])}; it said: {ours['status_line']})", flush=True)
+          f"(squeue calls, each: {ours['squeue']}; it said: {ours['status_line']})", flush=True)
     return launch
 
 
