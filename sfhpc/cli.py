@@ -19,6 +19,7 @@ app.add_typer(cbm_app, name="cbm")
 data_app = typer.Typer(help="Neural data: prepare NSD subjects for neural guidance.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+MOST_CONDITION_ROWS = 40  # a terminal shows this many conditions; all of them are in conditions.csv and report.md
 STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "pending": "yellow", "not submitted": "dim"}
 
 
@@ -390,9 +391,11 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
                      title_justify="left")
         for column in header:
             view.add_column(column)
-        for row in rows:
+        for row in rows[:MOST_CONDITION_ROWS]:
             view.add_row(*row)
         console.print(view)
+        if len(rows) > MOST_CONDITION_ROWS:
+            console.print(f"{len(rows) - MOST_CONDITION_ROWS} more conditions in conditions.csv and report.md")
     for problem in summary.problems:
         console.print(f"[red]{problem['state']:>8}[/] {problem['stage']}/{problem['point']}: {problem['reason']}",
                       soft_wrap=True)

@@ -361,3 +361,15 @@ def test_a_stage_without_results_yet_draws_no_figure_and_says_why(tmp_path: Path
     assert files.figures == [] and "](figures/" not in text
     assert "no model has a complete `attack` result yet" in text and "no model has a complete `cbm` result yet" in text
     assert sum(p["state"] == "incomplete" for p in files.report.problems) == 6
+
+
+def test_paired_t_p_value_equals_scipy_ttest_rel():
+    from sfhpc.report import paired_t_p_value
+
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5, 10):
+        for _ in range(50):
+            a, b = rng.normal(size=n), rng.normal(size=n)
+            assert paired_t_p_value(a - b) == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9, abs=1e-12)
+    assert paired_t_p_value(np.full(3, 0.5)) == 0.0  # equal, non-zero differences: scipy's t is inf, p is 0
+    assert np.isnan(paired_t_p_value(np.zeros(3)))
