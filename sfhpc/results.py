@@ -183,6 +183,14 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+PARALLEL_FROM_FILES = 2000  # below this, starting worker processes costs more than it saves
+MAX_WORKERS = 8
+
+
+def _inspect_pair(pair: tuple[Path, str]) -> tuple[ResultCheck, dict[str, Any] | None]:
+    return inspect_result(*pair)
+
+
 class ResultIndex:
     """Remembers the verdict on each result file with its size and modification time, so that a status refresh
     opens only new or changed files (and needs no h5py at all when none changed). Results are replaced
@@ -191,7 +199,6 @@ class ResultIndex:
     def __init__(self, path: Path):
         self.path = path
         self.dirty = False
-        self.read: dict[str, dict[str, Any]] = {}  # metrics of the valid files `check` opened, until `metrics` asks
         try:
             self.entries: dict[str, list] = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -208,15 +215,47 @@ class ResultIndex:
         if entry and entry[:3] == signature:
             return ResultCheck(entry[3], entry[4])
         verdict, metrics = inspect_result(result, point_id)
-        if metrics is not None:
-            self.read[key] = metrics
-        self.entries[key] = [*signature, verdict.state, verdict.reason]
-        self.dirty = True
+        self._remember(result, point_id, verdict, metrics)
         return verdict
 
+    def check_many(self, results: list[tuple[Path, str]], parallel_from: int = PARALLEL_FROM_FILES
+                   ) -> list[ResultCheck]:
+        """`check` of every (result file, point id), in order. When at least `parallel_from` files must be opened
+        (a first aggregate of a large run), they are opened by one worker process per CPU: opening and reading
+        an HDF5 file is CPU-bound, and h5py serialises threads."""
+        stale = [(path, point_id) for path, point_id in results if self._needs_opening(path, point_id)]
+        workers = min(os.cpu_count() or 1, MAX_WORKERS)
+        if len(stale) >= parallel_from and workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork: the workers need nothing but this module; no HDF5 file is open in this process here
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                inspected = pool.map(_inspect_pair, stale, chunksize=max(1, len(stale) // (4 * workers)))
+                for (path, point_id), (verdict, metrics) in zip(stale, inspected, strict=True):
+                    self._remember(path, point_id, verdict, metrics)
+        return [self.check(path, point_id) for path, point_id in results]
+
+    def _needs_opening(self, result: Path, point_id: str) -> bool:
+        try:
+            stat = result.stat()
+        except FileNotFoundError:
+            return False
+        entry = self.entries.get(os.path.relpath(result, self.path.parent))
+        return not (entry and entry[:3] == [stat.st_size, stat.st_mtime_ns, point_id])
+
+    def _remember(self, result: Path, point_id: str, verdict: ResultCheck, metrics: dict[str, Any] | None) -> None:
+        # The metrics are kept too: a later aggregate of an unchanged run opens no result file at all.
+        stat = result.stat()
+        key = os.path.relpath(result, self.path.parent)
+        self.entries[key] = [stat.st_size, stat.st_mtime_ns, point_id, verdict.state, verdict.reason, metrics]
+        self.dirty = True
+
     def metrics(self, result: Path) -> dict[str, Any]:
-        """The metrics of a result file that `check` found valid: those it read, else read now."""
-        metrics = self.read.pop(os.path.relpath(result, self.path.parent), None)
+        """The metrics of a result file that `check` found valid: those it read (now or when the index was
+        written), else read now."""
+        entry = self.entries.get(os.path.relpath(result, self.path.parent))
+        metrics = entry[5] if entry and len(entry) > 5 else None
         if metrics is None:
             import h5py
 

@@ -39,7 +39,8 @@ def run_status(run: RunDir, index: ResultIndex | None = None) -> list[PointStatu
     index = index or run.result_index()
     keys = [(stage, point["id"]) for stage, point in manifest_points(manifest)]
     folders = {key: run.point_dir(*key) for key in keys}  # built once: 10,000 points make pathlib count
-    results = {key: index.check(folders[key] / RESULT_NAME, key[1]) for key in keys}
+    checks = index.check_many([(folders[key] / RESULT_NAME, key[1]) for key in keys])
+    results = dict(zip(keys, checks, strict=True))
     index.save()
     errors = {key: folders[key] / ERROR_NAME for key in keys if results[key].state == "missing"}
     errors = {key: path for key, path in errors.items() if path.exists()}

@@ -61,3 +61,32 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path: Path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, crash)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_result_index_opens_files_in_worker_processes_with_the_same_verdicts(tmp_path: Path, monkeypatch):
+    from sfhpc import results
+    from sfhpc.results import ResultIndex
+
+    provenance = Provenance("abc123", "2026-01-01T00:00:00+00:00", "2026-01-01T00:01:00+00:00")
+
+    items = []
+    for i in range(6):
+        path = tmp_path / f"p{i}" / "result.h5"
+        path.parent.mkdir()
+        write_result(path, stage="train", point_id=f"p{i}", config={}, provenance=provenance,
+                     metrics={"acc": i / 10}, curves={})
+        items.append((path, f"p{i}"))
+    items[2] = (items[2][0], "someone-else")  # a corrupt verdict
+    items.append((tmp_path / "missing" / "result.h5", "p9"))
+    parallel = ResultIndex(tmp_path / "a.json").check_many(items, parallel_from=1)
+    sequential = [ResultIndex(tmp_path / "b.json").check(path, point) for path, point in items]
+    assert parallel == sequential
+    assert [c.state for c in parallel] == ["ok", "ok", "corrupt", "ok", "ok", "ok", "missing"]
+
+    index = ResultIndex(tmp_path / "a.json")
+    index.check_many(items, parallel_from=1)
+    index.save()
+    reloaded = ResultIndex(tmp_path / "a.json")  # a later aggregate: metrics from the index, no file opened
+    monkeypatch.setattr(results, "inspect_result", None)
+    monkeypatch.setattr(results, "_metrics", None)
+    assert reloaded.check(*items[3]).state == "ok" and reloaded.metrics(items[3][0]) == {"acc": 0.3}
