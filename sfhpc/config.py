@@ -176,7 +176,8 @@ class PredictorParams(Closed):
     subject, ROI and control."""
 
     subject: str = Field("subj01", description=f"one of {', '.join(SUBJECTS)}")
-    roi: str = Field(description=f"one of {', '.join(ROIS)}")
+    roi: str = Field(description=f"one of {', '.join(ROIS)} (prepared NSD files may hold other atlases' ROIs; "
+                                 "`sweep expand` checks the subject's file)")
     predictor: Literal["trained", "shuffled", "random"] = Field(
         "trained", description="trained; shuffled (image-response pairs permuted, a control); random (untrained)")
     predictor_arch: Literal["small_resnet", "resnet18"] = "small_resnet"
@@ -190,16 +191,7 @@ class PredictorParams(Closed):
     @field_validator("subject")
     @classmethod
     def _known_subject(cls, subject: str) -> str:
-        if subject not in SUBJECTS:
-            raise ValueError(f"unknown subject {subject!r}; NSD subjects are {', '.join(SUBJECTS)}")
-        return subject
-
-    @field_validator("roi")
-    @classmethod
-    def _known_roi(cls, roi: str) -> str:
-        if roi not in ROIS:
-            raise ValueError(f"unknown ROI {roi!r}; known ROIs: {', '.join(ROIS)}")
-        return roi
+        return known_subject(subject)
 
 
 class RsaParams(Closed):
@@ -214,10 +206,16 @@ class RsaParams(Closed):
     @field_validator("rsa_subjects")
     @classmethod
     def _known_subjects(cls, subjects: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        unknown = [s for s in subjects or () if s not in SUBJECTS]
-        if unknown:
-            raise ValueError(f"unknown subject {unknown[0]!r}; NSD subjects are {', '.join(SUBJECTS)}")
+        for subject in subjects or ():
+            known_subject(subject)
         return subjects
+
+
+def known_subject(subject: str) -> str:
+    """`subject`, if NSD has it; else a ValueError listing the subjects."""
+    if subject not in SUBJECTS:
+        raise ValueError(f"unknown subject {subject!r}; NSD subjects are {', '.join(SUBJECTS)}")
+    return subject
 
 
 class CbmParams(Closed):
