@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from sfhpc.config import AttackParams, DataConfig, JobSpec
+from sfhpc.config import AttackParams, JobSpec
 from sfhpc.data import load_dataset
 from sfhpc.evaluation.attack import AttackSettings, attack_shard, clean_correct, robust_curve_name, shard_bounds
 from sfhpc.results import RESULT_NAME, Provenance, now_iso, package_version, write_result
-from sfhpc.stages.train import data_cache, load_trained
+from sfhpc.stages.train import data_cache, load_upstream_model
 from sfhpc.sweep import n_shards
 
 STATE_DIR = "attack_state"
@@ -39,12 +39,9 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
     """Attack this point's shard of the test images and write its per-sample flags."""
     started = now_iso()
     params = AttackParams.model_validate(config["params"])
-    if config.get("threads"):
-        torch.set_num_threads(config["threads"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    (upstream,) = config["upstream"]
-    model, train_config = load_trained(config["run_dir"], upstream, device)
-    test = load_dataset(DataConfig.model_validate(train_config["data"]), data_cache(config)).test
+    model, _, data_cfg = load_upstream_model(config, device)
+    test = load_dataset(data_cfg, data_cache(config)).test
     total = min(params.attack_images or len(test.labels), len(test.labels))
     shards = n_shards(params.model_dump(), JobSpec.model_validate(config["job"]))
     start, stop = shard_bounds(total, shards, params.attack_shard)
@@ -60,8 +57,8 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
         metrics={"images": stop - start, "clean_accuracy": float(clean.mean()),
                  **{metric_name(s): float(flags[s.key()].mean()) for s in settings}},
         curves={"clean_correct": clean, **{robust_curve_name(s.norm, s.eps): flags[s.key()] for s in settings}},
-        extra_attrs={"upstream": upstream, "shard": params.attack_shard, "shards": shards, "shard_start": start,
-                     "shard_stop": stop, "settings": json.dumps([s.__dict__ for s in settings]),
+        extra_attrs={"upstream": config["upstream"][0], "shard": params.attack_shard, "shards": shards,
+                     "shard_start": start, "shard_stop": stop, "settings": json.dumps([s.__dict__ for s in settings]),
                      "pyautoattack_version": package_version("pyautoattack")},
     )
     return result

@@ -11,24 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from sfhpc.config import CbmParams, DataConfig
+from sfhpc.config import CbmParams
 from sfhpc.data import load_dataset
 from sfhpc.evaluation import cbm
 from sfhpc.results import RESULT_NAME, Provenance, now_iso, write_result
-from sfhpc.stages.train import data_cache, load_trained
+from sfhpc.stages.train import data_cache, load_upstream_model
 
 
 def run(config: dict[str, Any], point_dir: Path) -> Path:
     """Measure one trained model's spatial-frequency reliance and write the point's result file."""
     started = now_iso()
     params = CbmParams.model_validate(config["params"])
-    if config.get("threads"):
-        torch.set_num_threads(config["threads"])
+    model, _, data_cfg = load_upstream_model(config)
     (upstream,) = config["upstream"]
-    model, train_config = load_trained(config["run_dir"], upstream)
-    data_cfg = DataConfig.model_validate(train_config["data"])
     test = load_dataset(data_cfg, data_cache(config)).test
     count = min(params.cbm_images or len(test.labels), len(test.labels))
     images = cbm.to_cbm_images(test.images[:count])

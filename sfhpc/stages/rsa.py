@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import yaml
 
-from sfhpc.config import DataConfig, RsaParams
+from sfhpc.config import RsaParams
 from sfhpc.data.neural import neural_file, open_neural
 from sfhpc.evaluation.rsa import RsaRow, rows_to_arrays, rsa_against_rois
 from sfhpc.models.classifier import Classifier
 from sfhpc.results import RESULT_NAME, Provenance, now_iso, write_result
 from sfhpc.rundir import RunDir, manifest_points
-from sfhpc.stages.train import EVAL_BATCH, data_cache, load_trained, to_float
+from sfhpc.stages.train import EVAL_BATCH, data_cache, load_upstream_model, to_float
 
 DEFAULT_SUBJECT = "subj01"
 
@@ -30,11 +30,8 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
     """Compare one trained model with every ROI of its subjects and write the point's result file."""
     started = now_iso()
     params = RsaParams.model_validate(config["params"])
-    if config.get("threads"):
-        torch.set_num_threads(config["threads"])
+    model, train_config, data_cfg = load_upstream_model(config)
     (upstream,) = config["upstream"]
-    model, train_config = load_trained(config["run_dir"], upstream)
-    data_cfg = DataConfig.model_validate(train_config["data"])
     subjects = compared_subjects(params, train_config, Path(config["run_dir"]))
     rows: list[tuple[str, RsaRow]] = []
     for subject in subjects:

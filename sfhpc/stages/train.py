@@ -109,6 +109,17 @@ def load_trained(run_dir: Path | str, upstream: str, device: torch.device | str 
     return model.to(device).eval(), config
 
 
+def load_upstream_model(config: dict[str, Any], device: torch.device | str = "cpu"
+                        ) -> tuple[nn.Module, dict[str, Any], DataConfig]:
+    """For a stage that evaluates one trained model (cbm, attack, rsa): apply the point's thread count, then the
+    model of its one upstream train point, that point's config and its data config."""
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    (upstream,) = config["upstream"]
+    model, train_config = load_trained(config["run_dir"], upstream, device)
+    return model, train_config, DataConfig.model_validate(train_config["data"])
+
+
 def neural_guide(params: TrainParams, config: dict[str, Any], device: torch.device) -> NeuralGuide | None:
     """The frozen predictor a guided point (alpha > 0) is co-trained with: its one upstream point's."""
     if params.alpha == 0:
