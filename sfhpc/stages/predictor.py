@@ -56,6 +56,7 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
     scores = np.asarray(roi.scores, dtype=np.float32)
     train_index, val_index = np.asarray(neural.train_index), np.asarray(neural.val_index)
     train_targets = control_targets(scores[train_index], params)
+    train_images, val_images = images[train_index], images[val_index]  # indexed once, not every epoch
 
     torch.manual_seed(params.predictor_seed)
     model = build_predictor(params, scores.shape[1], data_cfg.image_size).to(device)
@@ -67,18 +68,17 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
     epochs = 0 if params.predictor == "random" else params.predictor_epochs
     for epoch in range(start_epoch, epochs):
         tic = time.perf_counter()
-        history.train_loss.append(fit_epoch(model, optimizer, images[train_index], train_targets, params, epoch,
-                                            device))
-        history.val_score.append(float(np.nanmean(per_image_pearson(predict(model, images[val_index], device),
+        history.train_loss.append(fit_epoch(model, optimizer, train_images, train_targets, params, epoch, device))
+        history.val_score.append(float(np.nanmean(per_image_pearson(predict(model, val_images, device),
                                                                     scores[val_index]))))
         history.attempt.append(attempt)
         history.seconds.append(time.perf_counter() - tic)
         save_checkpoint(checkpoint, identity, model, optimizer, None, history)
 
-    val_predicted = predict(model, images[val_index], device)
+    val_predicted = predict(model, val_images, device)
     val_r = per_image_pearson(val_predicted, scores[val_index])
     val_r2 = r2_per_component(val_predicted, scores[val_index])
-    train_r = per_image_pearson(predict(model, images[train_index], device), scores[train_index])
+    train_r = per_image_pearson(predict(model, train_images, device), scores[train_index])
     atomic_write(point_dir / MODEL_NAME, lambda tmp: torch.save(model.state_dict(), tmp))
     result = point_dir / RESULT_NAME
     write_result(
