@@ -205,25 +205,16 @@ class ResultIndex:
             self.entries = {}
 
     def check(self, result: Path, point_id: str) -> ResultCheck:
-        try:
-            stat = result.stat()
-        except FileNotFoundError:
-            return ResultCheck("missing")
-        key = os.path.relpath(result, self.path.parent)  # relative: a copied run folder keeps its index
-        signature = [stat.st_size, stat.st_mtime_ns, point_id]
-        entry = self.entries.get(key)
-        if entry and entry[:3] == signature:
-            return ResultCheck(entry[3], entry[4])
-        verdict, metrics = inspect_result(result, point_id)
-        self._remember(result, point_id, verdict, metrics)
-        return verdict
+        return self.check_many([(result, point_id)])[0]
 
     def check_many(self, results: list[tuple[Path, str]], parallel_from: int = PARALLEL_FROM_FILES
                    ) -> list[ResultCheck]:
-        """`check` of every (result file, point id), in order. When at least `parallel_from` files must be opened
-        (a first aggregate of a large run), they are opened by one worker process per CPU: opening and reading
-        an HDF5 file is CPU-bound, and h5py serialises threads."""
-        stale = [(path, point_id) for path, point_id in results if self._needs_opening(path, point_id)]
+        """The verdict on every (result file, point id), in order: remembered for an unchanged file, else read.
+        When at least `parallel_from` files must be opened (a first aggregate of a large run), one worker process
+        per CPU opens them: opening and reading an HDF5 file is CPU-bound, and h5py serialises threads."""
+        known = [self._known(path, point_id) for path, point_id in results]
+        stale = [i for i, (verdict, _) in enumerate(known) if verdict is None]
+        pairs = [results[i] for i in stale]
         workers = min(os.cpu_count() or 1, MAX_WORKERS)
         if len(stale) >= parallel_from and workers > 1:
             import multiprocessing
@@ -231,25 +222,31 @@ class ResultIndex:
 
             # fork: the workers need nothing but this module; no HDF5 file is open in this process here
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                inspected = pool.map(_inspect_pair, stale, chunksize=max(1, len(stale) // (4 * workers)))
-                for (path, point_id), (verdict, metrics) in zip(stale, inspected, strict=True):
-                    self._remember(path, point_id, verdict, metrics)
-        return [self.check(path, point_id) for path, point_id in results]
+                inspected = list(pool.map(_inspect_pair, pairs, chunksize=max(1, len(pairs) // (4 * workers))))
+        else:
+            inspected = [_inspect_pair(pair) for pair in pairs]
+        verdicts = [verdict for verdict, _ in known]
+        for i, (verdict, metrics) in zip(stale, inspected, strict=True):
+            key, signature = known[i][1]
+            # The metrics are kept too: a later aggregate of an unchanged run opens no result file at all.
+            self.entries[key] = [*signature, verdict.state, verdict.reason, metrics]
+            self.dirty = True
+            verdicts[i] = verdict
+        return verdicts
 
-    def _needs_opening(self, result: Path, point_id: str) -> bool:
+    def _known(self, result: Path, point_id: str) -> tuple[ResultCheck | None, tuple[str, list] | None]:
+        """(the remembered verdict, or "missing", or None when the file must be read; its index key and
+        signature)."""
         try:
             stat = result.stat()
         except FileNotFoundError:
-            return False
-        entry = self.entries.get(os.path.relpath(result, self.path.parent))
-        return not (entry and entry[:3] == [stat.st_size, stat.st_mtime_ns, point_id])
-
-    def _remember(self, result: Path, point_id: str, verdict: ResultCheck, metrics: dict[str, Any] | None) -> None:
-        # The metrics are kept too: a later aggregate of an unchanged run opens no result file at all.
-        stat = result.stat()
-        key = os.path.relpath(result, self.path.parent)
-        self.entries[key] = [stat.st_size, stat.st_mtime_ns, point_id, verdict.state, verdict.reason, metrics]
-        self.dirty = True
+            return ResultCheck("missing"), None
+        key = os.path.relpath(result, self.path.parent)  # relative: a copied run folder keeps its index
+        signature = [stat.st_size, stat.st_mtime_ns, point_id]
+        entry = self.entries.get(key)
+        if entry and entry[:3] == signature:
+            return ResultCheck(entry[3], entry[4]), (key, signature)
+        return None, (key, signature)
 
     def metrics(self, result: Path) -> dict[str, Any]:
         """The metrics of a result file that `check` found valid: those it read (now or when the index was
