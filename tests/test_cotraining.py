@@ -4,7 +4,6 @@ plain training."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import h5py
@@ -15,9 +14,10 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
 
-from sfhpc import distributed
 from sfhpc.config import PredictorParams, TrainParams
 from sfhpc.stages import predictor, train
+
+from ddp_step import free_port, one_step
 
 DATA = {"kind": "synthetic", "image_size": 32, "n_classes": 4, "n_train": 64, "n_val": 32, "n_test": 32, "seed": 0,
         "neural": {"n_images": 60, "n_shared": 20}}
@@ -103,39 +103,9 @@ def test_unguided_training_needs_no_predictor(tmp_path: Path):
 
 
 # ---------------------------------------------------------------------------------------------- DDP
-def _guided_step(rank: int, world: int, port: int, run_dir: Path, out: Path) -> None:
-    import os
-
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    env = distributed.detect()
-    torch.set_num_threads(1)
-    device = distributed.setup(env)
-    guide = train.NeuralGuide(predictor.load_predictor(run_dir, "predictor/p"), alpha=0.5)
-    params = TrainParams(**{**TRAIN, "batch_size": 8})
-    torch.manual_seed(params.seed)
-    model = train.build_model(params, 4, 32, guide.n_outputs)
-    model.eval()  # frozen BatchNorm statistics, as in the plain DDP test (no SyncBN on CPUs)
-    wrapped = train._wrap_ddp(model, env, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(8) % 4
-    (index,) = train.rank_batches(torch.arange(8), 8, env, distributed.per_rank_batch(8, world))
-    train.train_step(wrapped, optimizer, images[index], labels[index], guide)
-    if env.is_main:
-        torch.save(model.state_dict(), out)
-    distributed.teardown(env)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_guided_step_equals_single_step_on_the_whole_batch(run_dir: Path, tmp_path: Path):
-    mp.spawn(_guided_step, args=(2, _free_port(), run_dir, tmp_path / "ddp.pt"), nprocs=2, join=True)
-    mp.spawn(_guided_step, args=(1, _free_port(), run_dir, tmp_path / "single.pt"), nprocs=1, join=True)
+    mp.spawn(one_step, args=(2, free_port(), tmp_path / "ddp.pt", run_dir), nprocs=2, join=True)
+    mp.spawn(one_step, args=(1, free_port(), tmp_path / "single.pt", run_dir), nprocs=1, join=True)
     ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
     assert "neural_head.weight" in single
     for key in single:

@@ -12,8 +12,9 @@ import torch
 import torch.multiprocessing as mp
 
 from sfhpc import distributed
-from sfhpc.config import TrainParams
 from sfhpc.stages import train
+
+from ddp_step import free_port, one_step
 
 DATA = {"kind": "synthetic", "image_size": 32, "n_classes": 4, "n_train": 64, "n_val": 32, "n_test": 32, "seed": 0}
 PARAMS = {"band": "lsf", "width": 4, "batch_size": 16, "lr": 0.05, "lr_step": 1, "seed": 3}
@@ -66,39 +67,9 @@ def test_batch_split_must_divide():
 
 
 # ---------------------------------------------------------------------------------------------- DDP
-def _one_step(rank: int, world: int, port: int, out: Path) -> None:
-    import os
-
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    env = distributed.detect()
-    assert (env.source, env.rank, env.world_size) == ("torchrun", rank, world)
-    torch.set_num_threads(1)
-    device = distributed.setup(env)
-    params = TrainParams(width=4, band="none", batch_size=8, seed=1)
-    torch.manual_seed(params.seed)
-    model = train.build_model(params, 4, 32)
-    model.eval()  # frozen BatchNorm statistics: on CPUs each rank would normalise its own share (no SyncBN)
-    wrapped = train._wrap_ddp(model, env, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(8) % 4
-    (index,) = train.rank_batches(torch.arange(8), 8, env, distributed.per_rank_batch(8, world))
-    train.train_step(wrapped, optimizer, images[index], labels[index])
-    if env.is_main:
-        torch.save(model.state_dict(), out)
-    distributed.teardown(env)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_ddp_step_equals_single_step_on_the_whole_batch(tmp_path: Path):
-    mp.spawn(_one_step, args=(2, _free_port(), tmp_path / "ddp.pt"), nprocs=2, join=True)
-    mp.spawn(_one_step, args=(1, _free_port(), tmp_path / "single.pt"), nprocs=1, join=True)
+    mp.spawn(one_step, args=(2, free_port(), tmp_path / "ddp.pt"), nprocs=2, join=True)
+    mp.spawn(one_step, args=(1, free_port(), tmp_path / "single.pt"), nprocs=1, join=True)
     ddp, single = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "single.pt")
     changed = [k for k in single if k.endswith("weight") and "bn" not in k]
     assert changed
