@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sfhpc import distributed
-from sfhpc.config import DataConfig, TrainParams
+from sfhpc.config import DataConfig, PredictorParams, TrainParams
 from sfhpc.data import load_dataset
 from sfhpc.models.bands import BandParams
 from sfhpc.models.classifier import build_classifier
@@ -130,7 +130,7 @@ def neural_guide(params: TrainParams, config: dict[str, Any], device: torch.devi
     return NeuralGuide(load_predictor(config["run_dir"], upstream, device), params.alpha)
 
 
-def training_identity(params: TrainParams, data: DataConfig) -> str:
+def training_identity(params: TrainParams | PredictorParams, data: DataConfig) -> str:
     """What a checkpoint must match to be resumed: every setting except the number of epochs (so a finished run
     can be extended). Only settings that differ from their defaults count, so that a new setting with a default
     keeps existing checkpoints resumable (as it keeps point ids)."""
