@@ -172,3 +172,25 @@ def test_filter_passes_gradients_to_its_input() -> None:
     image = torch.rand(1, 3, 128, 128, requires_grad=True)
     spectral.build_filter("lsf+human", 128)(image).square().sum().backward()
     assert image.grad is not None and float(image.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("band", STEERED_BANDS)
+def test_filter_equals_circular_depthwise_convolution(band: str) -> None:
+    # The filter is computed with FFTs; its definition is a per-channel cross-correlation with circular padding.
+    module = spectral.build_filter(band, 128)
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    pad = module.kernel.shape[-1] // 2
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="circular")
+    expected = torch.nn.functional.conv2d(padded, module.kernel, groups=3)
+    torch.testing.assert_close(module(images), expected, atol=1e-5, rtol=0)
+
+
+def test_filter_is_a_cross_correlation_not_a_convolution() -> None:
+    # An asymmetric kernel tells the two apart: a unit impulse comes out as the kernel mirrored.
+    kernel = torch.zeros(7, 7)
+    kernel[3, 5] = 1.0  # taps the pixel two to the right
+    image = torch.zeros(1, 3, 16, 16)
+    image[..., 8, 8] = 1.0
+    out = spectral.SpectralFilter(kernel, 16, "test")(image)
+    assert out[0, 0, 8, 6] == pytest.approx(1.0, abs=1e-6)
+    assert float(out.abs().sum()) == pytest.approx(3.0, abs=1e-5)

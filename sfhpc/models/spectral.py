@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sfhpc.models import bands
@@ -23,10 +22,13 @@ MIN_KERNEL_SIZE = 7
 
 
 class SpectralFilter(nn.Module):
-    """Depthwise convolution of each RGB channel with one fixed 2-D kernel, circular padding.
+    """Each RGB channel cross-correlated with one fixed 2-D kernel, circular padding (a depthwise convolution).
 
     The kernel is a buffer, not a parameter: it is never trained, moves with ``.to(device)`` and is saved
     in the ``state_dict``. The response is defined in c/img for ``image_size``, so other sizes are refused.
+    The filtering itself is done in the frequency domain: with circular padding the convolution is exactly a
+    product of DFTs, and an FFT is about ten times faster on a CPU than a 17x17 depthwise convolution at 128 px
+    (forward and backward; attacks differentiate through the filter).
     """
 
     def __init__(self, kernel: torch.Tensor, image_size: int, band: str) -> None:
@@ -44,9 +46,17 @@ class SpectralFilter(nn.Module):
                 f"{self.band!r} filter was built for 3 x {self.image_size} x {self.image_size} images, "
                 f"got {tuple(x.shape[-3:])}"
             )
-        pad = self.kernel.shape[-1] // 2
-        padded = F.pad(x, (pad, pad, pad, pad), mode="circular")
-        return F.conv2d(padded, self.kernel.to(x.dtype), groups=3)
+        spectrum = torch.fft.rfft2(x.contiguous()) * self.transfer_function().to(x.device)
+        return torch.fft.irfft2(spectrum, s=(self.image_size, self.image_size)).to(x.dtype)
+
+    def transfer_function(self) -> torch.Tensor:
+        """The rfft2-domain (H, W // 2 + 1) gain of circular cross-correlation with the kernel: the conjugate DFT
+        of the kernel placed on the image grid with its centre at the origin."""
+        size, half = self.kernel.shape[-1], self.kernel.shape[-1] // 2
+        placed = torch.zeros(self.image_size, self.image_size, dtype=torch.float32, device=self.kernel.device)
+        placed[:size, :size] = self.kernel[0, 0]
+        placed = torch.roll(placed, shifts=(-half, -half), dims=(0, 1))
+        return torch.conj(torch.fft.rfft2(placed))
 
     @property
     def dc_gain(self) -> float:
