@@ -20,7 +20,8 @@ data_app = typer.Typer(help="Neural data: prepare NSD subjects for neural guidan
 app.add_typer(data_app, name="data")
 
 MOST_CONDITION_ROWS = 40  # a terminal shows this many conditions; all of them are in conditions.csv and report.md
-STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "pending": "yellow", "not submitted": "dim"}
+STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "pending": "yellow", "not submitted": "dim",
+               "blocked": "magenta"}
 
 
 def _console(stderr: bool = False):
@@ -183,8 +184,11 @@ class _LaunchProgress:
             return
         if self.bar is None:  # started by the first job, so that early errors print cleanly
             self._start()
+        if event == "queued":
+            self.bar.update(self.task, total=self.bar.tasks[0].total + 1)
+            return
         if event == "started":
-            self.bar.update(self.task, total=self.bar.tasks[0].total + 1, description=f"{stage}/{point_id}")
+            self.bar.update(self.task, description=f"{stage}/{point_id}")
             return
         self.bar.advance(self.task)
         style = STATE_STYLE.get(event, "")

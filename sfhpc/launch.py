@@ -63,7 +63,8 @@ class LaunchReport:
     arrays: list[dict[str, Any]] = field(default_factory=list)  # SLURM: stage, job id, tasks, dependency, script
 
 
-ProgressHook = Callable[[str, str, str], None]  # (stage, point_id, "started" | "done" | "failed")
+# (stage, point_id, event): event is "queued", "started", "done", "failed" or "blocked"
+ProgressHook = Callable[[str, str, str], None]
 
 
 def resolve_executor(name: str) -> str:
@@ -104,7 +105,7 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
     if kind == "slurm":
         _submit_to_slurm(run, plan, todo, configs, throttle, report, index)
     else:
-        _run_in_waves(run, plan, todo, kind, parallel, report, progress, index)
+        _run_locally(run, plan, todo, kind, parallel, report, progress, index)
     index.save()
     return report
 
@@ -195,39 +196,68 @@ def point_config(run: RunDir, plan: Plan, stage: StagePlan, point: Point, sha: s
 
 
 # -------------------------------------------------------------------------- local and debug runs
-def _run_in_waves(run: RunDir, plan: Plan, todo: dict[str, list[Point]], kind: str, parallel: int,
-                  report: LaunchReport, progress: ProgressHook | None, index: ResultIndex) -> None:
-    """Run stage after stage with at most `parallel` points at a time; a point whose upstream failed is
-    blocked, not run. Each point is its own process (local) so that one crash loses nothing else."""
+def _run_locally(run: RunDir, plan: Plan, todo: dict[str, list[Point]], kind: str, parallel: int,
+                 report: LaunchReport, progress: ProgressHook | None, index: ResultIndex) -> None:
+    """Run every point as soon as its inputs exist, at most `parallel` at a time, in plan order: upstream stages
+    first, and a finished model's evaluations start while other models still train (no stage waits for a whole
+    stage before it). A point whose upstream failed is blocked, not run. Each point is its own process (local),
+    so that one crash loses nothing else."""
     threads = max(1, (os.cpu_count() or 1) // parallel)
     sha = run.read_manifest()["git_sha"]
+    queue = [(stage, point) for stage in plan.stages for point in todo[stage.name]]
     for stage in plan.stages:
-        points = todo[stage.name]
-        runnable = [p for p in points if all(_has_result(run, index, *up.split("/", 1)) for up in p.upstream)]
-        report.blocked[stage.name] = [p.id for p in points if p not in runnable]
-        run.record_jobs([_record(run, stage.name, p.id, kind, None) for p in runnable])
-        executor = _local_executor(run, kind, stage)
-        outcome = report.finished.setdefault(stage.name, {})
-        queue = list(runnable)
-        running: list[tuple[Point, Any]] = []
-        while queue or running:
-            while queue and len(running) < parallel:
-                point = queue.pop(0)
-                job_fn = PointJob(str(run.path), stage.name, stage.entry, point.id,
-                                  point_config(run, plan, stage, point, sha, threads))
-                job = executor.submit(job_fn)
+        report.blocked[stage.name], report.finished[stage.name] = [], {}
+    run.record_jobs([_record(run, stage.name, point.id, kind, None) for stage, point in queue])
+    for stage, point in queue:
+        if progress:
+            progress(stage.name, point.id, "queued")
+    coming = {f"{stage.name}/{point.id}" for stage, point in queue}  # produced by this launch, once they finish
+    outcome: dict[str, str] = {}  # "stage/point" -> done | failed | blocked
+    executors: dict[str, submitit.Executor] = {}
+    running: list[tuple[StagePlan, Point, Any]] = []
+    while queue or running:
+        for stage, point in list(queue):
+            inputs = {key: _input_state(run, index, key, coming, outcome) for key in point.upstream}
+            missing = [key for key, state in inputs.items() if state == "missing"]
+            if missing:
+                queue.remove((stage, point))
+                run.record_jobs([_record(run, stage.name, point.id, kind, None, blocked_by=missing[0])])
+                _settle(stage.name, point.id, "blocked", outcome, report, progress)
+            elif "waiting" not in inputs.values() and len(running) < parallel:
+                queue.remove((stage, point))
+                if stage.name not in executors:
+                    executors[stage.name] = _local_executor(run, kind, stage)
+                job = executors[stage.name].submit(PointJob(str(run.path), stage.name, stage.entry, point.id,
+                                                            point_config(run, plan, stage, point, sha, threads)))
                 run.record_jobs([_record(run, stage.name, point.id, kind, str(job.job_id))])
                 if progress:
                     progress(stage.name, point.id, "started")
-                running.append((point, job))
-            for point, job in [(p, j) for p, j in running if kind == "debug" or j.done()]:
-                running.remove((point, job))
-                state = _finish(job, run, index, stage.name, point.id)
-                outcome[point.id] = state
-                if progress:
-                    progress(stage.name, point.id, state)
-            if running:
-                time.sleep(0.2)
+                running.append((stage, point, job))
+        for stage, point, job in [entry for entry in running if kind == "debug" or entry[2].done()]:
+            running.remove((stage, point, job))
+            _settle(stage.name, point.id, _finish(job, run, index, stage.name, point.id), outcome, report, progress)
+        if running:
+            time.sleep(0.2)
+
+
+def _input_state(run: RunDir, index: ResultIndex, key: str, coming: set[str], outcome: dict[str, str]) -> str:
+    """An upstream point, for a point that reads it: ready | waiting (this launch will produce it) | missing."""
+    if key in outcome:
+        return "ready" if outcome[key] == "done" else "missing"
+    if key in coming:
+        return "waiting"
+    return "ready" if _has_result(run, index, *key.split("/", 1)) else "missing"
+
+
+def _settle(stage: str, point_id: str, state: str, outcome: dict[str, str], report: LaunchReport,
+            progress: ProgressHook | None) -> None:
+    outcome[f"{stage}/{point_id}"] = state
+    if state == "blocked":
+        report.blocked[stage].append(point_id)
+    else:
+        report.finished[stage][point_id] = state
+    if progress:
+        progress(stage, point_id, state)
 
 
 def _local_executor(run: RunDir, kind: str, stage: StagePlan) -> submitit.Executor:
@@ -252,11 +282,11 @@ def _has_result(run: RunDir, index: ResultIndex, stage: str, point_id: str) -> b
     return index.check(run.result_path(stage, point_id), point_id).state == "ok"
 
 
-def _record(run: RunDir, stage: str, point_id: str, kind: str, job_id: str | None) -> JobRecord:
+def _record(run: RunDir, stage: str, point_id: str, kind: str, job_id: str | None,
+            blocked_by: str | None = None) -> JobRecord:
     return JobRecord(stage=stage, point=point_id, executor=kind, job_id=job_id,
                      log_dir=str(run.logs.relative_to(run.path) / job_id) if job_id else "",
-                     submitted=now_iso(),
-                     launcher_pid=os.getpid())
+                     submitted=now_iso(), launcher_pid=os.getpid(), blocked_by=blocked_by)
 
 
 # --------------------------------------------------------------------------------------------- SLURM

@@ -33,6 +33,7 @@ class JobRecord:
     log_dir: str
     submitted: str
     launcher_pid: int
+    blocked_by: str | None = None  # local runs: the failed input ("stage/point") that kept this point from running
 
 
 class RunDir:

@@ -73,6 +73,8 @@ def point_status(run: RunDir, stage: str, point_id: str, job: JobRecord | None, 
         return PointStatus(stage, point_id, "failed", summary, job_id, tail(error))
     if job is None:
         return PointStatus(stage, point_id, "not submitted")
+    if job.blocked_by:
+        return PointStatus(stage, point_id, "not submitted", f"not run: its input {job.blocked_by} failed")
     if job.executor == "slurm":
         return _slurm_point_status(run, stage, point_id, job, scheduler.get(job.job_id))
     if job_is_alive(job):
@@ -104,6 +106,8 @@ def job_is_alive(job: JobRecord, scheduler: dict | None = None) -> bool:
     if job.executor == "slurm":
         state = (scheduler or {}).get(job.job_id)
         return state is not None and not state.terminal
+    if job.blocked_by:
+        return False
     pid = int(job.job_id) if job.job_id and job.executor == "local" else job.launcher_pid
     return _pid_alive(pid)
 

@@ -146,3 +146,26 @@ def test_dry_run_writes_nothing(tiny_sweep: Path, awkward_dir: Path):
 def test_status_of_a_missing_run_is_a_clear_error(tmp_path: Path):
     err = sfhpc("status", tmp_path / "nothing", code=2).output
     assert "no run folder" in err and "sfhpc sweep launch" in err
+
+
+def test_a_failed_model_blocks_only_its_own_evaluations(finished_run: Path, tiny_sweep: Path, write_sweep):
+    # Add a CBM stage, and make the lsf model's (re)training fail: its CBM point cannot run, the other model's does.
+    lsf_dir = next(finished_run.glob("train/band=lsf-*"))
+    (lsf_dir / "result.h5").unlink()
+    (lsf_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with_cbm = write_sweep(tiny_sweep.read_text() + "  cbm:\n    params: {cbm_images: 16}\n", "with_cbm.yaml")
+    out = sfhpc("sweep", "launch", with_cbm, "--output", finished_run, "--allow-changed").stdout
+    assert "1 points not run: an upstream point failed" in out
+
+    points = {(p["stage"], p["point"].split("-")[0]): p for p in status_json(finished_run)["points"]}
+    assert points["train", "band=lsf"]["state"] == "failed"
+    assert points["cbm", "band=none"]["state"] == "done"
+    assert points["cbm", "band=lsf"]["state"] == "not submitted"
+    assert points["cbm", "band=lsf"]["reason"] == f"not run: its input train/{lsf_dir.name} failed"
+    assert not any(finished_run.glob("cbm/band=lsf-*/result.h5"))
+
+    # Once the cause is fixed, a relaunch runs the failed model and then its evaluation.
+    (lsf_dir / "checkpoint.pt").unlink()
+    out = sfhpc("sweep", "launch", with_cbm, "--output", finished_run).stdout
+    assert "not run" not in out
+    assert status_json(finished_run)["counts"] == {"train": {"done": 2}, "cbm": {"done": 2}}
