@@ -21,7 +21,7 @@ from sfhpc import distributed
 from sfhpc.config import DataConfig, PredictorParams
 from sfhpc.data.neural import neural_file, open_neural
 from sfhpc.evaluation.prediction import per_image_pearson, r2_per_component
-from sfhpc.models.classifier import Classifier, build_classifier, place_on
+from sfhpc.models.classifier import Classifier, build_classifier
 from sfhpc.results import RESULT_NAME, Provenance, atomic_write, now_iso, write_result
 from sfhpc.rundir import CHECKPOINT_NAME
 from sfhpc.stages.train import (
@@ -59,7 +59,7 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
     train_images, val_images = images[train_index], images[val_index]  # indexed once, not every epoch
 
     torch.manual_seed(params.predictor_seed)
-    model = place_on(build_predictor(params, scores.shape[1], data_cfg.image_size), device)
+    model = build_predictor(params, scores.shape[1], data_cfg.image_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.predictor_lr, weight_decay=params.predictor_weight_decay)
     checkpoint = point_dir / CHECKPOINT_NAME
     identity = training_identity(params, data_cfg)
@@ -150,4 +150,4 @@ def load_predictor(run_dir: Path | str, upstream: str, device: torch.device | st
     model = build_predictor(params, state["head.weight"].shape[0], data_cfg.image_size)
     model.load_state_dict(state)
     model.requires_grad_(False)
-    return place_on(model, device).eval()
+    return model.to(device).eval()

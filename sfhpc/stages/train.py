@@ -24,7 +24,7 @@ from sfhpc import distributed
 from sfhpc.config import DataConfig, PredictorParams, TrainParams
 from sfhpc.data import load_dataset
 from sfhpc.models.bands import BandParams
-from sfhpc.models.classifier import build_classifier, place_on
+from sfhpc.models.classifier import build_classifier
 from sfhpc.results import RESULT_NAME, Provenance, atomic_write, now_iso, write_result
 from sfhpc.rundir import CHECKPOINT_NAME
 
@@ -106,7 +106,7 @@ def load_trained(run_dir: Path | str, upstream: str, device: torch.device | str 
     neural_dim = state["neural_head.weight"].shape[0] if "neural_head.weight" in state else None
     model = build_model(params, data_cfg.n_classes, data_cfg.image_size, neural_dim)
     model.load_state_dict(state)
-    return place_on(model, device).eval(), config
+    return model.to(device).eval(), config
 
 
 def load_upstream_model(config: dict[str, Any], device: torch.device | str = "cpu"
@@ -145,7 +145,7 @@ def _train_and_evaluate(params: TrainParams, data_cfg: DataConfig, env: distribu
     dataset = load_dataset(data_cfg, data_cache(config))
     guide = neural_guide(params, config, device)
     neural_dim = guide.n_outputs if guide else None
-    model = place_on(build_model(params, len(dataset.class_names), data_cfg.image_size, neural_dim), device)
+    model = build_model(params, len(dataset.class_names), data_cfg.image_size, neural_dim).to(device)
     ddp_model = _wrap_ddp(model, env, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
                                 weight_decay=params.weight_decay)
