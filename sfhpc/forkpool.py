@@ -1,0 +1,202 @@
+"""The local executor's processes: every point runs in its own process, forked from one warm parent that has
+imported torch and the stage modules once.
+
+A fresh Python costs a point about 4 CPU-seconds of imports (torch, torchvision, scipy, h5py) before any work,
+a fifth of the quickstart's CPU time. A fork of a parent that has imported them starts in milliseconds and keeps
+what a process per point is for: a crash, an abort or a leak loses only its own point. The parent never runs a
+torch operation, so no thread pool is inherited across the fork.
+
+The parent (``python -m sfhpc.forkpool ENTRY...``) talks JSON lines over its stdin and stdout:
+
+    launcher -> parent   {"run": {PointJob's fields}, "timeout_s": N}
+    parent -> launcher   {"started": pid}      then, when it has exited,   {"ended": pid, "code": exit status}
+
+A child writes its output where submitit's local jobs do (``logs/<pid>/<pid>_0_log.out`` and ``.err``), so
+``sfhpc status`` shows the last lines of a failed point's log either way. Points of several tasks (local DDP)
+still run under submitit's LocalExecutor, which starts and wires their tasks.
+
+This module imports neither torch nor a stage on the launcher's side; the parent imports them in its own process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import queue
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sfhpc.errors import RunError
+
+POOL_LOG = "forkpool.err"  # the parent's own stderr, under the run's logs/
+KILL_GRACE_S = 30  # after SIGTERM at a point's time limit, SIGKILL this much later
+
+
+# ----------------------------------------------------------------------------------- launcher side
+class ForkedJob:
+    """The launcher's handle on one forked point; enough of submitit's Job for the local scheduler."""
+
+    def __init__(self, pool: ForkPool, pid: int):
+        self.pool, self.job_id = pool, str(pid)
+
+    def done(self) -> bool:
+        return int(self.job_id) in self.pool.ended or not self.pool.alive()
+
+    def result(self) -> None:
+        """The outcome is the point's result file, read by the caller; nothing is returned here."""
+        return None
+
+
+class ForkPool:
+    """Starts the warm parent for these stage modules; `submit` forks one point from it."""
+
+    def __init__(self, logs: Path, entries: list[str]):
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log = logs / POOL_LOG
+        with open(self.log, "ab") as stderr:
+            self.process = subprocess.Popen([sys.executable, "-m", "sfhpc.forkpool", *entries],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                            text=True, bufsize=1)
+        self.ended: dict[int, int] = {}
+        self._started: queue.Queue[int | None] = queue.Queue()
+        threading.Thread(target=self._read_events, daemon=True).start()
+
+    def submit(self, job: Any, timeout_min: float) -> ForkedJob:
+        """Fork `job` (a PointJob) in the warm parent; returns once the child exists."""
+        message = {"run": {"run_dir": job.run_dir, "stage": job.stage, "entry": job.entry,
+                           "point_id": job.point_id, "config": job.config},
+                   "timeout_s": 60 * timeout_min}
+        try:
+            self.process.stdin.write(json.dumps(message) + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._stopped()
+        pid = self._started.get()
+        if pid is None:
+            self._stopped()
+        return ForkedJob(self, pid)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        """End the parent once its children have ended (closing its input tells it so)."""
+        if self.process.stdin and not self.process.stdin.closed:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def _read_events(self) -> None:
+        for line in self.process.stdout:
+            event = json.loads(line)
+            if "started" in event:
+                self._started.put(event["started"])
+            elif "ended" in event:
+                self.ended[event["ended"]] = event["code"]
+        self._started.put(None)  # the parent is gone: nothing more will start
+
+    def _stopped(self):
+        raise RunError(f"the local executor's process pool stopped unexpectedly; its log is {self.log}")
+
+
+# ------------------------------------------------------------------------------------- parent side
+def serve(entries: list[str]) -> None:
+    """Import, then fork a child per request until the launcher closes our input and every child has ended."""
+    for entry in ["sfhpc.launch", *entries]:
+        importlib.import_module(entry)
+    deadlines: dict[int, tuple[float, str]] = {}  # pid -> (time limit, its stderr log)
+    killed: dict[int, float] = {}  # pid -> when SIGTERM was sent
+    selector = selectors.DefaultSelector()
+    selector.register(sys.stdin, selectors.EVENT_READ)
+    pending, open_input = "", True
+    while open_input or deadlines:
+        _reap(deadlines, killed)
+        _enforce_time_limits(deadlines, killed)
+        if not open_input:
+            time.sleep(0.1)
+            continue
+        if not selector.select(timeout=0.1):
+            continue
+        chunk = os.read(sys.stdin.fileno(), 1 << 16).decode()
+        if not chunk:
+            open_input = False
+            continue
+        pending += chunk
+        while "\n" in pending:
+            line, pending = pending.split("\n", 1)
+            request = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                _run_child(request["run"])  # never returns
+            log = _log_paths(request["run"]["run_dir"], pid)[1]
+            deadlines[pid] = (time.monotonic() + request["timeout_s"], str(log))
+            _send({"started": pid})
+
+
+def _reap(deadlines: dict[int, tuple[float, str]], killed: dict[int, float]) -> None:
+    while deadlines:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            return
+        deadlines.pop(pid, None)
+        killed.pop(pid, None)
+        _send({"ended": pid, "code": os.waitstatus_to_exitcode(status)})
+
+
+def _enforce_time_limits(deadlines: dict[int, tuple[float, str]], killed: dict[int, float]) -> None:
+    now = time.monotonic()
+    for pid, (deadline, log) in deadlines.items():
+        if now > deadline and pid not in killed:
+            with open(log, "a") as f:
+                f.write("sfhpc: the point ran past its stage's timeout_min and was stopped (SIGTERM)\n")
+            os.kill(pid, signal.SIGTERM)
+            killed[pid] = now
+        elif pid in killed and now > killed[pid] + KILL_GRACE_S:
+            os.kill(pid, signal.SIGKILL)
+
+
+def _send(event: dict[str, int]) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _log_paths(run_dir: str, pid: int) -> tuple[Path, Path]:
+    folder = Path(run_dir) / "logs" / str(pid)
+    return folder / f"{pid}_0_log.out", folder / f"{pid}_0_log.err"
+
+
+def _run_child(fields: dict[str, Any]) -> None:
+    """In the forked child: output to the point's log files, run the point, exit without the parent's cleanup."""
+    code = 1
+    try:
+        out, err = _log_paths(fields["run_dir"], os.getpid())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for fd, path, mode in ((1, out, "w"), (2, err, "w"), (0, os.devnull, "r")):
+            with open(path, mode) as f:
+                os.dup2(f.fileno(), fd)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        from sfhpc.launch import PointJob
+
+        PointJob(**fields)()
+        code = 0
+    except BaseException:  # noqa: BLE001 - the child must exit whatever happened; the traceback goes to its log
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1:])
