@@ -204,3 +204,16 @@ def test_criterion_must_be_an_accuracy_or_midpoint():
         CbmParams(cbm_criterion=1.5)
     with pytest.raises(ValidationError):
         CbmParams(cbm_criterion="median")
+
+
+def test_a_model_at_chance_on_the_stimulus_gets_no_channel():
+    from scipy.stats import binomtest
+
+    from sfhpc.stages.cbm import READS_STIMULUS_P, stimulus_p_value
+
+    # The quickstart's unsteered models after 3 epochs: 29 of 200 right with 8 classes is chance; 79 is not.
+    for correct in (29, 40, 79):
+        expected = binomtest(correct, 200, 1 / 8, alternative="greater").pvalue
+        assert stimulus_p_value(correct / 200, 200, 8) == pytest.approx(expected, rel=1e-9)
+    assert stimulus_p_value(29 / 200, 200, 8) > READS_STIMULUS_P
+    assert stimulus_p_value(79 / 200, 200, 8) < 1e-10

@@ -18,6 +18,8 @@ from sfhpc.evaluation import cbm
 from sfhpc.results import RESULT_NAME, Provenance, now_iso, write_result
 from sfhpc.stages.train import data_cache, load_upstream_model
 
+READS_STIMULUS_P = 0.01  # a channel is fitted only when the noise-free accuracy is above chance at this level
+
 
 def run(config: dict[str, Any], point_dir: Path) -> Path:
     """Measure one trained model's spatial-frequency reliance and write the point's result file."""
@@ -33,7 +35,10 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
                                  batch_size=params.cbm_batch_size)
     criterion = masking_criterion(params.cbm_criterion, float(accuracy[0].mean()), data_cfg.n_classes)
     thresholds = cbm.thresholds(accuracy, criterion)
-    channel = _fit_or_nan(thresholds)
+    p_reads = stimulus_p_value(float(accuracy[0].mean()), count, data_cfg.n_classes)
+    channel = _fit_or_nan(thresholds) if p_reads < READS_STIMULUS_P else _not_fitted(
+        f"the model does not read the noise-free stimulus: accuracy {accuracy[0].mean():.3f} against chance "
+        f"{1 / data_cfg.n_classes:.3f} on {count} images (binomial p = {p_reads:.2g})")
     result = point_dir / RESULT_NAME
     write_result(
         result, stage="cbm", point_id=config["point_id"], config=config,
@@ -56,12 +61,26 @@ def masking_criterion(setting: float | str, noise_free_accuracy: float, n_classe
     return float(setting)
 
 
+def stimulus_p_value(noise_free_accuracy: float, n_images: int, n_classes: int) -> float:
+    """One-sided binomial p-value of the model's noise-free accuracy on the CBM stimulus against chance. A model
+    that cannot tell the classes apart on gray, contrast-0.2 images even without noise has no thresholds to
+    measure: any noise "masks" every band, and the fit would describe chance, not a channel."""
+    from scipy.stats import binom
+
+    correct = round(noise_free_accuracy * n_images)
+    return float(binom.sf(correct - 1, n_images, 1.0 / n_classes))
+
+
 def _fit_or_nan(thresholds: np.ndarray) -> dict[str, Any]:
     """The fitted channel, or NaNs with the reason when no band has a threshold (a model that noise never
     masks has no channel to fit: a result, not an error)."""
     try:
         fit = cbm.fit_channel(thresholds)
     except ValueError as err:
-        return {"bandwidth_octaves": math.nan, "centre_cpi": math.nan, "peak_sensitivity": math.nan,
-                "status": f"not fitted: {err}"}
+        return _not_fitted(str(err))
     return {**fit.to_json(), "status": "fitted"}
+
+
+def _not_fitted(reason: str) -> dict[str, Any]:
+    return {"bandwidth_octaves": math.nan, "centre_cpi": math.nan, "peak_sensitivity": math.nan,
+            "status": f"not fitted: {reason}"}
