@@ -61,9 +61,10 @@ FAMILIES = {
             "the ROI's mean noise ceiling (NSD method, %) is in the metric's name. Per-model permutation p-values "
             "are in each rsa result file."),
     "cbm": ("CBM channel",
-            "Gaussian channel fitted to each model's critical-band-masking thresholds (SCIENCE.md section 4); a "
-            "model whose thresholds are all 0 has no fit and does not count in n. Human reference: 1.00 octave "
-            "at 39.6 c/img."),
+            "Gaussian channel fitted to each model's critical-band-masking thresholds (SCIENCE.md section 4). A "
+            "model has no fit, and does not count in n, when its thresholds are all 0 or when it is at chance on "
+            "the noise-free stimulus (one-sided binomial p >= 0.01); each cbm result's `channel_fit` attribute "
+            "says which. n/a: no model of the condition has a fit. Human reference: 1.00 octave at 39.6 c/img."),
 }
 
 
@@ -490,8 +491,10 @@ def to_csv(rows: list[ConditionRow]) -> str:
 
 
 def _mean_sem(row: ConditionRow | None, fmt: str) -> str:
-    if row is None or row.n == 0:
+    if row is None:
         return "no data"
+    if row.n == 0:  # results, but no finite value (a channel not fitted, a metric that does not apply)
+        return "n/a"
     return f"{row.mean:{fmt}} ± {row.sem:{fmt}}" if row.n >= 2 else f"{row.mean:{fmt}} ± n/a"
 
 
