@@ -1,10 +1,10 @@
 """The local executor's processes: every point runs in its own process, forked from one warm parent that has
 imported torch and the stage modules once.
 
-A fresh Python costs a point about 4 CPU-seconds of imports (torch, torchvision, scipy, h5py) before any work,
-a fifth of the quickstart's CPU time. A fork of a parent that has imported them starts in milliseconds and keeps
-what a process per point is for: a crash, an abort or a leak loses only its own point. The parent never runs a
-torch operation, so no thread pool is inherited across the fork.
+A fresh Python costs a point about 4 CPU-seconds of imports (torch, torchvision, scipy, h5py) before any work;
+forked, a point costs 3.3 CPU-seconds less (`benchmarks/local_start.py`), close to 3 CPU-minutes over the
+quickstart's 52 points. A fork keeps what a process per point is for: a crash, an abort or a leak loses only its
+own point. The parent never runs a torch operation, so no thread pool is inherited across the fork.
 
 The parent (``python -m sfhpc.forkpool ENTRY...``) talks JSON lines over its stdin and stdout:
 

@@ -267,7 +267,7 @@ def _run_locally(run: RunDir, plan: Plan, todo: dict[str, list[Point]], kind: st
 
 class _LocalStarter:
     """Starts points on this machine. Local points of one task are forked from a warm process that has imported
-    torch and the stages once (:mod:`sfhpc.forkpool`: about 4 CPU-seconds saved per point); points of several
+    torch and the stages once (:mod:`sfhpc.forkpool`: 3.3 CPU-seconds saved per point); points of several
     tasks (local DDP) and debug points go through submitit's LocalExecutor and DebugExecutor."""
 
     def __init__(self, run: RunDir, kind: str, stages: list[StagePlan]):
