@@ -211,7 +211,8 @@ def _print_launch_report(report) -> None:
             for point_id in ids:
                 console.print(f"  {point_id}")
         if report.blocked.get(stage):
-            console.print(f"  [red]{len(report.blocked[stage])} points not run: an upstream point failed[/]")
+            console.print(f"  [red]{len(report.blocked[stage])} points not run: an input has no result "
+                          "(sfhpc status says which)[/]")
         finished = report.finished.get(stage, {})
         failed = [p for p, state in finished.items() if state == "failed"]
         if finished:

@@ -235,7 +235,7 @@ def _run_locally(run: RunDir, plan: Plan, todo: dict[str, list[Point]], kind: st
         if progress:
             progress(stage.name, point.id, "queued")
     coming = {f"{stage.name}/{point.id}" for stage, point in queue}  # produced by this launch, once they finish
-    outcome: dict[str, str] = {}  # "stage/point" -> done | failed | blocked
+    outcome: dict[str, str] = {}  # "stage/point" -> done | failed | blocked (this launch) | absent (an input)
     starter = _LocalStarter(run, kind, [stage for stage in plan.stages if todo[stage.name]])
     running: list[tuple[StagePlan, Point, Any]] = []
     try:
@@ -291,12 +291,13 @@ class _LocalStarter:
 
 
 def _input_state(run: RunDir, index: ResultIndex, key: str, coming: set[str], outcome: dict[str, str]) -> str:
-    """An upstream point, for a point that reads it: ready | waiting (this launch will produce it) | missing."""
+    """An upstream point, for a point that reads it: ready | waiting (this launch will produce it) | missing.
+    An input this launch does not produce is looked up once and remembered in `outcome`."""
+    if key not in outcome and key not in coming:
+        outcome[key] = "done" if _has_result(run, index, *key.split("/", 1)) else "absent"
     if key in outcome:
         return "ready" if outcome[key] == "done" else "missing"
-    if key in coming:
-        return "waiting"
-    return "ready" if _has_result(run, index, *key.split("/", 1)) else "missing"
+    return "waiting"
 
 
 def _settle(stage: str, point_id: str, state: str, outcome: dict[str, str], report: LaunchReport,

@@ -33,7 +33,7 @@ class JobRecord:
     log_dir: str
     submitted: str
     launcher_pid: int
-    blocked_by: str | None = None  # local runs: the failed input ("stage/point") that kept this point from running
+    blocked_by: str | None = None  # local runs: the input ("stage/point") without a result that kept it from running
 
 
 class RunDir:

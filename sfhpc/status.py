@@ -74,7 +74,7 @@ def point_status(run: RunDir, stage: str, point_id: str, job: JobRecord | None, 
     if job is None:
         return PointStatus(stage, point_id, "not submitted")
     if job.blocked_by:
-        return PointStatus(stage, point_id, "not submitted", f"not run: its input {job.blocked_by} failed")
+        return PointStatus(stage, point_id, "not submitted", f"not run: its input {job.blocked_by} has no result")
     if job.executor == "slurm":
         return _slurm_point_status(run, stage, point_id, job, scheduler.get(job.job_id))
     if job_is_alive(job):

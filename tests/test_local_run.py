@@ -155,13 +155,13 @@ def test_a_failed_model_blocks_only_its_own_evaluations(finished_run: Path, tiny
     (lsf_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with_cbm = write_sweep(tiny_sweep.read_text() + "  cbm:\n    params: {cbm_images: 16}\n", "with_cbm.yaml")
     out = sfhpc("sweep", "launch", with_cbm, "--output", finished_run, "--allow-changed").stdout
-    assert "1 points not run: an upstream point failed" in out
+    assert "1 points not run: an input has no result" in out
 
     points = {(p["stage"], p["point"].split("-")[0]): p for p in status_json(finished_run)["points"]}
     assert points["train", "band=lsf"]["state"] == "failed"
     assert points["cbm", "band=none"]["state"] == "done"
     assert points["cbm", "band=lsf"]["state"] == "not submitted"
-    assert points["cbm", "band=lsf"]["reason"] == f"not run: its input train/{lsf_dir.name} failed"
+    assert points["cbm", "band=lsf"]["reason"] == f"not run: its input train/{lsf_dir.name} has no result"
     assert not any(finished_run.glob("cbm/band=lsf-*/result.h5"))
 
     # Once the cause is fixed, a relaunch runs the failed model and then its evaluation.
