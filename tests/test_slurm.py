@@ -302,6 +302,9 @@ def kill_node(node: str, job_id: str) -> None:
     subprocess.run(["kill", "-9", pid_file.read_text().strip()], check=True)
     steps = subprocess.run(["pgrep", "-f", f"slurmstepd: \\[{job_id}[.]"], capture_output=True, text=True).stdout
     for pid in steps.split():
+        # A dead node reports nothing: freeze slurmstepd first, or it may tell slurmctld that its job was killed
+        # (a FAILED job, not a NODE_FAIL) in the moment between its child's death and its own.
+        subprocess.run(["kill", "-STOP", pid])
         subprocess.run(["pkill", "-9", "-P", pid])
         subprocess.run(["kill", "-9", pid])
 
