@@ -13,10 +13,11 @@ are compared with the unsharded flags.
 Not in the ratio, and printed beside it: each shard is its own SLURM task, which also pays a process start, the
 torch import and loading the model (measured here as a fresh `python -c "import sfhpc.stages.attack"`).
 
-What the shards cost beyond the attack itself: every AutoAttack call (one per shard and (norm, eps)) first runs
-pyautoattack's model checks and a clean pass (a few forward passes of a batch), and each shard attacks its own
-still-robust images in its own batches: more, smaller batches, each with APGD's per-iteration bookkeeping. On this
-toy model (32 px, a few ms per batch) both are a visible share; they shrink as the work per image grows.
+What the shards cost beyond the attack itself: every AutoAttack call (one per shard and (norm, eps)) runs a clean
+pass over its images, and each shard attacks its own still-robust images in its own batches: more, smaller
+batches, each with APGD's per-iteration bookkeeping. On this toy model (32 px, a few ms per batch) both are a
+visible share; they shrink as the work per image grows. (pyautoattack's model checks, seven forward passes of a
+batch per call, one of them traced, used to add to that: `attack_shard` now checks the model once per shard.)
 
 Run: .venv/bin/python benchmarks/attack_shards.py [--shards 4] [--images 256] [--iterations 10] [--repeat 3]
 """

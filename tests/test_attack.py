@@ -338,3 +338,28 @@ def test_refuses_state_made_for_other_images_or_settings(model, data, tmp_path, 
     manifest_path.unlink()  # flags whose origin is unknown are not trusted either
     with pytest.raises(ValueError, match="has no manifest entry"):
         attack_shard(model, x, y, [chosen], tmp_path)
+
+
+def test_autoattacks_model_checks_run_once_per_shard_and_are_restored(model, data, tmp_path, monkeypatch, counting):
+    from pyautoattack import checks
+
+    calls = {"check_randomized": 0, "check_range_output": 0, "check_dynamic": 0}
+    for name in calls:
+        real = getattr(checks, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(checks, name, counted)
+    installed = {name: getattr(checks, name) for name in calls}
+    three_pairs = [settings(eps) for eps in (1 / 255, 2 / 255, 4 / 255)]
+    attack_shard(model, *data, three_pairs, tmp_path / "state")
+    # Three AutoAttack calls; sfhpc's own check refused nothing, pyautoattack's dynamic check ran once, none per call.
+    assert calls == {"check_randomized": 0, "check_range_output": 0, "check_dynamic": 1}
+    assert {name: getattr(checks, name) for name in calls} == installed
+
+    counting.fail_on_attack = "apgd-ce"  # a crash inside an attack also puts the checks back
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        attack_shard(model, *data, [settings(8 / 255)], tmp_path / "state2")
+    assert {name: getattr(checks, name) for name in calls} == installed

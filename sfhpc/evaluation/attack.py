@@ -20,6 +20,12 @@ What pyautoattack 0.2.0 really does, and what this module builds on it:
   Running the attacks one at a time, each on the still-robust samples in index order, gives exactly the batches
   (hence the flags) of one AutoAttack call over all attacks: AutoAttack forms each attack's batches the same way.
 - ``version="custom"`` needs ``attacks``; the other versions refuse them. Norms: Linf, L2, L1.
+- Every ``run_standard_evaluation`` call starts with the model checks of ``pyautoattack.checks``: five forward passes
+  looking for randomness, one for the output range, and one traced pass (``sys.settrace``) looking for dynamic
+  behaviour; all of them only log warnings. Called once per attack, (norm, eps) and shard, they were a fifth of a
+  quick sharded attack's CPU time. This module checks the model once per shard instead, before any attack
+  (:func:`check_model_for_attack` refuses what the first two would warn about, and pyautoattack's dynamic check
+  runs once), and skips them inside its calls (:func:`_model_checked_once`).
 
 Only :func:`check_model_for_attack`, :func:`clean_correct` and :func:`attack_shard` need torch and import it when
 called, so the login node can validate a sweep's attack settings (:func:`validate_attack_settings`) without it.
@@ -27,10 +33,11 @@ called, so the login node can validate a sweep's attack settings (:func:`validat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -160,8 +167,9 @@ class AttackSettings:
 
 
 def check_model_for_attack(model: torch.nn.Module, x: torch.Tensor, device: Any = "cpu", *,
-                           allow_randomized: bool = False) -> None:
-    """Put `model` in eval mode and refuse, before any attack, a model AutoAttack would evaluate wrongly.
+                           allow_randomized: bool = False) -> int:
+    """Put `model` in eval mode and refuse, before any attack, a model AutoAttack would evaluate wrongly; returns
+    its number of classes.
 
     `x` is a batch of the real inputs. AutoAttack itself only logs warnings for these cases; a probability output
     weakens the gradient attacks, and a random model makes flags irreproducible (version 'rand' is the exception,
@@ -182,6 +190,23 @@ def check_model_for_attack(model: torch.nn.Module, x: torch.Tensor, device: Any 
     if not allow_randomized and float((first - second).abs().max()) > DETERMINISM_TOLERANCE:
         raise ValueError("model is not deterministic: two eval-mode passes over the same batch differ (dropout in "
                          "train mode? random transforms?); AutoAttack flags would not be reproducible")
+    return int(first.shape[1])
+
+
+@contextlib.contextmanager
+def _model_checked_once(model: torch.nn.Module, x: torch.Tensor, n_classes: int, device: Any) -> Iterator[None]:
+    """Inside: pyautoattack's per-call model checks are skipped, the model having been checked for the shard.
+    pyautoattack's own dynamic-defence check (warnings only) runs here once."""
+    from pyautoattack import checks
+
+    checks.check_dynamic(model, x.to(device), False, logger=None)
+    saved = checks.check_randomized, checks.check_range_output, checks.check_dynamic
+    checks.check_randomized = checks.check_dynamic = lambda *args, **kwargs: None
+    checks.check_range_output = lambda *args, **kwargs: n_classes  # what the real one returns after its check
+    try:
+        yield
+    finally:
+        checks.check_randomized, checks.check_range_output, checks.check_dynamic = saved
 
 
 def clean_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
@@ -214,22 +239,22 @@ def attack_shard(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, setti
     state_dir.mkdir(parents=True, exist_ok=True)
     _record_manifest(state_dir, settings_list, _shard_identity(y))
     pending = [settings for settings in settings_list if not _done_path(state_dir, settings).exists()]
-    if pending:
-        check_model_for_attack(model, x[:max(settings.batch_size for settings in pending)], device,
-                               allow_randomized=all(settings.version == "rand" for settings in pending))
-    flags_by_key = {}
-    for settings in settings_list:
-        done_path = _done_path(state_dir, settings)
-        if settings not in pending:
-            flags_by_key[settings.key()] = _load_done(done_path, len(x))
-            continue
-        flags = _attack_pair(model, x, y, settings, _progress_path(state_dir, settings), device)
-        _save_flags(done_path, flags)
-        _progress_path(state_dir, settings).unlink(missing_ok=True)
-        flags_by_key[settings.key()] = flags
-        if on_done is not None:
-            on_done(settings, flags)
-    return flags_by_key
+    flags_by_key = {settings.key(): _load_done(_done_path(state_dir, settings), len(x))
+                    for settings in settings_list if settings not in pending}
+    if not pending:
+        return flags_by_key
+    first_batch = x[:max(settings.batch_size for settings in pending)]
+    n_classes = check_model_for_attack(model, first_batch, device,
+                                       allow_randomized=all(settings.version == "rand" for settings in pending))
+    with _model_checked_once(model, first_batch, n_classes, device):
+        for settings in pending:
+            flags = _attack_pair(model, x, y, settings, _progress_path(state_dir, settings), device)
+            _save_flags(_done_path(state_dir, settings), flags)
+            _progress_path(state_dir, settings).unlink(missing_ok=True)
+            flags_by_key[settings.key()] = flags
+            if on_done is not None:
+                on_done(settings, flags)
+    return {settings.key(): flags_by_key[settings.key()] for settings in settings_list}
 
 
 def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
