@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sfhpc.errors import RunError
 
@@ -104,7 +104,7 @@ class ForkPool:
                 self.ended[event["ended"]] = event["code"]
         self._started.put(None)  # the parent is gone: nothing more will start
 
-    def _stopped(self):
+    def _stopped(self) -> NoReturn:
         raise RunError(f"the local executor's process pool stopped unexpectedly; its log is {self.log}")
 
 
@@ -174,7 +174,7 @@ def _log_paths(run_dir: str, pid: int) -> tuple[Path, Path]:
     return folder / f"{pid}_0_log.out", folder / f"{pid}_0_log.err"
 
 
-def _run_child(fields: dict[str, Any]) -> None:
+def _run_child(fields: dict[str, Any]) -> NoReturn:
     """In the forked child: output to the point's log files, run the point, exit without the parent's cleanup."""
     code = 1
     try:
