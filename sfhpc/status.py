@@ -41,12 +41,24 @@ def run_status(run: RunDir, index: ResultIndex | None = None) -> list[PointStatu
     folders = {key: run.point_dir(*key) for key in keys}  # built once: 10,000 points make pathlib count
     checks = index.check_many([(folders[key] / RESULT_NAME, key[1]) for key in keys])
     results = dict(zip(keys, checks, strict=True))
-    index.save()
-    errors = {key: folders[key] / ERROR_NAME for key in keys if results[key].state == "missing"}
-    errors = {key: path for key, path in errors.items() if path.exists()}
+    errors = _error_files([key for key in keys if results[key].state == "missing"], folders)
     undecided = [jobs[k] for k in keys if k in jobs and results[k].state == "missing" and k not in errors]
     scheduler = scheduler_states(run, undecided)
+    # A job that ended after its result was looked for, and before the scheduler was asked, left its result (or
+    # its error) in between: look again, or a point that just finished would read "COMPLETED but no result".
+    ended = [(r.stage, r.point) for r in undecided if r.job_id in scheduler and scheduler[r.job_id].terminal]
+    for key, check in zip(ended, index.check_many([(folders[key] / RESULT_NAME, key[1]) for key in ended]),
+                          strict=True):
+        results[key] = check
+    errors.update(_error_files([key for key in ended if results[key].state == "missing"], folders))
+    index.save()
     return [point_status(run, *key, jobs.get(key), results[key], scheduler, errors.get(key)) for key in keys]
+
+
+def _error_files(keys: list[tuple[str, str]], folders: dict[tuple[str, str], Path]) -> dict[tuple[str, str], Path]:
+    """The error file of each of these points that has one."""
+    paths = {key: folders[key] / ERROR_NAME for key in keys}
+    return {key: path for key, path in paths.items() if path.exists()}
 
 
 def scheduler_states(run: RunDir, records: list[JobRecord]) -> dict:

@@ -169,3 +169,25 @@ def test_a_failed_model_blocks_only_its_own_evaluations(finished_run: Path, tiny
     out = sfhpc("sweep", "launch", with_cbm, "--output", finished_run).stdout
     assert "not run" not in out
     assert status_json(finished_run)["counts"] == {"train": {"done": 2}, "cbm": {"done": 2}}
+
+
+def test_a_job_that_ends_while_status_looks_is_done_not_failed(finished_run: Path, monkeypatch):
+    # The result is looked for first, the scheduler asked second: a job may write its result and end in between.
+    from sfhpc import status as status_module
+    from sfhpc.rundir import JobRecord, RunDir
+    from sfhpc.slurm import SlurmState
+
+    point_dir = next(finished_run.glob("train/band=none-*"))
+    result, aside = point_dir / "result.h5", point_dir.parent / "result.h5.aside"
+    result.rename(aside)
+    RunDir(finished_run).record_jobs([JobRecord("train", point_dir.name, "slurm", "77_0", "logs/77_0",
+                                                "2026-01-01T00:00:00+00:00", 1)])
+
+    def job_ends_meanwhile(run, records):
+        assert [r.job_id for r in records] == ["77_0"]
+        aside.rename(result)
+        return {"77_0": SlurmState("COMPLETED", "0:0")}
+
+    monkeypatch.setattr(status_module, "scheduler_states", job_ends_meanwhile)
+    point = next(p for p in status_json(finished_run)["points"] if p["point"] == point_dir.name)
+    assert point["state"] == "done", point
