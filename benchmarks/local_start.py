@@ -51,12 +51,7 @@ def launch_once(points: int, fork: bool, folder: Path) -> tuple[float, float]:
     plan = expand_file(sweep)
     original = launch_module._LocalStarter.start
     if not fork:  # the submitit path, as for points of several tasks
-        def start_with_submitit(self, stage, job):
-            if stage.name not in self.executors:
-                self.executors[stage.name] = launch_module._local_executor(self.run, self.kind, stage)
-            return self.executors[stage.name].submit(job)
-
-        launch_module._LocalStarter.start = start_with_submitit
+        launch_module._LocalStarter.start = launch_module._LocalStarter.start_with_submitit
     try:
         cpu, wall = children_cpu(), time.perf_counter()
         report = launch_module.launch(plan, executor="local", output=folder / "run", parallel=2)

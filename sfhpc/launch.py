@@ -120,7 +120,7 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_manifest(manifest)
     (run.path / "sweep.yaml").write_text(plan.source.read_text())
-    configs = {(stage.name, point.id): point_config(run, plan, stage, point, manifest["git_sha"], None)
+    configs = {(stage.name, point.id): point_config(run, plan, stage, point, manifest["git_sha"])
                for stage in plan.stages for point in todo[stage.name]}
     dumped: dict[str, str] = {}
     for config in configs.values():
@@ -128,7 +128,7 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
     if kind == "slurm":
         _submit_to_slurm(run, plan, todo, configs, throttle, report, index)
     else:
-        _run_locally(run, plan, todo, kind, parallel, report, progress, index)
+        _run_locally(run, plan, todo, configs, kind, parallel, report, progress, index)
     index.save()
     return report
 
@@ -201,9 +201,9 @@ def _dump_once(entry: dict[str, Any], dumped: dict[str, str]) -> str:
     return dumped[memo]
 
 
-def point_config(run: RunDir, plan: Plan, stage: StagePlan, point: Point, sha: str,
-                 threads: int | None) -> dict[str, Any]:
-    """The resolved configuration a stage runs with; also written beside the result and inside it."""
+def point_config(run: RunDir, plan: Plan, stage: StagePlan, point: Point, sha: str) -> dict[str, Any]:
+    """The resolved configuration a stage runs with; also written beside the result and inside it. `threads` is
+    None (the job's CPUs decide); a local launch sets it for the points that share this machine."""
     return {
         "stage": stage.name,
         "point_id": point.id,
@@ -214,19 +214,19 @@ def point_config(run: RunDir, plan: Plan, stage: StagePlan, point: Point, sha: s
         "job": {"entry": stage.entry, "shards": stage.shards},
         "run_dir": str(run.path.resolve()),
         "git_sha": sha,
-        "threads": threads,
+        "threads": None,
     }
 
 
 # -------------------------------------------------------------------------- local and debug runs
-def _run_locally(run: RunDir, plan: Plan, todo: dict[str, list[Point]], kind: str, parallel: int,
-                 report: LaunchReport, progress: ProgressHook | None, index: ResultIndex) -> None:
+def _run_locally(run: RunDir, plan: Plan, todo: dict[str, list[Point]], configs: dict[tuple[str, str], dict[str, Any]],
+                 kind: str, parallel: int, report: LaunchReport, progress: ProgressHook | None,
+                 index: ResultIndex) -> None:
     """Run every point as soon as its inputs exist, at most `parallel` at a time, in plan order: upstream stages
     first, and a finished model's evaluations start while other models still train (no stage waits for a whole
-    stage before it). A point whose upstream failed is blocked, not run. Each point is its own process (local),
-    so that one crash loses nothing else."""
+    stage before it). A point whose input has no result is blocked, not run. Each point is its own process (local),
+    so that one crash loses nothing else; `parallel` processes share the CPUs' threads."""
     threads = max(1, (os.cpu_count() or 1) // parallel)
-    sha = run.read_manifest()["git_sha"]
     queue = [(stage, point) for stage in plan.stages for point in todo[stage.name]]
     for stage in plan.stages:
         report.blocked[stage.name], report.finished[stage.name] = [], {}
@@ -249,8 +249,8 @@ def _run_locally(run: RunDir, plan: Plan, todo: dict[str, list[Point]], kind: st
                     _settle(stage.name, point.id, "blocked", outcome, report, progress)
                 elif "waiting" not in inputs.values() and len(running) < parallel:
                     queue.remove((stage, point))
-                    job = starter.start(stage, PointJob(str(run.path), stage.name, stage.entry, point.id,
-                                                        point_config(run, plan, stage, point, sha, threads)))
+                    config = {**configs[stage.name, point.id], "threads": threads}
+                    job = starter.start(stage, PointJob(str(run.path), stage.name, stage.entry, point.id, config))
                     run.record_jobs([_record(run, stage.name, point.id, kind, str(job.job_id))])
                     if progress:
                         progress(stage.name, point.id, "started")
@@ -281,6 +281,10 @@ class _LocalStarter:
             if self.pool is None:
                 self.pool = ForkPool(self.run.logs, self.entries)
             return self.pool.submit(job, stage.resources.timeout_min)
+        return self.start_with_submitit(stage, job)
+
+    def start_with_submitit(self, stage: StagePlan, job: PointJob) -> Any:
+        """A fresh Python per point (submitit's local or debug executor), whatever its number of tasks."""
         if stage.name not in self.executors:
             self.executors[stage.name] = _local_executor(self.run, self.kind, stage)
         return self.executors[stage.name].submit(job)
