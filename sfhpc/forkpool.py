@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sfhpc.errors import RunError
+from sfhpc.rundir import RunDir
 
 POOL_LOG = "forkpool.err"  # the parent's own stderr, under the run's logs/
 KILL_GRACE_S = 30  # after SIGTERM at a point's time limit, SIGKILL this much later
@@ -170,7 +171,8 @@ def _send(event: dict[str, int]) -> None:
 
 
 def _log_paths(run_dir: str, pid: int) -> tuple[Path, Path]:
-    folder = Path(run_dir) / "logs" / str(pid)
+    """The point's stdout and stderr files, named as submitit names a local job's (`sfhpc status` reads them)."""
+    folder = RunDir(run_dir).logs / str(pid)
     return folder / f"{pid}_0_log.out", folder / f"{pid}_0_log.err"
 
 
