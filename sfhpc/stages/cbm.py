@@ -33,19 +33,17 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
     accuracy = cbm.accuracy_grid(cbm.torch_predictor(model), images, test.labels[:count], data_cfg.image_size,
                                  noise_sds=params.cbm_noise_sds, seed=params.cbm_seed,
                                  batch_size=params.cbm_batch_size)
-    criterion = masking_criterion(params.cbm_criterion, float(accuracy[0].mean()), data_cfg.n_classes)
+    noise_free = float(accuracy[0].mean())
+    criterion = masking_criterion(params.cbm_criterion, noise_free, data_cfg.n_classes)
     thresholds = cbm.thresholds(accuracy, criterion)
-    p_reads = stimulus_p_value(float(accuracy[0].mean()), count, data_cfg.n_classes)
-    channel = _fit_or_nan(thresholds) if p_reads < READS_STIMULUS_P else _not_fitted(
-        f"the model does not read the noise-free stimulus: accuracy {accuracy[0].mean():.3f} against chance "
-        f"{1 / data_cfg.n_classes:.3f} on {count} images (binomial p = {p_reads:.2g})")
+    channel = _channel(thresholds, noise_free, count, data_cfg.n_classes)
     result = point_dir / RESULT_NAME
     write_result(
         result, stage="cbm", point_id=config["point_id"], config=config,
         provenance=Provenance(config.get("git_sha", "unknown"), started, now_iso()),
         metrics={"bandwidth_octaves": channel["bandwidth_octaves"], "centre_cpi": channel["centre_cpi"],
                  "peak_sensitivity": channel["peak_sensitivity"],
-                 "clean_grayscale_accuracy": float(accuracy[0].mean()), "images": count},
+                 "clean_grayscale_accuracy": noise_free, "images": count},
         curves={"accuracy": accuracy, "thresholds": thresholds, "noise_sds": np.asarray(params.cbm_noise_sds),
                 "band_centres_cpi": np.asarray(cbm.band_centres_cpi(data_cfg.image_size))},
         extra_attrs={"upstream": upstream, "channel_fit": channel["status"], "criterion": criterion},
@@ -71,9 +69,13 @@ def stimulus_p_value(noise_free_accuracy: float, n_images: int, n_classes: int) 
     return float(binom.sf(correct - 1, n_images, 1.0 / n_classes))
 
 
-def _fit_or_nan(thresholds: np.ndarray) -> dict[str, Any]:
-    """The fitted channel, or NaNs with the reason when no band has a threshold (a model that noise never
-    masks has no channel to fit: a result, not an error)."""
+def _channel(thresholds: np.ndarray, noise_free_accuracy: float, n_images: int, n_classes: int) -> dict[str, Any]:
+    """The fitted channel, or NaNs with the reason: when the model is at chance on the noise-free stimulus, or
+    when no band has a threshold (a model that noise never masks has no channel to fit: a result, not an error)."""
+    p_reads = stimulus_p_value(noise_free_accuracy, n_images, n_classes)
+    if p_reads >= READS_STIMULUS_P:
+        return _not_fitted(f"the model does not read the noise-free stimulus: accuracy {noise_free_accuracy:.3f} "
+                           f"against chance {1 / n_classes:.3f} on {n_images} images (binomial p = {p_reads:.2g})")
     try:
         fit = cbm.fit_channel(thresholds)
     except ValueError as err:
