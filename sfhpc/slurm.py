@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,9 @@ class SlurmState:
     reason: str = ""
     nodes: str = ""
     earlier: tuple[str, ...] = ()  # states of earlier runs of a requeued job, oldest first
+    # Read off an array's collapsed record ('12_[3-5]', or '12' before any task started), not the task's own: SLURM
+    # splits a task off that record when it starts, and accounting may not have the task's own record yet.
+    collapsed: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -133,19 +136,26 @@ def expand_array_ids(job_id: str) -> list[str]:
 
 def parse_sacct(text: str) -> dict[str, SlurmState]:
     """Lines of `sacct -X -n -P --duplicates -o JobID,State,ExitCode,Reason,NodeList`: the last record of a job
-    is its state, earlier ones (a requeued job has several) are kept as its history."""
-    states: dict[str, SlurmState] = {}
+    is its state, earlier ones (a requeued job has several) are kept as its history.
+
+    An array task's own record ('12_3') wins over the array's collapsed record ('12_[3-5%2]'): the collapsed
+    record keeps its task range after tasks are split off it, so once the tasks still in it are cancelled (their
+    dependency failed) it reads CANCELLED for the tasks that were split off and are running too."""
+    own: dict[str, SlurmState] = {}
+    collapsed: dict[str, SlurmState] = {}
     for line in text.splitlines():
         fields = line.split("|")
         if len(fields) < 5 or not fields[0]:
             continue
         job_id, state, exit_code, reason, nodes = fields[:5]
         state = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
-        for one in expand_array_ids(job_id):
+        task_ids = expand_array_ids(job_id)
+        states = collapsed if task_ids != [job_id] else own
+        for one in task_ids:
             before = states.get(one)
             earlier = (*before.earlier, before.state) if before else ()
-            states[one] = SlurmState(state, exit_code, reason, nodes, earlier)
-    return states
+            states[one] = SlurmState(state, exit_code, reason, nodes, earlier, collapsed=states is collapsed)
+    return {**collapsed, **own}
 
 
 def parse_squeue(text: str) -> dict[str, SlurmState]:
@@ -179,7 +189,8 @@ class StateCache:
     def save(self, states: dict[str, SlurmState]) -> None:
         from sfhpc.results import atomic_write
 
-        terminal = {k: _as_json(v) for k, v in states.items() if v.terminal and v.state not in MAYBE_REQUEUED}
+        terminal = {k: _as_json(v) for k, v in states.items()
+                    if v.terminal and v.state not in MAYBE_REQUEUED and not v.collapsed}
         if terminal and terminal.keys() - self.states.keys():
             merged = {**{k: _as_json(v) for k, v in self.states.items()}, **terminal}
             atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(merged)))
@@ -203,22 +214,27 @@ def query_states(job_ids: list[str], cache: StateCache | None = None) -> tuple[d
                                "-j", ",".join(array_ids(unknown))])
             found = parse_sacct(out)
             # An array that never started is one record under its own id: it speaks for all its tasks.
-            states.update({j: found.get(j) or found[j.split("_", 1)[0]] for j in unknown
+            states.update({j: found.get(j) or replace(found[j.split("_", 1)[0]], collapsed=True) for j in unknown
                            if j in found or j.split("_", 1)[0] in found})
         except SlurmError:
             pass  # accounting off: squeue below
-    # Unknown to sacct (accounting off or lagging), or preempted / on a failed node and perhaps requeued already:
-    # squeue knows whether the job is back in the queue.
-    missing = [j for j in job_ids if j not in states or states[j].state in MAYBE_REQUEUED]
+    # Unknown to sacct (accounting off or lagging), or preempted / on a failed node and perhaps requeued already, or
+    # ended by a collapsed array record while perhaps split off and started: squeue knows whether it is queued.
+    missing = [j for j in job_ids if j not in states or states[j].state in MAYBE_REQUEUED
+               or (states[j].collapsed and states[j].terminal)]
     if missing:
         calls += 1
         try:
             out = run_command(["squeue", "-h", "-r", "-o", "%i|%T|%r|%N", "-j", ",".join(array_ids(missing))])
-            for job_id, queued in parse_squeue(out).items():
-                if job_id in missing:
-                    before = states.get(job_id)
-                    earlier = (*before.earlier, before.state) if before else ()
+            queue = parse_squeue(out)
+            for job_id in missing:
+                before = states.get(job_id)
+                if job_id in queue:
+                    earlier = (*before.earlier, before.state) if before and not before.collapsed else ()
+                    queued = queue[job_id]
                     states[job_id] = SlurmState(queued.state, queued.exit_code, queued.reason, queued.nodes, earlier)
+                elif before and before.collapsed:
+                    states[job_id] = replace(before, collapsed=False)  # not queued: it did end with its array
         except SlurmError:
             pass  # squeue refuses ids it has forgotten: those stay as they are
     if cache:

@@ -66,3 +66,12 @@ def test_sacct_lines_parse_with_arrays_requeues_and_cancel_notes():
     assert states["8"].describe() == "RUNNING, on node1, requeued 1x, last after REQUEUED"
     assert states["9"].state == "CANCELLED" and states["9"].terminal
     assert states["9"].describe() == "CANCELLED, exit code 0:15, on node2"
+
+
+def test_a_task_split_off_its_array_keeps_its_own_state_when_the_rest_of_the_array_is_cancelled():
+    # What sacct printed while a cbm task ran after its train task, and the other cbm task was cancelled because its
+    # train task failed: the collapsed record still names both tasks.
+    text = "461_0|RUNNING|0:0|None|node1\n461_[0-1%2]|CANCELLED|0:0|None|None assigned\n"
+    states = slurm.parse_sacct(text)
+    assert states["461_0"].state == "RUNNING" and not states["461_0"].collapsed and states["461_0"].earlier == ()
+    assert states["461_1"].state == "CANCELLED" and states["461_1"].collapsed
