@@ -231,31 +231,79 @@ def _print_launch_report(report) -> None:
 def status(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
            all_points: bool = typer.Option(False, "--all", help="List every point, not only the failed ones."),
            stage: str | None = typer.Option(None, "--stage", help="Only this stage."),
-           as_json: bool = typer.Option(False, "--json", help="Print counts and points as JSON.")) -> None:
+           as_json: bool = typer.Option(False, "--json", help="Print counts and points as JSON."),
+           watch: float | None = typer.Option(
+               None, "--watch", metavar="SECONDS", min=1,
+               help="Refresh every SECONDS until no point is pending or running (one sacct call per refresh); "
+                    "then exit 0 if every point is done, else 1. For scripts: sfhpc status RUN --watch 60 && "
+                    "sfhpc aggregate RUN.")) -> None:
     """Counts per stage and state; failed points with the last lines of their error."""
     from sfhpc.rundir import RunDir
-    from sfhpc.status import STATES, count_by_stage, run_status
+    from sfhpc.status import count_by_stage
 
+    console = _console()
     with _user_errors():
         run_dir = RunDir.find(run)
-        statuses = [s for s in run_status(run_dir) if stage is None or s.stage == stage]
+        if watch is None:
+            statuses = _stage_status(run_dir, stage)
+        else:
+            statuses = _watch_until_settled(run_dir, stage, watch, console, show_live=not as_json)
     counts = count_by_stage(statuses)
     if as_json:
         _print_json({"run": str(run_dir.path), "counts": {k: dict(v) for k, v in counts.items()},
                      "points": [s.to_json() for s in statuses]})
-        return
+    else:
+        console.print(_counts_table(run_dir, counts))
+        _print_points(console, statuses if all_points else [s for s in statuses if s.state == "failed"])
+    if watch is not None and any(s.state != "done" for s in statuses):
+        raise typer.Exit(1)
+
+
+def _stage_status(run_dir, stage: str | None) -> list:
+    from sfhpc.status import run_status
+
+    return [s for s in run_status(run_dir) if stage is None or s.stage == stage]
+
+
+def _watch_until_settled(run_dir, stage: str | None, interval: float, console, show_live: bool) -> list:
+    """Statuses once no point is pending or running, refreshed every `interval` seconds; on a terminal the counts
+    table updates in place meanwhile."""
+    import contextlib
+    import time
+
+    from rich.live import Live
+
+    from sfhpc.status import count_by_stage
+
+    live = Live(console=console, transient=True, auto_refresh=False) if show_live and console.is_terminal else None
+    with live or contextlib.nullcontext():
+        while True:
+            statuses = _stage_status(run_dir, stage)
+            if not any(s.state in ("pending", "running") for s in statuses):
+                return statuses
+            if live is not None:
+                live.update(_counts_table(run_dir, count_by_stage(statuses),
+                                          f"refreshed {time.strftime('%H:%M:%S')}, every {interval:g} s; Ctrl-C "
+                                          "stops watching, not the run"), refresh=True)
+            time.sleep(interval)
+
+
+def _counts_table(run_dir, counts: dict, caption: str | None = None):
     from rich.table import Table
 
-    console = _console()
-    table = Table(title=f"run {run_dir.path}", title_justify="left")
+    from sfhpc.status import STATES
+
+    table = Table(title=f"run {run_dir.path}", title_justify="left", caption=caption, caption_justify="left")
     table.add_column("stage")
     for state in STATES:
         table.add_column(state, justify="right", style=STATE_STYLE[state])
     table.add_column("total", justify="right")
     for name, counter in counts.items():
         table.add_row(name, *(str(counter.get(state, 0)) for state in STATES), str(sum(counter.values())))
-    console.print(table)
-    shown = statuses if all_points else [s for s in statuses if s.state == "failed"]
+    return table
+
+
+def _print_points(console, shown: list) -> None:
     for s in shown:
         job = f" (job {s.job_id})" if s.job_id else ""
         console.print(f"[{STATE_STYLE[s.state]}]{s.state:>13}[/] {s.stage}/{s.point}{job}"

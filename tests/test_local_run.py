@@ -93,6 +93,8 @@ def test_a_failed_point_is_shown_and_relaunch_reruns_only_it(finished_run: Path,
     assert "checkpoint" in failed["reason"] and "unreadable" in failed["reason"]
     human = sfhpc("status", finished_run).stdout
     assert "failed" in human and lsf_dir.name in human and "RuntimeError: checkpoint" in human
+    watched = sfhpc("status", finished_run, "--watch", "1", code=1).stdout  # nothing left to wait for: a point failed
+    assert "RuntimeError: checkpoint" in watched
 
     agg = sfhpc("aggregate", finished_run).stdout
     assert "failed" in agg and lsf_dir.name in agg
@@ -103,6 +105,7 @@ def test_a_failed_point_is_shown_and_relaunch_reruns_only_it(finished_run: Path,
     out = sfhpc("sweep", "launch", tiny_sweep, "--output", finished_run).stdout
     assert "submitted 1 points (1 already done)" in out
     assert status_json(finished_run)["counts"]["train"] == {"done": 2}
+    sfhpc("status", finished_run, "--watch", "1")  # every point done: exit code 0
     after = snapshot(finished_run)
     assert after[f"train/{none_dir.name}/result.h5"] == untouched[f"train/{none_dir.name}/result.h5"]
     assert not (lsf_dir / "error.txt").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -80,6 +81,16 @@ def start_requeued_jobs_now(current: dict) -> None:
                            capture_output=True)
 
 
+def watch(run: Path, code: int, timeout: float = 240) -> dict:
+    """`sfhpc status RUN --watch 1 --json`, as a script would run it (its own process, killed after `timeout`): it
+    returns once nothing is pending or running, with exit code 0 only if every point is done."""
+    sfhpc_command = Path(sys.executable).parent / "sfhpc"
+    done = subprocess.run([str(sfhpc_command), "status", str(run), "--watch", "1", "--json"], env=os.environ,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == code, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
 def settled(current: dict) -> bool:
     return all(p["state"] in ("done", "failed") for p in current["points"])
 
@@ -103,7 +114,7 @@ def test_launch_submits_one_array_per_stage_and_status_follows(slurm_cluster, wr
     records = [json.loads(line) for line in (run / "jobs.jsonl").read_text().splitlines()]
     assert sorted(r["job_id"] for r in records) == [f"{report['arrays'][0]['job_id']}_{i}" for i in (0, 1)]
 
-    final = wait_until(run, settled)
+    final = watch(run, code=0)
     assert final["counts"] == {"train": {"done": 2}}, final
     sfhpc("aggregate", run)
     assert (run / "summary.csv").read_text().count(",done,") == 2
@@ -121,7 +132,7 @@ def test_downstream_stage_waits_on_its_upstream_array(slurm_cluster, write_sweep
     assert cbm_array["dependency"] == f"aftercorr:{train_array['job_id']}"  # task i waits on train task i
     assert "--dependency=aftercorr:" in Path(cbm_array["sbatch"]).read_text()
 
-    final = wait_until(run, settled)
+    final = watch(run, code=1)  # a point failed
     states = {(p["stage"], p["point"].split("-")[0]): p for p in final["points"]}
     assert states[("train", "band=none")]["state"] == "done" and states[("cbm", "band=none")]["state"] == "done"
     assert states[("train", "band=lsf")]["state"] == "failed"
