@@ -7,8 +7,16 @@ import sys
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sfhpc.rundir import RunDir
+    from sfhpc.status import PointStatus
 
 app = typer.Typer(help="Brain-alignment and robustness sweeps: expand, launch, watch, aggregate.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -259,13 +267,14 @@ def status(run: str = typer.Argument(..., help="Run folder, or a sweep name unde
         raise typer.Exit(1)
 
 
-def _stage_status(run_dir, stage: str | None) -> list:
+def _stage_status(run_dir: RunDir, stage: str | None) -> list[PointStatus]:
     from sfhpc.status import run_status
 
     return [s for s in run_status(run_dir) if stage is None or s.stage == stage]
 
 
-def _watch_until_settled(run_dir, stage: str | None, interval: float, console, show_live: bool) -> list:
+def _watch_until_settled(run_dir: RunDir, stage: str | None, interval: float, console: Console,
+                         show_live: bool) -> list[PointStatus]:
     """Statuses once no point is pending or running, refreshed every `interval` seconds; on a terminal the counts
     table updates in place meanwhile."""
     import contextlib
@@ -288,7 +297,7 @@ def _watch_until_settled(run_dir, stage: str | None, interval: float, console, s
             time.sleep(interval)
 
 
-def _counts_table(run_dir, counts: dict, caption: str | None = None):
+def _counts_table(run_dir: RunDir, counts: dict[str, Counter], caption: str | None = None) -> Table:
     from rich.table import Table
 
     from sfhpc.status import STATES
@@ -303,7 +312,7 @@ def _counts_table(run_dir, counts: dict, caption: str | None = None):
     return table
 
 
-def _print_points(console, shown: list) -> None:
+def _print_points(console: Console, shown: list[PointStatus]) -> None:
     for s in shown:
         job = f" (job {s.job_id})" if s.job_id else ""
         console.print(f"[{STATE_STYLE[s.state]}]{s.state:>13}[/] {s.stage}/{s.point}{job}"
