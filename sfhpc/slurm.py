@@ -224,22 +224,27 @@ def query_states(job_ids: list[str], cache: StateCache | None = None) -> tuple[d
                or (states[j].collapsed and states[j].terminal)]
     if missing:
         calls += 1
-        try:
-            out = run_command(["squeue", "-h", "-r", "-o", "%i|%T|%r|%N", "-j", ",".join(array_ids(missing))])
-            queue = parse_squeue(out)
-            for job_id in missing:
-                before = states.get(job_id)
-                if job_id in queue:
-                    earlier = (*before.earlier, before.state) if before and not before.collapsed else ()
-                    queued = queue[job_id]
-                    states[job_id] = SlurmState(queued.state, queued.exit_code, queued.reason, queued.nodes, earlier)
-                elif before and before.collapsed:
-                    states[job_id] = replace(before, collapsed=False)  # not queued: it did end with its array
-        except SlurmError:
-            pass  # squeue refuses ids it has forgotten: those stay as they are
+        queue = queued_states(array_ids(missing))
+        for job_id in missing if queue is not None else ():
+            before = states.get(job_id)
+            if job_id in queue:
+                earlier = (*before.earlier, before.state) if before and not before.collapsed else ()
+                queued = queue[job_id]
+                states[job_id] = SlurmState(queued.state, queued.exit_code, queued.reason, queued.nodes, earlier)
+            elif before and before.collapsed:
+                states[job_id] = replace(before, collapsed=False)  # not queued: it did end with its array
     if cache:
         cache.save(states)
     return states, calls
+
+
+def queued_states(array_ids: list[str]) -> dict[str, SlurmState] | None:
+    """What squeue says of these jobs' tasks; None when squeue cannot answer. A job slurmctld has forgotten (ended
+    more than MinJobAge ago) is not queued: squeue leaves it out, or refuses it when it is the only one asked about."""
+    try:
+        return parse_squeue(run_command(["squeue", "-h", "-r", "-o", "%i|%T|%r|%N", "-j", ",".join(array_ids)]))
+    except SlurmError as err:
+        return {} if "Invalid job id" in str(err) else None
 
 
 def cancel(job_ids: list[str]) -> None:

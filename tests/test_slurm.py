@@ -202,6 +202,21 @@ def test_arrays_larger_than_max_array_size_are_chunked_and_status_makes_one_sacc
     assert calls == []  # every state is terminal and cached: no scheduler call at all
 
 
+def test_squeue_reads_jobs_the_controller_has_forgotten_as_not_queued(slurm_cluster):
+    # A job id slurmctld does not know, as one it forgot MinJobAge after it ended: squeue refuses it when it is
+    # the only id asked about, and leaves it out among others. Either way it is not queued (status may cache its
+    # final state), which is not the same as squeue failing to answer.
+    unknown = "66000000"
+    held = subprocess.run(["sbatch", "--parsable", "--hold", "-o", "/dev/null", "--wrap", "true"], env=os.environ,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        assert slurm.queued_states([unknown]) == {}
+        queued = slurm.queued_states([unknown, held])
+        assert set(queued) == {held} and queued[held].state == "PENDING"
+    finally:
+        slurm.cancel([held])
+
+
 def test_cancel_touches_only_its_own_run(slurm_cluster, write_sweep, awkward_dir):
     held = "  additional: {hold: true}"
     mine, other = awkward_dir / "runs" / "mine", awkward_dir / "runs" / "other"
