@@ -8,6 +8,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
+from sfhpc.results import atomic_write
 from sfhpc.rundir import RunDir, manifest_points
 from sfhpc.status import run_status
 
@@ -113,6 +114,7 @@ def to_markdown(summary: Summary, title: str) -> str:
 def write_summary(run: RunDir, summary: Summary) -> tuple[str, str]:
     """Write summary.csv and summary.md into the run folder; returns their paths."""
     csv_path, md_path = run.path / "summary.csv", run.path / "summary.md"
-    csv_path.write_text(to_csv(summary))
-    md_path.write_text(to_markdown(summary, f"Summary of {run.path.name}"))
+    # atomically: a second aggregate running at the same time, or a reader, never sees half a file
+    atomic_write(csv_path, lambda tmp: tmp.write_text(to_csv(summary)))
+    atomic_write(md_path, lambda tmp: tmp.write_text(to_markdown(summary, f"Summary of {run.path.name}")))
     return str(csv_path), str(md_path)

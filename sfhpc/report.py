@@ -32,6 +32,7 @@ import numpy as np
 from sfhpc.aggregate import Summary, markdown_table, summarize
 from sfhpc.evaluation.attack import robust_curve_name
 from sfhpc.evaluation.cbm import LOWEST_CENTRE_CPI  # band k is centred at 1.75 * 2**k c/img
+from sfhpc.results import atomic_write
 from sfhpc.rundir import RunDir
 
 TEST_NAME = "paired t-test over seeds"
@@ -462,7 +463,7 @@ def write_report(run: RunDir, summary: Summary | None = None) -> ReportFiles:
     is not written (a stale one is removed) and report.md says which stage would provide it."""
     report = build_report(run, summary)
     csv_path, md_path = run.path / "conditions.csv", run.path / "report.md"
-    csv_path.write_text(to_csv(report.rows))
+    atomic_write(csv_path, lambda tmp: tmp.write_text(to_csv(report.rows)))
     figures_dir = run.path / FIGURES_DIR
     figures = []
     for name, draw in ((ROBUST_FIGURE, draw_robust_accuracy), (CBM_FIGURE, draw_cbm_channels),
@@ -471,7 +472,7 @@ def write_report(run: RunDir, summary: Summary | None = None) -> ReportFiles:
         path.unlink(missing_ok=True)
         if draw(report, path):
             figures.append(path)
-    md_path.write_text(to_markdown(report, {p.name for p in figures}))
+    atomic_write(md_path, lambda tmp: tmp.write_text(to_markdown(report, {p.name for p in figures})))
     return ReportFiles(md_path, csv_path, figures, report)
 
 

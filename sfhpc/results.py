@@ -51,11 +51,27 @@ def git_sha(repo: Path) -> str:
     return f"{sha}+dirty" if dirty else sha
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only be read by setting it, which would race
+    with threads creating files meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:
     """Call write(tmp_path) on a temporary file in the same folder, then os.replace it onto `path`: readers see
-    the old file or the complete new one, never a partial one."""
+    the old file or the complete new one, never a partial one. The file gets the mode an ordinary `open` would
+    give it (0666 less the umask): mkstemp's 0600 would lock the user's group out of `status` and `aggregate`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
         write(Path(tmp))
@@ -183,6 +199,7 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+SIGNATURE_FIELDS = 5  # an index entry: size, mtime, inode, ctime, point id; then verdict, reason, metrics
 PARALLEL_FROM_FILES = 2000  # below this, starting worker processes costs more than it saves
 MAX_WORKERS = 8
 
@@ -192,9 +209,10 @@ def _inspect_pair(pair: tuple[Path, str]) -> tuple[ResultCheck, dict[str, Any] |
 
 
 class ResultIndex:
-    """Remembers the verdict on each result file with its size and modification time, so that a status refresh
-    opens only new or changed files (and needs no h5py at all when none changed). Results are replaced
-    atomically, so any change to a file changes its stat signature and sends it back through `check_result`."""
+    """Remembers the verdict on each result file with its stat signature (size, modification time, inode and
+    change time), so that a status refresh opens only new or changed files (and needs no h5py at all when none
+    changed). Results are replaced atomically, which gives them a new inode; a file damaged in place and its
+    mtime set back (`touch -d`) keeps size and mtime, but its ctime moves, and nobody can set that back."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -242,17 +260,17 @@ class ResultIndex:
         except FileNotFoundError:
             return ResultCheck("missing"), None
         key = os.path.relpath(result, self.path.parent)  # relative: a copied run folder keeps its index
-        signature = [stat.st_size, stat.st_mtime_ns, point_id]
+        signature = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns, point_id]
         entry = self.entries.get(key)
-        if entry and entry[:3] == signature:
-            return ResultCheck(entry[3], entry[4]), (key, signature)
+        if entry and entry[:SIGNATURE_FIELDS] == signature:
+            return ResultCheck(*entry[SIGNATURE_FIELDS:SIGNATURE_FIELDS + 2]), (key, signature)
         return None, (key, signature)
 
     def metrics(self, result: Path) -> dict[str, Any]:
         """The metrics of a result file that `check` found valid: those it read (now or when the index was
         written), else read now."""
         entry = self.entries.get(os.path.relpath(result, self.path.parent))
-        metrics = entry[5] if entry and len(entry) > 5 else None
+        metrics = entry[SIGNATURE_FIELDS + 2] if entry and len(entry) > SIGNATURE_FIELDS + 2 else None
         if metrics is None:
             import h5py
 
