@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from sfhpc.config import (
     load_cluster_profile,
     load_job_spec,
     load_sweep,
+    referenced_file,
 )
 from sfhpc.errors import SweepError
 
@@ -125,15 +127,20 @@ class SweepPoint:
     origins: dict[str, KeyPath]
 
 
-def sweep_points(sweep: SweepConfig, doc: LocatedYaml, allowed_axes: list[str]) -> list[SweepPoint]:
-    """grid x zip, minus excludes, plus includes; duplicates are an error."""
+def sweep_points(sweep: SweepConfig, doc: LocatedYaml, allowed_axes: list[str],
+                 max_points: int | None = None) -> list[SweepPoint]:
+    """grid x zip, minus excludes, plus includes; duplicates, an exclude pattern that matches nothing and more
+    points than `max_points` (default: the sweep's `max_points`) are errors."""
     _check_axis_names(sweep, doc, allowed_axes)
     for axis, values in sweep.grid.items():
         if not values:
             raise doc.error(("grid", axis), "empty list: a grid axis needs at least one value")
     if not sweep.grid and not sweep.zip and not sweep.include:
         raise doc.error(("grid",), "empty grid: give at least one axis in `grid`, `zip` or `include`")
-    points = [p for p in _product(sweep) if not _excluded(p.values, sweep.exclude)]
+    _check_point_count(sweep, doc, sweep.max_points if max_points is None else max_points)
+    product = _product(sweep)
+    _check_excludes_match(product, sweep.exclude, doc)
+    points = [p for p in product if not _excluded(p.values, sweep.exclude)]
     for index, extra in enumerate(sweep.include):
         points.append(SweepPoint(dict(extra), {k: ("include", index, k) for k in extra}))
     _check_no_duplicates(points, doc)
@@ -155,6 +162,33 @@ def _check_axis_names(sweep: SweepConfig, doc: LocatedYaml, allowed: list[str]) 
         raise doc.error(("zip", axis), "axis is in both `grid` and `zip`; keep it in one")
 
 
+def _check_point_count(sweep: SweepConfig, doc: LocatedYaml, cap: int) -> None:
+    """Refuse more than `cap` points before building any: a grid's size is a product, and one typo in one axis
+    multiplies the time and memory of everything after."""
+    factors = {axis: len(values) for axis, values in sweep.grid.items()}
+    if sweep.zip:
+        factors["zip"] = len(next(iter(sweep.zip.values())))
+    product = math.prod(factors.values()) if factors else 0
+    count = product + len(sweep.include)
+    if count <= cap:
+        return
+    made_of = " x ".join(f"{axis} {n:,}" for axis, n in factors.items())
+    if sweep.include:
+        made_of = f"{made_of} + include {len(sweep.include):,}" if made_of else f"include {len(sweep.include):,}"
+    where = ("grid",) if sweep.grid else ("zip",) if sweep.zip else ("include",)
+    raise doc.error(where, f"the sweep has {count:,} points ({made_of}), above the limit of {cap:,}; set "
+                           f"`max_points: {count}` at the top of the sweep file (or pass --max-points {count}) "
+                           "if you mean it")
+
+
+def _check_excludes_match(product: list[SweepPoint], patterns: list[dict[str, Any]], doc: LocatedYaml) -> None:
+    """Every exclude pattern removes at least one point of grid x zip: one that removes nothing is a typo (band: lfs)
+    or names an axis the grid lacks, and would otherwise leave the points it meant to remove in the sweep."""
+    for index, pattern in enumerate(patterns):
+        if not any(_matches(point.values, pattern) for point in product):
+            raise doc.error(("exclude", index), f"matches no point of grid and zip; a typo? (pattern {pattern})")
+
+
 def _product(sweep: SweepConfig) -> list[SweepPoint]:
     grid_axes = [[(axis, value, ("grid", axis, i)) for i, value in enumerate(values)]
                  for axis, values in sweep.grid.items()]
@@ -169,14 +203,16 @@ def _product(sweep: SweepConfig) -> list[SweepPoint]:
     return points
 
 
-def _excluded(values: dict[str, Any], patterns: list[dict[str, Any]]) -> bool:
-    def matches(pattern: dict[str, Any]) -> bool:
-        return all(
-            key in values and (values[key] in want if isinstance(want, list) else values[key] == want)
-            for key, want in pattern.items()
-        )
+def _matches(values: dict[str, Any], pattern: dict[str, Any]) -> bool:
+    """A point matches a pattern when it has every key of it, with the value or one of the values listed."""
+    return all(
+        key in values and (values[key] in want if isinstance(want, list) else values[key] == want)
+        for key, want in pattern.items()
+    )
 
-    return any(matches(pattern) for pattern in patterns)
+
+def _excluded(values: dict[str, Any], patterns: list[dict[str, Any]]) -> bool:
+    return any(_matches(values, pattern) for pattern in patterns)
 
 
 def _check_no_duplicates(points: list[SweepPoint], doc: LocatedYaml) -> None:
@@ -191,19 +227,25 @@ def _check_no_duplicates(points: list[SweepPoint], doc: LocatedYaml) -> None:
 
 
 # -------------------------------------------------------------------------------- stage points
-def expand(sweep: SweepConfig, doc: LocatedYaml, jobs_dir: Path = JOBS_DIR) -> Plan:
-    """Expand a validated sweep into every stage's points, in a deterministic order."""
+def expand(sweep: SweepConfig, doc: LocatedYaml, jobs_dir: Path = JOBS_DIR, *, max_points: int | None = None) -> Plan:
+    """Expand a validated sweep into every stage's points, in a deterministic order. `max_points` overrides the
+    sweep's own `max_points` cap (a CLI flag)."""
+    cluster = load_cluster_profile(sweep, doc)  # first: cheap, and checked whatever the executor
     allowed_axes = sorted({name for stage in sweep.stages for name in STAGE_KINDS[stage].params.model_fields})
-    points = sweep_points(sweep, doc, allowed_axes)
+    points = sweep_points(sweep, doc, allowed_axes, max_points)
     stages = []
     for name in _stage_order(sweep, doc):
         stages.append(_expand_stage(name, sweep, doc, points, jobs_dir, stages))
-    return Plan(sweep=sweep, source=doc.path, stages=tuple(stages), cluster=load_cluster_profile(sweep, doc))
+    return Plan(sweep=sweep, source=doc.path, stages=tuple(stages), cluster=cluster)
 
 
-def expand_file(path: Path | str, jobs_dir: Path = JOBS_DIR) -> Plan:
-    sweep, doc = load_sweep(path)
-    return expand(sweep, doc, jobs_dir)
+def expand_file(path: Path | str, jobs_dir: Path = JOBS_DIR, *, max_points: int | None = None,
+                base_dir: Path | None = None) -> Plan:
+    """Load, check and expand a sweep file; every mistake is a SweepError naming the file, the line and the key.
+    `max_points` overrides the sweep's `max_points` cap; `base_dir` is what relative `job:` and `cluster.profile:`
+    paths are relative to (default: the sweep file's folder)."""
+    sweep, doc = load_sweep(path, base_dir)
+    return expand(sweep, doc, jobs_dir, max_points=max_points)
 
 
 def _stage_order(sweep: SweepConfig, doc: LocatedYaml) -> list[str]:
@@ -237,6 +279,8 @@ def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[
             raise doc.error(("stages", name, "params", key), f"unknown parameter; allowed: {', '.join(fields)}")
     job_name = stage_cfg.job or name
     job = _load_job(job_name, doc, name, jobs_dir)
+    if stage_cfg.job and "/" in stage_cfg.job:  # a path: the manifest says which file, wherever the run goes
+        job_name = str(referenced_file(job_name, jobs_dir, doc.base_dir))
     resources = _merge_resources(job, stage_cfg.resources, doc, name)
 
     validated: dict[str, list[dict[str, Any]]] = {}  # cache: many sweep points project onto one stage point
@@ -321,7 +365,7 @@ def _axis_order(points: list[SweepPoint]) -> list[str]:
 
 def _load_job(job_name: str, doc: LocatedYaml, stage: str, jobs_dir: Path) -> JobSpec:
     try:
-        return load_job_spec(job_name, jobs_dir)
+        return load_job_spec(job_name, jobs_dir, doc.base_dir)
     except SweepError as err:
         if err.message.startswith("no such job file"):
             raise doc.error(("stages", stage, "job"), f"{err.message} (looked for {err.file})") from None
@@ -351,9 +395,18 @@ def _validate_params(model, values: dict[str, Any], point: SweepPoint, doc: Loca
         try:
             check(params, data, job)
         except ValueError as err:
-            key = {TrainParams: "band", AttackParams: "attack_eps", PredictorParams: "roi"}[type(params)]
+            default = {TrainParams: "band", AttackParams: "attack_eps", PredictorParams: "roi"}[type(params)]
+            key = getattr(err, "key", None) or default
             raise doc.error(point.origins.get(key) or ("stages", stage, "params", key), str(err)) from None
     return params.model_dump(mode="json")
+
+
+class _ParamError(ValueError):
+    """A failed check that names the parameter at fault, so that the error points at that parameter's line."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 def _check_band_fits_data(params: TrainParams, data: DataConfig, job: JobSpec) -> None:
@@ -365,9 +418,12 @@ def _check_band_fits_data(params: TrainParams, data: DataConfig, job: JobSpec) -
 
 def _check_neural_data(params: PredictorParams, data: DataConfig, job: JobSpec) -> None:
     """The subject's neural data has the ROI: settings of the simulated brain, or a prepared NSD file's ROIs."""
-    from sfhpc.data.neural import check_neural  # h5py attributes only
+    from sfhpc.data.neural import NeuralSubjectMismatch, check_neural  # h5py attributes only
 
-    check_neural(data.neural, [params.subject], [params.roi])
+    try:
+        check_neural(data.neural, [params.subject], [params.roi])
+    except NeuralSubjectMismatch as err:
+        raise _ParamError("subject", str(err)) from None
 
 
 def _check_attack_settings(params: AttackParams, data: DataConfig, job: JobSpec) -> None:
@@ -384,13 +440,26 @@ def _non_defaults(values: dict[str, Any], defaults: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if reference.get(key) != value}
 
 
+# Bytes of a point id's readable part: the id names a folder, and file systems allow 255 bytes per name.
+MAX_READABLE_ID = 200
+
+
 def point_id(stage: str, labels: dict[str, Any], axes: tuple[str, ...], identity: dict[str, Any]) -> str:
     """Readable and hashed: `band=lsf-seed=0-3f9a2c1e`. The hash covers every setting that differs from its
     default (parameters and data), so two points with equal readable parts but other fixed settings never share an
-    id, and a new parameter added to sfhpc with a default keeps existing ids (and results) valid."""
+    id, and a new parameter added to sfhpc with a default keeps existing ids (and results) valid. A readable part
+    longer than MAX_READABLE_ID bytes (many axes, a huge value) is cut and ends in '...': the hash still tells the
+    points apart, and the id stays a valid folder name."""
     digest = _digest({"stage": stage, **identity}, 8)
-    readable = "-".join(f"{axis}={_format_value(labels[axis])}" for axis in axes)
+    readable = _fit_bytes("-".join(f"{axis}={_format_value(labels[axis])}" for axis in axes), MAX_READABLE_ID)
     return f"{readable}-{digest}" if readable else f"{stage}-{digest}"
+
+
+def _fit_bytes(text: str, limit: int) -> str:
+    """`text`, or its start and '...' in at most `limit` UTF-8 bytes (never half a character)."""
+    if len(text.encode()) <= limit:
+        return text
+    return text.encode()[:limit - 3].decode(errors="ignore") + "..."
 
 
 def _format_value(value: Any) -> str:

@@ -14,6 +14,7 @@ from sfhpc.data.neural import (
     SCHEMA_VERSION,
     NeuralDataError,
     NeuralFileNotFound,
+    NeuralSubjectMismatch,
     Pca,
     RoiTrials,
     TrialDesign,
@@ -55,12 +56,13 @@ def tiny_trials(rng: np.random.Generator, design: TrialDesign, n_voxels: int) ->
     return (signal[design.trial_image] + rng.normal(size=(design.n_trials, n_voxels))).astype(np.float32)
 
 
-def write_tiny(path, rng: np.random.Generator, rois=("V1", "TO"), n_voxels: int = 12, **kwargs) -> TrialDesign:
+def write_tiny(path, rng: np.random.Generator, rois=("V1", "TO"), n_voxels: int = 12, subject: str = "subj01",
+               **kwargs) -> TrialDesign:
     design = tiny_design(rng)
     images = rng.integers(0, 256, (design.n_images, 20, 20, 3), dtype=np.uint8)
     rois = [RoiTrials(name, tiny_trials(rng, design, n_voxels), np.arange(n_voxels) * 7) for name in rois]
     kwargs = {"images": images, "provenance": {"simulation": {"seed": 1}}} | kwargs
-    write_canonical(path, "subj01", "simulated", design, rois, **kwargs)
+    write_canonical(path, subject, "simulated", design, rois, **kwargs)
     return design
 
 
@@ -291,5 +293,16 @@ def test_neural_file_of_nsd_must_exist(tmp_path):
     config = NeuralConfig(kind="nsd", dir=str(tmp_path))
     with pytest.raises(NeuralFileNotFound, match="subj03.h5"):
         neural_file(config, "subj03", tmp_path, 128)
-    write_tiny(tmp_path / "subj03.h5", np.random.default_rng(11))
+    write_tiny(tmp_path / "subj03.h5", np.random.default_rng(11), subject="subj03")
     assert neural_file(config, "subj03", tmp_path / "cache", 128) == tmp_path / "subj03.h5"
+
+
+def test_a_file_holding_another_subject_is_refused(tmp_path):
+    """subj01's data saved (or renamed) as subj02.h5 would guide subj02's models with the wrong brain."""
+    write_tiny(tmp_path / "subj02.h5", np.random.default_rng(12), subject="subj01")
+    config = NeuralConfig(kind="nsd", dir=str(tmp_path))
+    message = r"subj02.h5: holds subject 'subj01' \(its `subject` attribute\), but is read for 'subj02'"
+    with pytest.raises(NeuralSubjectMismatch, match=message):
+        check_neural(config, ["subj02"], ["V1"])
+    with pytest.raises(NeuralSubjectMismatch, match=message):  # and again where a job opens it
+        neural_file(config, "subj02", tmp_path / "cache", 128)

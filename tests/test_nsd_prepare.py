@@ -231,3 +231,24 @@ def test_nsd_prepare_does_not_import_torch(fake, tmp_path):
     done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().endswith("OK"), done.stderr
     assert (tmp_path / "s.h5").exists()
+
+
+# ------------------------------------------------------------------------------------- wrong subject
+def test_an_out_name_that_names_another_subject_is_refused_before_reading(fake, tmp_path, monkeypatch):
+    """subj02's data written as subj03.h5 would be read by every sweep asking for subj03."""
+    with pytest.raises(NeuralDataError, match=r"--out .*subj03.h5: the file name names subj03, but --subject is "
+                                              r"subj02; a sweep asking for subj03 would read subj02's data"):
+        _plan(fake, out=tmp_path / "subj03.h5", root=tmp_path / "no NSD here")  # checked before any file is read
+    plan = _plan(fake, out=tmp_path / "SUBJ02-v2.h5")  # its own subject, in any case, is fine
+    monkeypatch.setattr("sfhpc.data.nsd.read_roi_trials", lambda *args: pytest.fail("read betas"))
+    with pytest.raises(NeuralDataError, match="the file name names subj01, subj03, but"):
+        prepare_nsd(plan, tmp_path / "subj01-from-subj3.h5")
+    assert not list(tmp_path.glob("*.h5"))
+
+
+def test_cli_refuses_an_out_naming_another_subject(fake, tmp_path):
+    out = tmp_path / "subj01.h5"
+    result = runner.invoke(app, ["data", "nsd-prepare", "--nsd-root", str(fake.layout.root), "--subject", "2",
+                                 "--out", str(out), "--sessions", "1"])
+    assert result.exit_code == 2 and "the file name names subj01" in result.output.replace("\n", ""), result.output
+    assert not out.exists()

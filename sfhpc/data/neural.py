@@ -70,6 +70,10 @@ class NeuralFileNotFound(NeuralDataError, FileNotFoundError):
     """A neural-data file (or an NSD input file) that does not exist."""
 
 
+class NeuralSubjectMismatch(NeuralDataError):
+    """A neural-data file that holds another subject than the one it is read for (its `subject` attribute)."""
+
+
 # ------------------------------------------------------------------------------------------- inputs
 @dataclass(frozen=True)
 class TrialDesign:
@@ -472,19 +476,25 @@ def nsd_file(config: NeuralConfig, subject: str) -> Path:
     return Path(config.dir).expanduser() / f"{subject}.h5"
 
 
-def _check_nsd_file(path: Path, rois: Iterable[str]) -> None:
-    """Cheap: attributes only."""
+def _check_nsd_file(path: Path, subject: str, rois: Iterable[str]) -> None:
+    """Cheap: attributes only. The file must hold `subject`: a file prepared for another subject (or renamed)
+    would otherwise guide training with the wrong brain, without a word."""
     if not path.exists():
         raise NeuralFileNotFound(f"{path}: prepared NSD file not found (make it with `sfhpc data nsd-prepare "
-                                 f"--out {path} ...`)")
+                                 f"--subject {subject} --out {path} ...`)")
     try:
         with h5py.File(path, "r") as f:
             version = _plain(f.attrs.get("schema_version"))
+            holds = _plain(f.attrs.get("subject"))
             available = json.loads(f.attrs.get("rois", "[]"))
     except (OSError, ValueError) as err:
         raise NeuralDataError(f"{path}: not a readable neural-data file ({err})") from None
     if version != SCHEMA_VERSION:
         raise NeuralDataError(f"{path}: schema_version {version!r}, expected {SCHEMA_VERSION}")
+    if holds != subject:
+        raise NeuralSubjectMismatch(f"{path}: holds subject {holds!r} (its `subject` attribute), but is read for "
+                                    f"{subject!r}; prepare {subject}'s file with `sfhpc data nsd-prepare --subject "
+                                    f"{subject} --out {path}`")
     missing = [r for r in rois if r not in available]
     if missing:
         raise NeuralDataError(f"{path}: no ROI {', '.join(missing)}; the file has {', '.join(available) or 'none'}")
@@ -492,16 +502,16 @@ def _check_nsd_file(path: Path, rois: Iterable[str]) -> None:
 
 def check_neural(config: NeuralConfig, subjects: Iterable[str], rois: Iterable[str]) -> None:
     """Login-node check of a sweep's neural data, at `sweep expand`: subject and ROI names (config.SUBJECTS,
-    config.ROIS), the simulated brain's settings, and for NSD that `dir` is set and every subject's file exists
-    with every ROI (ROIs of other atlases are accepted when the file has them). Reads HDF5 attributes only.
-    Raises NeuralDataError."""
+    config.ROIS), the simulated brain's settings, and for NSD that `dir` is set and every subject's file exists,
+    holds that subject (NeuralSubjectMismatch otherwise) and has every ROI (ROIs of other atlases are accepted when
+    the file has them). Reads HDF5 attributes only. Raises NeuralDataError."""
     subjects, rois = list(subjects), list(rois)
     _check_names(subjects, rois, config.kind)
     if config.kind == "simulated":
         check_simulated_settings(config)
         return
     for subject in subjects:
-        _check_nsd_file(nsd_file(config, subject), rois)
+        _check_nsd_file(nsd_file(config, subject), subject, rois)
 
 
 def simulation_digest(config: NeuralConfig, image_size: int) -> str:
@@ -517,12 +527,11 @@ def simulation_digest(config: NeuralConfig, image_size: int) -> str:
 def neural_file(config: NeuralConfig, subject: str, cache_dir: Path, image_size: int) -> Path:
     """The canonical file of `subject`. Simulated: cache_dir/neural/<subject>-<digest>.h5, generated when absent
     (written atomically, so jobs racing to make it are harmless). NSD: <config.dir>/<subject>.h5, which must
-    exist."""
+    exist and hold that subject (checked again here: the file may have changed since `sweep expand`)."""
     _check_names([subject], [], config.kind)
     if config.kind == "nsd":
         path = nsd_file(config, subject)
-        if not path.exists():
-            raise NeuralFileNotFound(f"{path}: prepared NSD file not found (make it with `sfhpc data nsd-prepare`)")
+        _check_nsd_file(path, subject, [])
         return path
     path = Path(cache_dir) / "neural" / f"{subject}-{simulation_digest(config, image_size)}.h5"
     if not path.exists():

@@ -78,6 +78,17 @@ def subject_number(text: str | int) -> int:
     return number
 
 
+def check_out_name(out: Path | str, subject: int) -> None:
+    """NeuralDataError if the file name of `out` names another subject than `subject` (`subj02.h5` for subject 1):
+    sweeps read <data.neural.dir>/<subject>.h5, so such a file would be read as the other subject's data."""
+    named = {int(n) for n in re.findall(r"subj0*(\d+)", Path(out).name, flags=re.IGNORECASE)} - {subject}
+    if named:
+        others = ", ".join(f"subj{n:02d}" for n in sorted(named))
+        raise NeuralDataError(f"--out {out}: the file name names {others}, but --subject is subj{subject:02d}; a "
+                              f"sweep asking for {others} would read subj{subject:02d}'s data. Name it "
+                              f"subj{subject:02d}.h5 (sweeps read <data.neural.dir>/<subject>.h5)")
+
+
 @dataclass(frozen=True)
 class NsdLayout:
     """Where the files of one subject are in an NSD root folder (the release layout)."""
@@ -282,13 +293,18 @@ def _check_stimuli(path: Path, image_ids: np.ndarray) -> None:
         raise NeuralDataError(f"{path}: imgBrick {shape} must be (images, H, W, 3) with image {image_ids.max()}")
 
 
-def plan_nsd(root: Path | str, subject: str | int, atlas: str, rois: list[str], sessions: int | None = None) -> NsdPlan:
+def plan_nsd(root: Path | str, subject: str | int, atlas: str, rois: list[str], sessions: int | None = None,
+             out: Path | str | None = None) -> NsdPlan:
     """Check an NSD subject's files and settings without reading betas; NeuralDataError (NeuralFileNotFound for a
-    missing file) with a message naming the file otherwise. `sessions` K uses sessions 1..K (default: all)."""
+    missing file) with a message naming the file otherwise. `sessions` K uses sessions 1..K (default: all). `out`,
+    when given, is the file to be written: its name must not name another subject (check_out_name), checked
+    before any file is read."""
+    number = subject_number(subject)
+    if out is not None:
+        check_out_name(out, number)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise NeuralFileNotFound(f"{root}: NSD root folder not found")
-    number = subject_number(subject)
     _atlas_labels(atlas, rois)
     available = SESSIONS_PER_SUBJECT[number]
     count = available if sessions is None else sessions
@@ -332,7 +348,9 @@ def read_roi_trials(plan: NsdPlan, progress: Callable[[int, int], None] | None =
 
 
 def prepare_nsd(plan: NsdPlan, out: Path | str, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Read the planned sessions and write the canonical file at `out` (atomically); returns a summary."""
+    """Read the planned sessions and write the canonical file at `out` (atomically); returns a summary. An `out`
+    whose name names another subject is refused before any betas are read (check_out_name)."""
+    check_out_name(out, plan.layout.subject)
     trials = read_roi_trials(plan, progress)
 
     def rois():  # hand each ROI over and drop it: memory falls as the file is written
