@@ -9,7 +9,10 @@ own point. The parent never runs a torch operation, so no thread pool is inherit
 The parent (``python -m sfhpc.forkpool ENTRY...``) talks JSON lines over its stdin and stdout:
 
     launcher -> parent   {"run": {PointJob's fields}, "timeout_s": N}
-    parent -> launcher   {"started": pid}      then, when it has exited,   {"ended": pid, "code": exit status}
+    parent -> launcher   {"started": pid, "process": identity}   then, once it has exited,   {"ended": pid, "code": N}
+
+The identity (`sfhpc.rundir.process_identity`) is read by the parent, which cannot have reaped the child yet: it is
+the child's own, never a later process's that got its PID.
 
 A child writes its output where submitit's local jobs do (``logs/<pid>/<pid>_0_log.out`` and ``.err``), so
 ``sfhpc status`` shows the last lines of a failed point's log either way. Points of several tasks (local DDP)
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sfhpc.errors import RunError
-from sfhpc.rundir import RunDir
+from sfhpc.rundir import RunDir, process_identity
 
 POOL_LOG = "forkpool.err"  # the parent's own stderr, under the run's logs/
 KILL_GRACE_S = 30  # after SIGTERM at a point's time limit, SIGKILL this much later
@@ -44,8 +47,8 @@ KILL_GRACE_S = 30  # after SIGTERM at a point's time limit, SIGKILL this much la
 class ForkedJob:
     """The launcher's handle on one forked point; enough of submitit's Job for the local scheduler."""
 
-    def __init__(self, pool: ForkPool, pid: int):
-        self.pool, self.job_id = pool, str(pid)
+    def __init__(self, pool: ForkPool, pid: int, process: str | None):
+        self.pool, self.job_id, self.process = pool, str(pid), process
 
     def done(self) -> bool:
         return int(self.job_id) in self.pool.ended or not self.pool.alive()
@@ -66,7 +69,7 @@ class ForkPool:
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                                             text=True, bufsize=1)
         self.ended: dict[int, int] = {}
-        self._started: queue.Queue[int | None] = queue.Queue()
+        self._started: queue.Queue[tuple[int, str | None] | None] = queue.Queue()
         threading.Thread(target=self._read_events, daemon=True).start()
 
     def submit(self, job: Any, timeout_min: float) -> ForkedJob:
@@ -79,10 +82,10 @@ class ForkPool:
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             self._stopped()
-        pid = self._started.get()
-        if pid is None:
+        started = self._started.get()
+        if started is None:
             self._stopped()
-        return ForkedJob(self, pid)
+        return ForkedJob(self, *started)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -100,7 +103,7 @@ class ForkPool:
         for line in self.process.stdout:
             event = json.loads(line)
             if "started" in event:
-                self._started.put(event["started"])
+                self._started.put((event["started"], event["process"]))
             elif "ended" in event:
                 self.ended[event["ended"]] = event["code"]
         self._started.put(None)  # the parent is gone: nothing more will start
@@ -140,7 +143,7 @@ def serve(entries: list[str]) -> None:
                 _run_child(request["run"])  # never returns
             log = _log_paths(request["run"]["run_dir"], pid)[1]
             deadlines[pid] = (time.monotonic() + request["timeout_s"], str(log))
-            _send({"started": pid})
+            _send({"started": pid, "process": process_identity(pid)})
 
 
 def _reap(deadlines: dict[int, tuple[float, str]], killed: dict[int, float]) -> None:
@@ -165,7 +168,7 @@ def _enforce_time_limits(deadlines: dict[int, tuple[float, str]], killed: dict[i
             os.kill(pid, signal.SIGKILL)
 
 
-def _send(event: dict[str, int]) -> None:
+def _send(event: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
 

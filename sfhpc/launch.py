@@ -6,11 +6,18 @@ when it runs on the node.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
+import re
+import shlex
 import shutil
+import sys
+import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +27,9 @@ import yaml
 
 from sfhpc.config import PROJECT_ROOT
 from sfhpc.errors import RunError
-from sfhpc.forkpool import ForkPool
-from sfhpc.results import ResultIndex, git_sha, now_iso
-from sfhpc.rundir import CHECKPOINT_NAME, JobRecord, RunDir
+from sfhpc.forkpool import ForkedJob, ForkPool
+from sfhpc.results import RESULT_NAME, ResultIndex, git_sha, now_iso
+from sfhpc.rundir import CHECKPOINT_NAME, JobRecord, RunDir, SetAside, process_identity
 from sfhpc.status import active_points
 from sfhpc.sweep import Plan, Point, StagePlan
 
@@ -83,7 +90,9 @@ class LaunchReport:
     skipped_active: dict[str, list[str]] = field(default_factory=dict)
     blocked: dict[str, list[str]] = field(default_factory=dict)  # upstream failed: not run
     finished: dict[str, dict[str, str]] = field(default_factory=dict)  # local/debug: point -> done | failed
-    arrays: list[dict[str, Any]] = field(default_factory=list)  # SLURM: stage, job id, tasks, dependency, script
+    # SLURM: stage, job id (None in a dry run), tasks, dependency, path of its sbatch script
+    arrays: list[dict[str, Any]] = field(default_factory=list)
+    restored: dict[str, list[str]] = field(default_factory=dict)  # local --force: rerun failed, earlier result kept
 
 
 # (stage, point_id, event): event is "queued", "started", "done", "failed" or "blocked"
@@ -100,12 +109,87 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
            dry_run: bool = False, allow_changed: bool = False, parallel: int = 1, throttle: int | None = None,
            only: set[tuple[str, str]] | None = None, progress: ProgressHook | None = None) -> LaunchReport:
     """Submit every point of `plan` without a valid result (or, with `only`, those of these (stage, point) keys).
-    Local and debug executors wait for the jobs; SLURM returns once every stage is queued."""
+    Local and debug executors wait for the jobs; SLURM returns once every stage is queued.
+
+    Holds the run folder's lock (`RunDir.exclusive`; a RunError if another launch, resubmit or cancel holds it) from
+    before it writes anything. --force sets finished results and checkpoints aside and deletes them only once their
+    replacement is on its way (submitted; locally, written); a failed submission puts them back and its RunError
+    says so. A dry run writes nothing in the run folder; for SLURM it writes the exact sbatch scripts it would
+    submit under a new temporary folder (`report.arrays[i]["sbatch"]`, with "job_id" None)."""
     kind = resolve_executor(executor or plan.sweep.executor)
     run = RunDir(output or Path(plan.sweep.output or Path("runs") / plan.sweep.name))
-    manifest = _checked_manifest(run, plan, kind, allow_changed)
+    max_array = _max_array_size(dry_run) if kind == "slurm" else 0  # asked before anything is written
     report = LaunchReport(run.path, kind, dry_run)
-    index = run.result_index()
+    with _holding(run, dry_run):
+        manifest = _checked_manifest(run, plan, kind, allow_changed)
+        index = run.result_index()
+        todo = _points_to_run(run, plan, index, force, only, report)
+        if dry_run:
+            if kind == "slurm":
+                _queue_arrays(run, plan, todo, throttle, max_array, index, report, _DryRunScripts(run))
+            return report
+        run.write_manifest(manifest)
+        (run.path / "sweep.yaml").write_text(plan.source.read_text())
+        configs = {(stage.name, point.id): point_config(run, plan, stage, point, manifest["git_sha"])
+                   for stage in plan.stages for point in todo[stage.name]}
+        dumped: dict[str, str] = {}
+        aside = SetAside()
+        try:
+            for key, config in configs.items():
+                _prepare_point_dir(run, config, dumped)
+                # An earlier attempt's error goes once this one is submitted or starts; locally, what --force
+                # replaces is set aside only when its point starts (_run_locally).
+                aside.move(key, [run.error_path(*key), *(_forced_out(run, *key) if force and kind == "slurm" else [])])
+            if kind == "slurm":
+                _queue_arrays(run, plan, todo, throttle, max_array, index, report, _SlurmSubmitter(run, configs, aside,
+                                                                                                     report))
+            else:
+                _run_locally(run, plan, todo, configs, kind, parallel, report, progress, index, aside, force)
+        finally:
+            aside.restore()  # whatever is still set aside never got its replacement
+        index.save()
+    return report
+
+
+@contextlib.contextmanager
+def _holding(run: RunDir, dry_run: bool) -> Iterator[None]:
+    """The run folder's lock for a launch; none for a dry run, which writes nothing there. A folder this launch made
+    is removed again when the launch fails before any job was submitted or started: no half-made run is left."""
+    if dry_run:
+        yield
+        return
+    try:
+        run.path.mkdir(parents=True)
+        made = True
+    except OSError:  # there already (or not makeable: `exclusive` says why)
+        made = False
+    try:
+        with run.exclusive("launch"):
+            yield
+    except BaseException:
+        if made and not any(record.job_id for record in run.all_jobs()):
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+def _max_array_size(dry_run: bool) -> int:
+    """SLURM's MaxArraySize. A launch that cannot reach SLURM stops here, before it has changed anything; a dry run
+    that cannot renders its scripts for SLURM's default."""
+    from sfhpc import slurm
+
+    try:
+        return slurm.max_array_size()
+    except slurm.SlurmError as err:
+        if dry_run:
+            return slurm.DEFAULT_MAX_ARRAY_SIZE
+        raise RunError(f"cannot reach SLURM: {err}. Nothing was submitted or changed; check that `sinfo` answers "
+                       "on this machine, or launch with --executor local.") from None
+
+
+def _points_to_run(run: RunDir, plan: Plan, index: ResultIndex, force: bool, only: set[tuple[str, str]] | None,
+                   report: LaunchReport) -> dict[str, list[Point]]:
+    """Per stage, the points to submit: wanted (`only`), without a valid result (unless `force`), and without a
+    job that may still deliver one. The report counts those left out."""
     pending = {stage.name: [p for p in stage.points if (only is None or (stage.name, p.id) in only)
                             and (force or not _has_result(run, index, stage.name, p.id))] for stage in plan.stages}
     active = active_points(run, [(stage, p.id) for stage, points in pending.items() for p in points])
@@ -115,22 +199,12 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
         report.skipped_active[stage.name] = [p.id for p in pending[stage.name] if (stage.name, p.id) in active]
         todo[stage.name] = [p for p in pending[stage.name] if (stage.name, p.id) not in active]
         report.to_run[stage.name] = [p.id for p in todo[stage.name]]
-    if dry_run:
-        return report
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.write_manifest(manifest)
-    (run.path / "sweep.yaml").write_text(plan.source.read_text())
-    configs = {(stage.name, point.id): point_config(run, plan, stage, point, manifest["git_sha"])
-               for stage in plan.stages for point in todo[stage.name]}
-    dumped: dict[str, str] = {}
-    for config in configs.values():
-        _prepare_point_dir(run, config, force, dumped)
-    if kind == "slurm":
-        _submit_to_slurm(run, plan, todo, configs, throttle, report, index)
-    else:
-        _run_locally(run, plan, todo, configs, kind, parallel, report, progress, index)
-    index.save()
-    return report
+    return todo
+
+
+def _forced_out(run: RunDir, stage: str, point_id: str) -> list[Path]:
+    """What --force must keep from a point's new attempt: its result, and the checkpoint it would resume from."""
+    return [run.result_path(stage, point_id), run.point_dir(stage, point_id) / CHECKPOINT_NAME]
 
 
 def _checked_manifest(run: RunDir, plan: Plan, kind: str, allow_changed: bool) -> dict[str, Any]:
@@ -165,15 +239,9 @@ def describe_change(old_plan: dict[str, Any], new_plan: dict[str, Any]) -> str:
     return f"{len(new_ids - old_ids)} new points, {len(old_ids - new_ids)} points no longer in the sweep"
 
 
-def _prepare_point_dir(run: RunDir, config: dict[str, Any], force: bool, dumped: dict[str, str]) -> None:
-    stage, point_id = config["stage"], config["point_id"]
-    folder = run.point_dir(stage, point_id)
+def _prepare_point_dir(run: RunDir, config: dict[str, Any], dumped: dict[str, str]) -> None:
+    folder = run.point_dir(config["stage"], config["point_id"])
     folder.mkdir(parents=True, exist_ok=True)
-    stale = [run.error_path(stage, point_id)]
-    if force:  # redo from scratch: an old checkpoint would otherwise be resumed
-        stale += [run.result_path(stage, point_id), folder / CHECKPOINT_NAME]
-    for path in stale:
-        path.unlink(missing_ok=True)
     (folder / "config.yaml").write_text(config_yaml(config, dumped))
 
 
@@ -221,11 +289,12 @@ def point_config(run: RunDir, plan: Plan, stage: StagePlan, point: Point, sha: s
 # -------------------------------------------------------------------------- local and debug runs
 def _run_locally(run: RunDir, plan: Plan, todo: dict[str, list[Point]], configs: dict[tuple[str, str], dict[str, Any]],
                  kind: str, parallel: int, report: LaunchReport, progress: ProgressHook | None,
-                 index: ResultIndex) -> None:
+                 index: ResultIndex, aside: SetAside, force: bool) -> None:
     """Run every point as soon as its inputs exist, at most `parallel` at a time, in plan order: upstream stages
     first, and a finished model's evaluations start while other models still train (no stage waits for a whole
     stage before it). A point whose input has no result is blocked, not run. Each point is its own process (local),
-    so that one crash loses nothing else; `parallel` processes share the CPUs' threads."""
+    so that one crash loses nothing else; `parallel` processes share the CPUs' threads. With `force`, a point's
+    earlier result and checkpoint are set aside as it starts, and put back if it fails."""
     threads = max(1, (os.cpu_count() or 1) // parallel)
     queue = [(stage, point) for stage in plan.stages for point in todo[stage.name]]
     for stage in plan.stages:
@@ -245,19 +314,25 @@ def _run_locally(run: RunDir, plan: Plan, todo: dict[str, list[Point]], configs:
                 missing = [key for key, state in inputs.items() if state == "missing"]
                 if missing:
                     queue.remove((stage, point))
+                    aside.discard([(stage.name, point.id)])
                     run.record_jobs([_record(run, stage.name, point.id, kind, None, blocked_by=missing[0])])
                     _settle(stage.name, point.id, "blocked", outcome, report, progress)
                 elif "waiting" not in inputs.values() and len(running) < parallel:
                     queue.remove((stage, point))
                     config = {**configs[stage.name, point.id], "threads": threads}
+                    aside.discard([(stage.name, point.id)])
+                    if force:
+                        aside.move((stage.name, point.id), _forced_out(run, stage.name, point.id))
                     job = starter.start(stage, PointJob(str(run.path), stage.name, stage.entry, point.id, config))
-                    run.record_jobs([_record(run, stage.name, point.id, kind, str(job.job_id))])
+                    run.record_jobs([_record(run, stage.name, point.id, kind, str(job.job_id),
+                                             job_process=starter.process_of(job))])
                     if progress:
                         progress(stage.name, point.id, "started")
                     running.append((stage, point, job))
             for stage, point, job in [entry for entry in running if kind == "debug" or entry[2].done()]:
                 running.remove((stage, point, job))
                 state = _finish(job, run, index, stage.name, point.id)
+                _keep_or_put_back(aside, stage.name, point.id, state, report)
                 _settle(stage.name, point.id, state, outcome, report, progress)
             if running:
                 time.sleep(0.1)
@@ -289,9 +364,23 @@ class _LocalStarter:
             self.executors[stage.name] = _local_executor(self.run, self.kind, stage)
         return self.executors[stage.name].submit(job)
 
+    def process_of(self, job: Any) -> str | None:
+        """The started job's `process_identity`; None for a debug job, which runs inside the launcher."""
+        if isinstance(job, ForkedJob):
+            return job.process
+        return process_identity(int(job.job_id)) if self.kind == "local" else None
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+
+
+def _keep_or_put_back(aside: SetAside, stage: str, point_id: str, state: str, report: LaunchReport) -> None:
+    """A point's files set aside by --force: gone once its new result exists; back in place if it failed."""
+    if state == "done":
+        aside.discard([(stage, point_id)])
+    elif RESULT_NAME in [path.name for path in aside.restore([(stage, point_id)])]:
+        report.restored.setdefault(stage, []).append(point_id)
 
 
 def _input_state(run: RunDir, index: ResultIndex, key: str, coming: set[str], outcome: dict[str, str]) -> str:
@@ -338,51 +427,113 @@ def _has_result(run: RunDir, index: ResultIndex, stage: str, point_id: str) -> b
 
 
 def _record(run: RunDir, stage: str, point_id: str, kind: str, job_id: str | None,
-            blocked_by: str | None = None) -> JobRecord:
+            blocked_by: str | None = None, job_process: str | None = None) -> JobRecord:
     return JobRecord(stage=stage, point=point_id, executor=kind, job_id=job_id,
                      log_dir=str(run.logs.relative_to(run.path) / job_id) if job_id else "",
-                     submitted=now_iso(), launcher_pid=os.getpid(), blocked_by=blocked_by)
+                     submitted=now_iso(), launcher_pid=os.getpid(), blocked_by=blocked_by, job_process=job_process,
+                     launcher_process=_launcher_process(os.getpid()))
+
+
+@functools.cache
+def _launcher_process(pid: int) -> str | None:
+    """This launcher's `process_identity`, read once: it is recorded with every job (10,000 for a large sweep)."""
+    return process_identity(pid)
 
 
 # --------------------------------------------------------------------------------------------- SLURM
-def _submit_to_slurm(run: RunDir, plan: Plan, todo: dict[str, list[Point]],
-                     configs: dict[tuple[str, str], dict[str, Any]], throttle: int | None, report: LaunchReport,
-                     index: ResultIndex) -> None:
+# (stage, its points, submitit parameters) -> (a job id per point, the array's sbatch script)
+ArraySubmitter = Callable[[StagePlan, list[Point], dict[str, Any]], tuple[list[str], Path]]
+
+
+def _queue_arrays(run: RunDir, plan: Plan, todo: dict[str, list[Point]], throttle: int | None, max_array: int,
+                  index: ResultIndex, report: LaunchReport, submit: ArraySubmitter) -> None:
     """One job array per stage and chunk (chunks of at most MaxArraySize tasks, indexed from 0), each waiting on
-    the arrays of its upstream points; returns as soon as everything is queued."""
+    the arrays of its upstream points. `submit` queues each array (or, in a dry run, writes its script)."""
     from sfhpc import slurm
 
-    profile = plan.cluster
-    limit = slurm.max_array_size()
     # Earlier jobs matter only for inputs still to come: a finished one may be gone from slurmctld already, and
     # sbatch refuses a dependency on a job it no longer knows.
     previous = {key: record for key, record in run.latest_jobs().items() if not _has_result(run, index, *key)}
     producer: dict[str, str] = {}  # "stage/point" -> job id that will produce it, this launch
     arrays_of: dict[str, list[tuple[str, list[str]]]] = {}  # stage -> [(array id, [point keys])]
     for stage in plan.stages:
-        for chunk in slurm.chunks(todo[stage.name], limit):
+        for chunk in slurm.chunks(todo[stage.name], max_array):
             dependency = _dependency(chunk, producer, previous, arrays_of)
-            params = slurm.executor_parameters(stage.resources, profile, f"sfhpc.{plan.sweep.name}.{stage.name}",
+            params = slurm.executor_parameters(stage.resources, plan.cluster, f"sfhpc.{plan.sweep.name}.{stage.name}",
                                                dependency, throttle)
-            executor = submitit.SlurmExecutor(folder=run.logs / "%j", max_num_timeout=stage.resources.max_requeues)
-            executor.update_parameters(**params)
-            try:
-                with executor.batch():
-                    jobs = [executor.submit(PointJob(str(run.path), stage.name, stage.entry, p.id,
-                                                     configs[stage.name, p.id])) for p in chunk]
-            except submitit.core.utils.FailedJobError as err:
-                raise RunError(f"sbatch refused the {stage.name} array ({len(chunk)} points): {str(err).strip()}. "
-                               "Arrays submitted before it stay queued; fix the resources (jobs/*.yaml, the sweep's "
-                               "`resources` or `cluster`) and launch again to submit what is missing.") from None
-            array_id = str(jobs[0].job_id).split("_", 1)[0]
+            job_ids, script = submit(stage, chunk, params)
+            array_id = job_ids[0].split("_", 1)[0]
             keys = [f"{stage.name}/{p.id}" for p in chunk]
-            producer.update({key: str(job.job_id) for key, job in zip(keys, jobs, strict=True)})
+            producer.update(zip(keys, job_ids, strict=True))
             arrays_of.setdefault(stage.name, []).append((array_id, keys))
-            script = _keep_sbatch_script(run, stage.name, array_id)
-            run.record_jobs([_record(run, stage.name, p.id, "slurm", str(j.job_id)) for p, j in zip(chunk, jobs,
-                                                                                                     strict=True)])
-            report.arrays.append({"stage": stage.name, "job_id": array_id, "tasks": len(chunk),
-                                  "dependency": dependency, "sbatch": str(script)})
+            report.arrays.append({"stage": stage.name, "job_id": None if report.dry_run else array_id,
+                                  "tasks": len(chunk), "dependency": dependency, "sbatch": str(script)})
+
+
+class _SlurmSubmitter:
+    """Queues an array through submitit and records its jobs; what was set aside for its points goes once sbatch
+    has accepted it. When a submission fails, everything still set aside is put back, and the RunError says so."""
+
+    def __init__(self, run: RunDir, configs: dict[tuple[str, str], dict[str, Any]], aside: SetAside,
+                 report: LaunchReport):
+        self.run, self.configs, self.aside, self.report = run, configs, aside, report
+
+    def __call__(self, stage: StagePlan, chunk: list[Point], params: dict[str, Any]) -> tuple[list[str], Path]:
+        try:
+            executor = submitit.SlurmExecutor(folder=self.run.logs / "%j", max_num_timeout=stage.resources.max_requeues)
+            executor.update_parameters(**params)
+            # submitit prints sbatch's complaint itself when it refuses; ours below says it once, with what to do.
+            with contextlib.redirect_stderr(io.StringIO()), executor.batch():  # (batch submits on its exit)
+                jobs = [executor.submit(PointJob(str(self.run.path), stage.name, stage.entry, p.id,
+                                                 self.configs[stage.name, p.id])) for p in chunk]
+        except (RuntimeError, OSError) as err:  # sbatch refused (FailedJobError), missing, or SLURM unreachable
+            raise self._failed(stage.name, len(chunk), err) from None
+        self.aside.discard((stage.name, p.id) for p in chunk)
+        job_ids = [str(job.job_id) for job in jobs]
+        self.run.record_jobs([_record(self.run, stage.name, p.id, "slurm", job_id)
+                              for p, job_id in zip(chunk, job_ids, strict=True)])
+        return job_ids, _keep_sbatch_script(self.run, stage.name, job_ids[0].split("_", 1)[0])
+
+    def _failed(self, stage: str, n_points: int, err: Exception) -> RunError:
+        restored = [path.name for path in self.aside.restore()]
+        refused = isinstance(err, submitit.core.utils.FailedJobError)
+        cause = " / ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        message = (f"sbatch refused the {stage} array ({n_points} points): {cause}." if refused else
+                   f"could not submit the {stage} array ({n_points} points): {cause}.")
+        if RESULT_NAME in restored or CHECKPOINT_NAME in restored:
+            message += (f" Nothing was lost: the {restored.count(RESULT_NAME)} results and "
+                        f"{restored.count(CHECKPOINT_NAME)} checkpoints that --force had set aside are back in place.")
+        if self.report.arrays:
+            message += " Arrays submitted before it stay queued."
+        fix = ("fix the resources (jobs/*.yaml, the sweep's `resources` or `cluster`)" if refused else
+               "check that SLURM answers on this machine (`sinfo`, `sbatch --version`)")
+        return RunError(f"{message} To submit what is missing, {fix} and launch again.")
+
+
+class _DryRunScripts:
+    """Writes, instead of submitting, the exact sbatch script of each array under a new temporary folder: a dry run
+    writes nothing in the run folder. An array waiting on another of this launch names it by a placeholder (DRYRUN1,
+    ...), which a comment at the top of its script explains: sbatch gives the real id only on submission."""
+
+    def __init__(self, run: RunDir):
+        self.run, self.folder = run, Path(tempfile.mkdtemp(prefix="sfhpc-dry-run-"))
+        self.stage_of: dict[str, str] = {}  # placeholder -> stage
+
+    def __call__(self, stage: StagePlan, chunk: list[Point], params: dict[str, Any]) -> tuple[list[str], Path]:
+        from sfhpc import slurm
+
+        placeholder = f"DRYRUN{len(self.stage_of) + 1}"
+        self.stage_of[placeholder] = stage.name
+        # What submitit writes: its folder made absolute, the launcher's own Python (see SlurmExecutor).
+        text = slurm.sbatch_text(params, str((self.run.logs / "%j").absolute()), len(chunk),
+                                 python=shlex.quote(sys.executable))
+        waits_on = dict.fromkeys(re.findall(r"DRYRUN\d+", params["additional_parameters"].get("dependency", "")))
+        notes = [f"# sfhpc --dry-run: {name} stands for the job id sbatch will give the {self.stage_of[name]} array"
+                 for name in waits_on]
+        shebang, body = text.split("\n", 1)
+        path = self.folder / f"{len(self.stage_of)}-{stage.name}.sh"
+        path.write_text("\n".join([shebang, *notes, body]))
+        return [f"{placeholder}_{i}" for i in range(len(chunk))], path
 
 
 def _dependency(chunk: list[Point], producer: dict[str, str], previous: dict[tuple[str, str], JobRecord],

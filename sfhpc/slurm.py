@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,11 +78,12 @@ def executor_parameters(resources: Resources, profile: ClusterProfile, job_name:
 
 
 def sbatch_text(params: dict[str, Any], folder: str, n_tasks: int, python: str = "python") -> str:
-    """The sbatch script submitit writes for an array of `n_tasks` with these parameters (for provenance tests)."""
+    """The sbatch script submitit writes for an array of `n_tasks` with these parameters (a dry run writes these;
+    `python` as submitit's executor has it: shell-quoted). One task is a plain job: submitit writes no --array."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    command = f"{python} -u -m submitit.core._submit {folder}"
-    return _make_sbatch_string(command=command, folder=folder, map_count=n_tasks, **params)
+    command = f"{python} -u -m submitit.core._submit {shlex.quote(folder)}"
+    return _make_sbatch_string(command=command, folder=folder, map_count=n_tasks if n_tasks > 1 else None, **params)
 
 
 def dependency_for(upstream_arrays: list[str], aligned: bool) -> str | None:

@@ -6,13 +6,12 @@ per refresh, for the jobs whose points have neither a result nor an error yet.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sfhpc.results import RESULT_NAME, ResultCheck, ResultIndex
-from sfhpc.rundir import ERROR_NAME, JobRecord, RunDir, manifest_points, tail
+from sfhpc.rundir import ERROR_NAME, JobRecord, RunDir, manifest_points, process_identity, tail
 
 STATES = ("done", "failed", "running", "pending", "not submitted")
 
@@ -113,15 +112,22 @@ def _slurm_point_status(run: RunDir, stage: str, point_id: str, job: JobRecord, 
 
 
 def job_is_alive(job: JobRecord, scheduler: dict | None = None) -> bool:
-    """Could this job still produce its point's result? Local jobs: is the process (or the launcher still
-    queueing it) alive. SLURM jobs: is the job known and not finished."""
+    """Could this job still produce its point's result? Local jobs: is the very process recorded (or the launcher
+    still queueing it) alive; a PID now held by another process is not. SLURM jobs: is the job known and not
+    finished."""
     if job.executor == "slurm":
         state = (scheduler or {}).get(job.job_id)
         return state is not None and not state.terminal
     if job.blocked_by:
         return False
-    pid = int(job.job_id) if job.job_id and job.executor == "local" else job.launcher_pid
-    return _pid_alive(pid)
+    if job.job_id and job.executor == "local":
+        return _is_recorded_process(int(job.job_id), job.job_process)
+    return _is_recorded_process(job.launcher_pid, job.launcher_process)
+
+
+def _is_recorded_process(pid: int, identity: str | None) -> bool:
+    """Is `pid` the live process recorded with this `process_identity`? Never for a record without one."""
+    return identity is not None and process_identity(pid) == identity
 
 
 def active_points(run: RunDir, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -131,17 +137,6 @@ def active_points(run: RunDir, keys: list[tuple[str, str]]) -> set[tuple[str, st
     records = [jobs[key] for key in keys if key in jobs and not run.error_path(*key).exists()]
     scheduler = scheduler_states(run, records)
     return {(r.stage, r.point) for r in records if job_is_alive(r, scheduler)}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:  # an exited child that its parent has not reaped yet is a zombie: not running
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def stderr_log(run: RunDir, job: JobRecord) -> Path:
