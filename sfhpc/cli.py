@@ -7,13 +7,14 @@ import sys
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from sfhpc.rundir import RunDir
     from sfhpc.status import PointStatus
@@ -32,26 +33,43 @@ STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "pending": "
                "blocked": "magenta"}
 
 
-def _console(stderr: bool = False):
+def _console(stderr: bool = False) -> Console:
+    """A console that never reads markup: sweep values, paths and a job's error line are the user's text, and
+    `[/red]` in one of them must print as itself, not end a style (or raise). Styles are given as `style=` or
+    through :func:`_styled`."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, markup=False)
 
 
-def _fail(message: str) -> None:
-    _console(stderr=True).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+def _styled(*parts: str | tuple[str, str]) -> Text:
+    """A line of plain text and (text, style) parts; no part is read as markup."""
+    from rich.text import Text
+
+    return Text.assemble(*parts)
+
+
+def _fail(message: str, as_json: bool = False) -> NoReturn:
+    """Report a user's mistake (one line, or {"error": ...} on stdout with --json) and exit 2."""
+    if as_json:
+        _print_json({"error": message})
+    else:
+        _console(stderr=True).print(_styled(("error: ", "bold red"), message), soft_wrap=True)
     raise typer.Exit(2)
 
 
 @contextmanager
-def _user_errors():
-    """Turn a user's mistake (bad sweep, bad run folder) into a message and exit code 2, never a traceback."""
+def _user_errors(as_json: bool = False):
+    """Turn a user's mistake (bad sweep, bad or foreign run folder, a file the user cannot write) into a message
+    and exit code 2, never a traceback."""
     from sfhpc.errors import RunError, SweepError
 
     try:
         yield
     except (SweepError, RunError) as err:
-        _fail(str(err))
+        _fail(str(err), as_json)
+    except OSError as err:  # a run folder on a full disk or without permission: the system's words, one line
+        _fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err), as_json)
 
 
 def _print_json(value) -> None:
@@ -73,14 +91,20 @@ def main(version: bool = typer.Option(False, "--version", callback=_version_call
 
 
 # ------------------------------------------------------------------------------------------ sweep
+MAX_POINTS_OPTION = typer.Option(None, "--max-points", min=1, metavar="N",
+                                  help="Allow a sweep of up to N points (default: the sweep's `max_points`, "
+                                       "100,000 unless it says otherwise).")
+
+
 @sweep_app.command("expand")
 def sweep_expand(sweep_file: Path = typer.Argument(..., help="Sweep YAML file."),
-                 as_json: bool = typer.Option(False, "--json", help="Print the expanded plan as JSON.")) -> None:
+                 as_json: bool = typer.Option(False, "--json", help="Print the expanded plan as JSON."),
+                 max_points: int | None = MAX_POINTS_OPTION) -> None:
     """Print the points of every stage (ids, axes, counts) without running anything."""
     from sfhpc.sweep import expand_file
 
-    with _user_errors():
-        plan = expand_file(sweep_file)
+    with _user_errors(as_json):
+        plan = expand_file(sweep_file, max_points=max_points)
     if as_json:
         hours = {s.name: s.hours() for s in plan.stages}
         _print_json({"name": plan.sweep.name, "n_points": plan.n_points,
@@ -150,23 +174,33 @@ def sweep_launch(
     throttle: int | None = typer.Option(None, "--throttle", min=1,
                                            help="SLURM: at most N tasks of each array run at once (%N)."),
     as_json: bool = typer.Option(False, "--json", help="Print the launch report as JSON."),
+    max_points: int | None = MAX_POINTS_OPTION,
 ) -> None:
     """Submit every point without a valid result. Local runs wait and show progress; SLURM returns at once."""
     from sfhpc.launch import launch
     from sfhpc.sweep import expand_file
 
     if executor not in (None, "auto", "local", "slurm", "debug"):
-        _fail(f"--executor {executor!r}: allowed: auto, local, slurm, debug")
-    with _user_errors():
-        plan = expand_file(sweep_file)
+        _fail(f"--executor {executor!r}: allowed: auto, local, slurm, debug", as_json)
+    with _user_errors(as_json):
+        output = _run_folder_option(output)
+        plan = expand_file(sweep_file, max_points=max_points)
         with _LaunchProgress(enabled=not as_json and not dry_run) as progress:
             report = launch(plan, executor=executor, output=output, force=force, dry_run=dry_run,
                             allow_changed=allow_changed, parallel=parallel, throttle=throttle,
                             progress=progress.update)
+    _finish_launch(report, as_json)
+
+
+def _finish_launch(report, as_json: bool) -> None:
+    """Print the launch report; exit 1 when a point this launch ran (local, debug) failed or could not run."""
     if as_json:
         _print_json(report.__dict__)
-        return
-    _print_launch_report(report)
+    else:
+        _print_launch_report(report)
+    failed = any(state == "failed" for points in report.finished.values() for state in points.values())
+    if failed or any(report.blocked.values()):
+        raise typer.Exit(1)
 
 
 class _LaunchProgress:
@@ -182,7 +216,7 @@ class _LaunchProgress:
     def _start(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=_console())
         self.bar.start()
         self.task = self.bar.add_task("points", total=0)
@@ -200,7 +234,7 @@ class _LaunchProgress:
             return
         self.bar.advance(self.task)
         style = STATE_STYLE.get(event, "")
-        self.bar.console.print(f"[{style}]{event:>6}[/] {stage}/{point_id}")
+        self.bar.console.print(_styled((f"{event:>6}", style), f" {stage}/{point_id}"))
 
     def __exit__(self, *exc):
         if self.bar:
@@ -219,19 +253,48 @@ def _print_launch_report(report) -> None:
             for point_id in ids:
                 console.print(f"  {point_id}")
         if report.blocked.get(stage):
-            console.print(f"  [red]{len(report.blocked[stage])} points not run: an input has no result "
-                          "(sfhpc status says which)[/]")
+            console.print(f"  {len(report.blocked[stage])} points not run: an input has no result "
+                          "(sfhpc status says which)", style="red")
         finished = report.finished.get(stage, {})
         failed = [p for p, state in finished.items() if state == "failed"]
         if finished:
-            console.print(f"  [green]{len(finished) - len(failed)} done[/], "
-                          + (f"[red]{len(failed)} failed[/]" if failed else "0 failed"))
+            console.print(_styled("  ", (f"{len(finished) - len(failed)} done", "green"), ", ",
+                                  (f"{len(failed)} failed", "red") if failed else "0 failed"))
+    for stage, points in report.restored.items():
+        console.print(f"{stage}: {len(points)} points failed again; their earlier results are back in place",
+                      style="yellow")
     for array in report.arrays:
         waits = f", waits on {array['dependency']}" if array["dependency"] else ""
-        console.print(f"  {array['stage']}: SLURM job {array['job_id']} ({array['tasks']} tasks{waits})")
+        if report.dry_run:
+            console.print(f"  {array['stage']}: {array['tasks']} tasks{waits}; sbatch script {array['sbatch']}",
+                          soft_wrap=True)
+        else:
+            console.print(f"  {array['stage']}: SLURM job {array['job_id']} ({array['tasks']} tasks{waits})")
+    console.print(f"run folder: {report.run_dir} (executor {report.executor})", soft_wrap=True)
     if not report.dry_run:
-        console.print(f"run folder: {report.run_dir}\nnext: sfhpc status {report.run_dir}   "
-                      f"sfhpc aggregate {report.run_dir}")
+        console.print(f"next: sfhpc status {_shell_word(report.run_dir)}   "
+                      f"sfhpc aggregate {_shell_word(report.run_dir)}", soft_wrap=True)
+
+
+def _shell_word(path: Path) -> str:
+    """A path as one word a user can paste into a shell (spaces and quotes quoted)."""
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def _run_folder_option(output: Path | None) -> Path | None:
+    """--output with `~` expanded (the shell does not expand it after `=`), refused when it names a file or a name
+    too long for the file system, before anything is created."""
+    from sfhpc.config import resolve_run_folder
+    from sfhpc.errors import RunError
+
+    if output is None:
+        return None
+    try:
+        return resolve_run_folder(output)
+    except ValueError as err:
+        raise RunError(f"--output {output}: {err}") from None
 
 
 # ----------------------------------------------------------------------------------------- status
@@ -250,8 +313,9 @@ def status(run: str = typer.Argument(..., help="Run folder, or a sweep name unde
     from sfhpc.status import count_by_stage
 
     console = _console()
-    with _user_errors():
+    with _user_errors(as_json):
         run_dir = RunDir.find(run)
+        _check_stage_option(run_dir, stage)
         if watch is None:
             statuses = _stage_status(run_dir, stage)
         else:
@@ -261,10 +325,20 @@ def status(run: str = typer.Argument(..., help="Run folder, or a sweep name unde
         _print_json({"run": str(run_dir.path), "counts": {k: dict(v) for k, v in counts.items()},
                      "points": [s.to_json() for s in statuses]})
     else:
-        console.print(_counts_table(run_dir, counts))
+        console.print(f"run {run_dir.path}", soft_wrap=True)  # not a table title, which would wrap a long path
+        console.print(_counts_table(counts))
         _print_points(console, statuses if all_points else [s for s in statuses if s.state == "failed"])
-    if watch is not None and any(s.state != "done" for s in statuses):
+    if any(s.state == "failed" for s in statuses) or (watch is not None and any(s.state != "done" for s in statuses)):
         raise typer.Exit(1)
+
+
+def _check_stage_option(run_dir: RunDir, stage: str | None) -> None:
+    """A --stage the run does not have is an error that lists the stages it has (not an empty table)."""
+    from sfhpc.errors import RunError
+
+    stages = [s["name"] for s in run_dir.read_manifest()["plan"]["stages"]]
+    if stage is not None and stage not in stages:
+        raise RunError(f"--stage {stage!r}: {run_dir.path} has no such stage; its stages: {', '.join(stages)}")
 
 
 def _stage_status(run_dir: RunDir, stage: str | None) -> list[PointStatus]:
@@ -291,18 +365,18 @@ def _watch_until_settled(run_dir: RunDir, stage: str | None, interval: float, co
             if not any(s.state in ("pending", "running") for s in statuses):
                 return statuses
             if live is not None:
-                live.update(_counts_table(run_dir, count_by_stage(statuses),
+                live.update(_counts_table(count_by_stage(statuses),
                                           f"refreshed {time.strftime('%H:%M:%S')}, every {interval:g} s; Ctrl-C "
                                           "stops watching, not the run"), refresh=True)
             time.sleep(interval)
 
 
-def _counts_table(run_dir: RunDir, counts: dict[str, Counter], caption: str | None = None) -> Table:
+def _counts_table(counts: dict[str, Counter], caption: str | None = None) -> Table:
     from rich.table import Table
 
     from sfhpc.status import STATES
 
-    table = Table(title=f"run {run_dir.path}", title_justify="left", caption=caption, caption_justify="left")
+    table = Table(caption=caption, caption_justify="left")
     table.add_column("stage")
     for state in STATES:
         table.add_column(state, justify="right", style=STATE_STYLE[state])
@@ -315,11 +389,11 @@ def _counts_table(run_dir: RunDir, counts: dict[str, Counter], caption: str | No
 def _print_points(console: Console, shown: list[PointStatus]) -> None:
     for s in shown:
         job = f" (job {s.job_id})" if s.job_id else ""
-        console.print(f"[{STATE_STYLE[s.state]}]{s.state:>13}[/] {s.stage}/{s.point}{job}"
-                      + (f": {s.reason}" if s.reason else ""), soft_wrap=True)
+        console.print(_styled((f"{s.state:>13}", STATE_STYLE[s.state]), f" {s.stage}/{s.point}{job}"
+                              + (f": {s.reason}" if s.reason else "")), soft_wrap=True)
         if s.state == "failed" and s.detail:
             console.print("\n".join("      " + line for line in s.detail.splitlines()), style="dim",
-                          soft_wrap=True, markup=False)
+                          soft_wrap=True)
 
 
 @app.command("cancel")
@@ -330,8 +404,10 @@ def cancel(run: str = typer.Argument(..., help="Run folder, or a sweep name unde
     from sfhpc.control import cancel_run
     from sfhpc.rundir import RunDir
 
-    with _user_errors():
-        cancelled = cancel_run(RunDir.find(run), stage)
+    with _user_errors(as_json):
+        run_dir = RunDir.find(run)
+        _check_stage_option(run_dir, stage)
+        cancelled = cancel_run(run_dir, stage)
     if as_json:
         _print_json({"cancelled": cancelled})
         return
@@ -349,13 +425,12 @@ def resubmit(run: str = typer.Argument(..., help="Run folder, or a sweep name un
     from sfhpc.control import resubmit_run
     from sfhpc.rundir import RunDir
 
-    with _user_errors():
+    if executor not in (None, "auto", "local", "slurm", "debug"):
+        _fail(f"--executor {executor!r}: allowed: auto, local, slurm, debug", as_json)
+    with _user_errors(as_json):
         with _LaunchProgress(enabled=not as_json) as progress:
             report = resubmit_run(RunDir.find(run), failed_only=failed, executor=executor, progress=progress.update)
-    if as_json:
-        _print_json(report.__dict__)
-        return
-    _print_launch_report(report)
+    _finish_launch(report, as_json)
 
 
 @cbm_app.command("fit")
@@ -368,7 +443,7 @@ def cbm_fit(thresholds: str = typer.Argument(..., help="Per-band thresholds, low
     try:
         fit = fit_channel(parse_thresholds(thresholds))
     except ValueError as err:
-        _fail(str(err))
+        _fail(str(err), as_json)
     if as_json:
         _print_json(fit.to_json())
         return
@@ -397,14 +472,15 @@ def data_nsd_prepare(
     from sfhpc.data.nsd import plan_nsd, prepare_nsd
 
     try:
-        plan = plan_nsd(nsd_root, subject, atlas, [r.strip() for r in rois.split(",") if r.strip()], sessions)
+        plan = plan_nsd(nsd_root, subject, atlas, [r.strip() for r in rois.split(",") if r.strip()], sessions,
+                        out=out)
         if not as_json:
             _console().print(plan.describe_memory())
         with Progress(console=_console(stderr=True), disable=as_json, transient=True) as bar:
             task = bar.add_task("sessions", total=len(plan.sessions))
             summary = prepare_nsd(plan, out, progress=lambda done, _total: bar.update(task, completed=done))
     except (NeuralDataError, OSError) as err:
-        _fail(str(err))
+        _fail(str(err), as_json)
     if as_json:
         _print_json({**summary, "memory": plan.memory()})
         return
@@ -425,28 +501,37 @@ def data_nsd_prepare(
 # -------------------------------------------------------------------------------------- aggregate
 @app.command("aggregate")
 def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
-              as_json: bool = typer.Option(False, "--json", help="Print rows, conditions and problems as JSON.")
-              ) -> None:
+              as_json: bool = typer.Option(False, "--json", help="Print rows, conditions and problems as JSON."),
+              strict: bool = typer.Option(False, "--strict", help="Exit 1 when a point is missing, failed, "
+                                                                  "corrupt or incomplete (the files are written "
+                                                                  "all the same).")) -> None:
     """Collect the result files: summary.csv/.md (one row per point), conditions.csv, report.md and figures/
     (per condition: mean +- SEM over seeds, each against the band=none, alpha=0 baseline by a paired test)."""
     from sfhpc.aggregate import summarize, write_summary
     from sfhpc.report import headline_rows, write_report
     from sfhpc.rundir import RunDir
 
-    with _user_errors():
+    with _user_errors(as_json):
         run_dir = RunDir.find(run)
         summary = summarize(run_dir)
-    csv_path, md_path = write_summary(run_dir, summary)
-    files = write_report(run_dir, summary)
+        csv_path, md_path = write_summary(run_dir, summary)
+        files = write_report(run_dir, summary)
     written = [csv_path, md_path, str(files.conditions_csv), str(files.report_md), *map(str, files.figures)]
     header, rows = headline_rows(files.report)
     if as_json:
         _print_json({"tables": [t.__dict__ for t in summary.tables], "problems": summary.problems,
                      "conditions": [dict(zip(header, row, strict=True)) for row in rows], "files": written})
-        return
-    _print_point_tables(summary)
+    else:
+        _print_aggregate(summary, header, rows, written)
+    if strict and summary.problems:
+        raise typer.Exit(1)
+
+
+def _print_aggregate(summary, header: list[str], rows: list[list[str]], written: list[str]) -> None:
+    """The point tables, the conditions table, the problems and the files written."""
     from rich.table import Table
 
+    _print_point_tables(summary)
     console = _console()
     if rows:
         view = Table(title="conditions (mean ± SEM over seeds; details and p-values in report.md)",
@@ -459,8 +544,8 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
         if len(rows) > MOST_CONDITION_ROWS:
             console.print(f"{len(rows) - MOST_CONDITION_ROWS} more conditions in conditions.csv and report.md")
     for problem in summary.problems:
-        console.print(f"[red]{problem['state']:>8}[/] {problem['stage']}/{problem['point']}: {problem['reason']}",
-                      soft_wrap=True)
+        console.print(_styled((f"{problem['state']:>8}", "red"),
+                              f" {problem['stage']}/{problem['point']}: {problem['reason']}"), soft_wrap=True)
     console.print("wrote " + ", ".join(written), soft_wrap=True)
 
 

@@ -23,7 +23,9 @@ def sfhpc(*args: str, code: int = 0):
 
 
 def status_json(run_dir: Path) -> dict:
-    return json.loads(sfhpc("status", run_dir, "--json").stdout)
+    result = runner.invoke(app, ["status", str(run_dir), "--json"])
+    assert result.exit_code in (0, 1), result.output  # 1: a point failed
+    return json.loads(result.stdout)
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -84,14 +86,14 @@ def test_a_failed_point_is_shown_and_relaunch_reruns_only_it(finished_run: Path,
     (lsf_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
     untouched = snapshot(finished_run)
 
-    out = sfhpc("sweep", "launch", tiny_sweep, "--output", finished_run).stdout
+    out = sfhpc("sweep", "launch", tiny_sweep, "--output", finished_run, code=1).stdout  # a point failed: exit 1
     assert "1 done" not in out and "1 failed" in out
     status = status_json(finished_run)
     assert status["counts"]["train"] == {"done": 1, "failed": 1}
     failed = next(p for p in status["points"] if p["state"] == "failed")
     assert failed["point"] == lsf_dir.name
     assert "checkpoint" in failed["reason"] and "unreadable" in failed["reason"]
-    human = sfhpc("status", finished_run).stdout
+    human = sfhpc("status", finished_run, code=1).stdout
     assert "failed" in human and lsf_dir.name in human and "RuntimeError: checkpoint" in human
     watched = sfhpc("status", finished_run, "--watch", "1", code=1).stdout  # nothing left to wait for: a point failed
     assert "RuntimeError: checkpoint" in watched
@@ -157,7 +159,7 @@ def test_a_failed_model_blocks_only_its_own_evaluations(finished_run: Path, tiny
     (lsf_dir / "result.h5").unlink()
     (lsf_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with_cbm = write_sweep(tiny_sweep.read_text() + "  cbm:\n    params: {cbm_images: 16}\n", "with_cbm.yaml")
-    out = sfhpc("sweep", "launch", with_cbm, "--output", finished_run, "--allow-changed").stdout
+    out = sfhpc("sweep", "launch", with_cbm, "--output", finished_run, "--allow-changed", code=1).stdout
     assert "1 points not run: an input has no result" in out
 
     points = {(p["stage"], p["point"].split("-")[0]): p for p in status_json(finished_run)["points"]}

@@ -58,7 +58,9 @@ def sfhpc(*args, code: int = 0):
 
 
 def status(run: Path) -> dict:
-    return json.loads(sfhpc("status", run, "--json").stdout)
+    result = runner.invoke(app, ["status", str(run), "--json"])
+    assert result.exit_code in (0, 1), result.output  # 1: a point failed
+    return json.loads(result.stdout)
 
 
 def wait_until(run: Path, done, timeout: float = 240, expedite_requeues: bool = False) -> dict:
@@ -252,7 +254,7 @@ def test_python_error_shows_as_failed_and_resubmit_reruns_only_it(slurm_cluster,
     failed = [p for p in final["points"] if p["state"] == "failed"]
     assert [p["point"] for p in failed] == [bad]
     assert failed[0]["reason"].startswith("RuntimeError: checkpoint") and "unreadable" in failed[0]["reason"]
-    human = sfhpc("status", run).stdout
+    human = sfhpc("status", run, code=1).stdout  # a point failed
     assert "RuntimeError" in human and bad in human
     kept = results(run)
 
