@@ -182,7 +182,7 @@ def sweep_launch(
 
     if executor not in (None, "auto", "local", "slurm", "debug"):
         _fail(f"--executor {executor!r}: allowed: auto, local, slurm, debug", as_json)
-    with _user_errors(as_json):
+    with _stoppable_launch(), _user_errors(as_json):
         output = _run_folder_option(output)
         plan = expand_file(sweep_file, max_points=max_points)
         with _LaunchProgress(enabled=not as_json and not dry_run) as progress:
@@ -190,6 +190,25 @@ def sweep_launch(
                             allow_changed=allow_changed, parallel=parallel, throttle=throttle,
                             progress=progress.update)
     _finish_launch(report, as_json)
+
+
+@contextmanager
+def _stoppable_launch():
+    """SIGTERM (`sfhpc cancel` from another terminal, or the end of a login session) stops a launch as Ctrl-C does:
+    it stops the points it runs and puts back what --force set aside, where Python's default would just exit. Either
+    ends with one line and exit code 130."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        _console(stderr=True).print("stopped: the points this launch was running were stopped (results they had "
+                                    "not written are missing); launch again to run what is missing", style="yellow")
+        raise typer.Exit(130) from None
 
 
 def _finish_launch(report, as_json: bool) -> None:
@@ -427,7 +446,7 @@ def resubmit(run: str = typer.Argument(..., help="Run folder, or a sweep name un
 
     if executor not in (None, "auto", "local", "slurm", "debug"):
         _fail(f"--executor {executor!r}: allowed: auto, local, slurm, debug", as_json)
-    with _user_errors(as_json):
+    with _stoppable_launch(), _user_errors(as_json):
         with _LaunchProgress(enabled=not as_json) as progress:
             report = resubmit_run(RunDir.find(run), failed_only=failed, executor=executor, progress=progress.update)
     _finish_launch(report, as_json)

@@ -29,7 +29,7 @@ from sfhpc.config import PROJECT_ROOT
 from sfhpc.errors import RunError
 from sfhpc.forkpool import ForkedJob, ForkPool
 from sfhpc.results import RESULT_NAME, ResultIndex, git_sha, now_iso
-from sfhpc.rundir import CHECKPOINT_NAME, JobRecord, RunDir, SetAside, process_identity
+from sfhpc.rundir import CHECKPOINT_NAME, JobRecord, RunDir, SetAside, process_identity, terminate_process
 from sfhpc.status import active_points
 from sfhpc.sweep import Plan, Point, StagePlan
 
@@ -120,7 +120,7 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
     run = RunDir(output or Path(plan.sweep.output or Path("runs") / plan.sweep.name))
     max_array = _max_array_size(dry_run) if kind == "slurm" else 0  # asked before anything is written
     report = LaunchReport(run.path, kind, dry_run)
-    with _holding(run, dry_run):
+    with _holding(run, f"{kind} launch", dry_run):
         manifest = _checked_manifest(run, plan, kind, allow_changed)
         index = run.result_index()
         todo = _points_to_run(run, plan, index, force, only, report)
@@ -152,7 +152,7 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
 
 
 @contextlib.contextmanager
-def _holding(run: RunDir, dry_run: bool) -> Iterator[None]:
+def _holding(run: RunDir, action: str, dry_run: bool) -> Iterator[None]:
     """The run folder's lock for a launch; none for a dry run, which writes nothing there. A folder this launch made
     is removed again when the launch fails before any job was submitted or started: no half-made run is left."""
     if dry_run:
@@ -164,7 +164,7 @@ def _holding(run: RunDir, dry_run: bool) -> Iterator[None]:
     except OSError:  # there already (or not makeable: `exclusive` says why)
         made = False
     try:
-        with run.exclusive("launch"):
+        with run.exclusive(action):
             yield
     except BaseException:
         if made and not any(record.job_id for record in run.all_jobs()):
@@ -336,6 +336,10 @@ def _run_locally(run: RunDir, plan: Plan, todo: dict[str, list[Point]], configs:
                 _settle(stage.name, point.id, state, outcome, report, progress)
             if running:
                 time.sleep(0.1)
+    except BaseException:  # Ctrl-C, or SIGTERM from `sfhpc cancel`: the points this launch runs stop with it
+        for _, _, job in running:
+            starter.stop(job)
+        raise
     finally:
         starter.close()
 
@@ -369,6 +373,13 @@ class _LocalStarter:
         if isinstance(job, ForkedJob):
             return job.process
         return process_identity(int(job.job_id)) if self.kind == "local" else None
+
+    def stop(self, job: Any) -> None:
+        """SIGTERM a running point (a forked one only if it is still the process recorded)."""
+        if isinstance(job, ForkedJob):
+            terminate_process(int(job.job_id), job.process)
+        else:
+            job.cancel(check=False)
 
     def close(self) -> None:
         if self.pool is not None:

@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import shlex
+import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -148,12 +149,10 @@ class RunDir:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock.seek(0)
-                holder = lock.read().strip() or "process (that has not written its name yet)"
-                raise RunError(f"another sfhpc {holder} holds {self.path}; wait for it to end (or stop it) and try "
-                               "again. status and aggregate work meanwhile.") from None
+                raise RunLocked(self.path, _lock_note(lock.read())) from None
             lock.truncate(0)
-            command = shlex.join(sys.argv).replace("\n", " ")  # the note is one line
-            lock.write(f"{action} (pid {os.getpid()}, started {now_iso()}: {command})\n")
+            lock.write(json.dumps({"action": action, "pid": os.getpid(), "process": process_identity(os.getpid()),
+                                   "started": now_iso(), "command": shlex.join(sys.argv)}) + "\n")
             lock.flush()
             _HELD.add(key)
             try:
@@ -189,6 +188,58 @@ class RunDir:
     def latest_jobs(self) -> dict[tuple[str, str], JobRecord]:
         """The last submission of each (stage, point)."""
         return {(record.stage, record.point): record for record in self.all_jobs()}
+
+
+class RunLocked(RunError):
+    """Another launch, resubmit or cancel holds the run folder's lock; `holder` is its note (action, pid, process,
+    started, command), as far as it could be read."""
+
+    def __init__(self, path: Path, holder: dict[str, Any]):
+        self.holder = holder
+        who = (f"{holder.get('action', 'process')} (pid {holder.get('pid', '?')}, started {holder.get('started', '?')}"
+               f": {holder.get('command', '?')})")
+        super().__init__(f"another sfhpc {who} holds {path}; wait for it to end (or stop it) and try again. "
+                         "status and aggregate work meanwhile." + (" `sfhpc cancel` stops a local launch."
+                                                                   if holder.get("action") in STOPPABLE_ACTIONS
+                                                                   else ""))
+
+
+def _lock_note(text: str) -> dict[str, Any]:
+    """The holder's note in a lock file; {} when it has not written one yet (or it is not ours)."""
+    try:
+        note = json.loads(text)
+    except ValueError:
+        return {}
+    return note if isinstance(note, dict) else {}
+
+
+# Lock holders that `sfhpc cancel` may stop: launches that run their points on this machine until they end.
+STOPPABLE_ACTIONS = ("local launch", "local resubmit", "debug launch", "debug resubmit")
+
+
+def terminate_process(pid: int, identity: str | None) -> bool:
+    """SIGTERM `pid` if, and only if, it is still the very process with this `process_identity` (a PID alone proves
+    nothing: it is reused). Where the kernel has pidfds, the process is pinned before it is checked, so that its PID
+    cannot pass to another in between. True when it was signalled."""
+    try:
+        pinned: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False  # it ended on its own meanwhile
+    except (AttributeError, OSError):  # no pidfds in this Python or kernel: check, then signal at once
+        pinned = None
+    try:
+        if identity is None or process_identity(pid) != identity:
+            return False
+        if pinned is None:
+            os.kill(pid, signal.SIGTERM)
+        else:
+            signal.pidfd_send_signal(pinned, signal.SIGTERM)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pinned is not None:
+            os.close(pinned)
 
 
 class SetAside:

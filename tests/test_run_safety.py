@@ -272,6 +272,39 @@ def test_cancel_stops_a_real_local_point_and_every_recorded_job(tmp_path: Path, 
         pool.close()
 
 
+SLOW_LOCAL_SWEEP = """\
+name: slow
+executor: local
+data: {image_size: 32, n_classes: 4, n_train: 64, n_val: 32, n_test: 32}
+grid: {band: [none]}
+stages:
+  train: {params: {width: 4, epochs: 100000, batch_size: 32}}
+"""
+
+
+def test_cancel_stops_a_running_local_launch_and_its_points(tmp_path: Path, write_sweep):
+    """`sfhpc cancel` from another terminal: the local launch holding the run is stopped (verified to be that very
+    process), it stops its points, and the run is left with nothing running and its lock free."""
+    run = tmp_path / "run"
+    launcher = subprocess.Popen([str(SFHPC), "sweep", "launch", str(write_sweep(SLOW_LOCAL_SWEEP)), "--output",
+                                 str(run)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run.exists() and any(s.state == "running" for s in run_status(RunDir(run)))):
+            assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[0]
+            time.sleep(0.2)
+        (point,) = [r for r in RunDir(run).all_jobs() if r.job_id]
+        assert cancel_run(RunDir(run)) == [point.job_id]
+        assert launcher.wait(timeout=60) == 130  # interrupted, as by Ctrl-C
+        output = launcher.stdout.read()
+        assert "stopped: the points this launch was running were stopped" in output and "Traceback" not in output
+    finally:
+        launcher.kill()
+    assert process_identity(int(point.job_id)) is None  # the point's process is gone
+    assert [s.state for s in run_status(RunDir(run))] == ["failed"]
+    assert cancel_run(RunDir(run)) == []  # the lock is free, nothing is left to cancel
+
+
 # -------------------------------------------------------------------------------- one writer at a time
 HOLDER = """\
 import sys, time
@@ -299,7 +332,7 @@ def test_a_second_writer_is_refused_and_told_who_holds_the_run(tmp_path: Path, t
         holder.wait()
     assert cancel_run(RunDir(run)) == []  # the kernel dropped the lock with its holder
     resubmit_run(RunDir(run), failed_only=True, executor="local")  # takes the lock once, then launches inside it
-    assert (run / ".lock").read_text().startswith("resubmit (pid ")
+    assert json.loads((run / ".lock").read_text())["action"] == "local resubmit"
 
 
 @pytest.mark.slurm
