@@ -147,8 +147,10 @@ def build_report(run: RunDir, summary: Summary | None = None) -> Report:
     stages = {stage["name"]: stage for stage in manifest["plan"]["stages"]}
     summary = summary or summarize(run)  # it has checked every result file and read their scalars
     problems = list(summary.problems)
-    models = _train_models(stages["train"]["points"], summary)
-    metrics: dict[str, Metric] = {"test_accuracy": Metric("test_accuracy", "clean test accuracy", "accuracy")}
+    # A sweep of predictors only has no trained models, hence no conditions: its points are in summary.md.
+    models = _train_models(stages["train"]["points"], summary) if "train" in stages else {}
+    metrics: dict[str, Metric] = ({"test_accuracy": Metric("test_accuracy", "clean test accuracy", "accuracy")}
+                                  if models else {})
     panels: dict[tuple[str, str], list[float]] = {}
     if "attack" in stages:
         problems += _add_attack(run, stages["attack"]["points"], models, summary, metrics, panels)

@@ -321,6 +321,26 @@ def test_without_a_baseline_the_report_says_so(tmp_path: Path):
     assert "## Problems" in text and "None: every planned point has a valid result." in text
 
 
+PREDICTORS_ONLY = """\
+name: predictors
+executor: local
+data: {image_size: 32, n_classes: 4, n_train: 64, n_val: 16, n_test: 8, neural: {n_images: 40, n_shared: 10}}
+grid: {roi: [V1, TO]}
+stages:
+  predictor: {params: {predictor_width: 4, predictor_epochs: 1}}
+"""
+
+
+def test_a_sweep_without_a_train_stage_has_a_report_without_conditions(tmp_path: Path):
+    run, plan = make_run(tmp_path, PREDICTORS_ONLY)
+    write_point(run, "predictor", plan.stage("predictor").points[0].id, {"val_pearson_mean": 0.3})
+    files = write_report(run)
+    text = files.report_md.read_text()
+    assert files.report.rows == [] and files.figures == []
+    assert "0 trained models" in text and "## Accuracy" not in text
+    assert len(files.report.problems) == 1  # the predictor without a result
+
+
 def test_each_value_of_another_axis_has_its_own_baseline(tmp_path: Path):
     grid = "  band: [none, lsf]\n  lr: [0.1, 0.05]\n  seed: [0, 1]"
     run, plan = make_run(tmp_path, TRAIN_ONLY.format(name="lrs", grid=grid))
