@@ -279,6 +279,9 @@ def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[
             raise doc.error(("stages", name, "params", key), f"unknown parameter; allowed: {', '.join(fields)}")
     job_name = stage_cfg.job or name
     job = _load_job(job_name, doc, name, jobs_dir)
+    if job.entry != f"sfhpc.stages.{name}":  # it would run another stage's code on this stage's points, on the node
+        raise doc.error(("stages", name, "job"), f"job {job_name!r} runs {job.entry}, not the {name} stage "
+                                                 f"(sfhpc.stages.{name}); give a job file of the {name} stage")
     if stage_cfg.job and "/" in stage_cfg.job:  # a path: the manifest says which file, wherever the run goes
         job_name = str(referenced_file(job_name, jobs_dir, doc.base_dir))
     resources = _merge_resources(job, stage_cfg.resources, doc, name)

@@ -45,6 +45,8 @@ CASES = [
     (HEAD + "zip:\n  seed: [0, 1]\n  lr: [0.1]\nstages: {train: {}}\n", 3, "zip", ["equal lengths"]),
     (HEAD + "grid:\n  seed: [0]\nstages:\n  train:\n    job: trainer\n", 7, "stages.train.job",
      ["no such job file", "train"]),
+    (HEAD + "grid:\n  seed: [0]\nstages:\n  train:\n    job: paper_cbm\n", 7, "stages.train.job",
+     ["runs sfhpc.stages.cbm, not the train stage"]),
     (HEAD + "grid:\n  seed: [0]\nstages:\n  train:\n    resources: {nodes: 0}\n", 7, "stages.train.resources.nodes",
      ["greater than or equal to 1"]),
     (HEAD + "grid:\n  seed: [0]\nexecutor: kubernetes\nstages: {train: {}}\n", 5, "executor",
