@@ -353,7 +353,7 @@ def test_two_launches_at_once_of_a_held_point_submit_one_job(slurm_cluster, awkw
         assert sorted(len(ids) for ids in submitted) in ([1], [0, 1]), outcomes
         refused = [out + err for out, err, code in outcomes if code != 0]  # with --json, errors may be JSON
         assert all(code in (0, 2) for _, _, code in outcomes)
-        assert all("another sfhpc launch" in " ".join(err.split()) for err in refused), refused
+        assert all("another sfhpc slurm launch" in " ".join(err.split()) for err in refused), refused
     finally:
         cancelled = json.loads(sfhpc("cancel", run, "--json"))["cancelled"]
     assert len(cancelled) == 1
