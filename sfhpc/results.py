@@ -15,9 +15,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import secrets
 import socket
 import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -51,33 +51,19 @@ def git_sha(repo: Path) -> str:
     return f"{sha}+dirty" if dirty else sha
 
 
-def current_umask() -> int:
-    """The process's umask, read without changing it (os.umask can only be read by setting it, which would race
-    with threads creating files meanwhile)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:
     """Call write(tmp_path) on a temporary file in the same folder, then os.replace it onto `path`: readers see
-    the old file or the complete new one, never a partial one. The file gets the mode an ordinary `open` would
-    give it (0666 less the umask): mkstemp's 0600 would lock the user's group out of `status` and `aggregate`."""
+    the old file or the complete new one, never a partial one. The temporary file is created with mode 0666, which
+    the kernel narrows by the umask as for any `open` (mkstemp's 0600 would lock the user's group out of `status`
+    and `aggregate`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.fchmod(fd, 0o666 & ~current_umask())
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}{suffix}"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
