@@ -138,9 +138,7 @@ def sweep_points(sweep: SweepConfig, doc: LocatedYaml, allowed_axes: list[str],
     if not sweep.grid and not sweep.zip and not sweep.include:
         raise doc.error(("grid",), "empty grid: give at least one axis in `grid`, `zip` or `include`")
     _check_point_count(sweep, doc, sweep.max_points if max_points is None else max_points)
-    product = _product(sweep)
-    _check_excludes_match(product, sweep.exclude, doc)
-    points = [p for p in product if not _excluded(p.values, sweep.exclude)]
+    points = _without_excluded(_product(sweep), sweep.exclude, doc)
     for index, extra in enumerate(sweep.include):
         points.append(SweepPoint(dict(extra), {k: ("include", index, k) for k in extra}))
     _check_no_duplicates(points, doc)
@@ -181,12 +179,21 @@ def _check_point_count(sweep: SweepConfig, doc: LocatedYaml, cap: int) -> None:
                            "if you mean it")
 
 
-def _check_excludes_match(product: list[SweepPoint], patterns: list[dict[str, Any]], doc: LocatedYaml) -> None:
-    """Every exclude pattern removes at least one point of grid x zip: one that removes nothing is a typo (band: lfs)
-    or names an axis the grid lacks, and would otherwise leave the points it meant to remove in the sweep."""
-    for index, pattern in enumerate(patterns):
-        if not any(_matches(point.values, pattern) for point in product):
-            raise doc.error(("exclude", index), f"matches no point of grid and zip; a typo? (pattern {pattern})")
+def _without_excluded(product: list[SweepPoint], patterns: list[dict[str, Any]], doc: LocatedYaml
+                      ) -> list[SweepPoint]:
+    """grid x zip less the points an exclude pattern matches. Every pattern must match at least one point: one that
+    removes nothing is a typo (band: lfs) or names an axis the grid lacks, and would otherwise leave the points it
+    meant to remove in the sweep."""
+    kept, used = [], set()
+    for point in product:
+        matched = {i for i, pattern in enumerate(patterns) if _matches(point.values, pattern)}
+        used |= matched
+        if not matched:
+            kept.append(point)
+    unused = next((i for i in range(len(patterns)) if i not in used), None)
+    if unused is not None:
+        raise doc.error(("exclude", unused), f"matches no point of grid and zip; a typo? (pattern {patterns[unused]})")
+    return kept
 
 
 def _product(sweep: SweepConfig) -> list[SweepPoint]:
@@ -209,10 +216,6 @@ def _matches(values: dict[str, Any], pattern: dict[str, Any]) -> bool:
         key in values and (values[key] in want if isinstance(want, list) else values[key] == want)
         for key, want in pattern.items()
     )
-
-
-def _excluded(values: dict[str, Any], patterns: list[dict[str, Any]]) -> bool:
-    return any(_matches(values, pattern) for pattern in patterns)
 
 
 def _check_no_duplicates(points: list[SweepPoint], doc: LocatedYaml) -> None:
