@@ -355,8 +355,10 @@ def _check_stage_option(run_dir: RunDir, stage: str | None) -> None:
     """A --stage the run does not have is an error that lists the stages it has (not an empty table)."""
     from sfhpc.errors import RunError
 
+    if stage is None:  # no need to read the manifest (megabytes for a large sweep) a second time
+        return
     stages = [s["name"] for s in run_dir.read_manifest()["plan"]["stages"]]
-    if stage is not None and stage not in stages:
+    if stage not in stages:
         raise RunError(f"--stage {stage!r}: {run_dir.path} has no such stage; its stages: {', '.join(stages)}")
 
 
