@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from sfhpc.errors import SweepError
+from sfhpc.sweep import expand_file
+
 from slurm_cluster import slurm_cluster  # noqa: F401  (the real SLURM test cluster, session-scoped fixture)
 
 TINY_SWEEP = """\
@@ -54,3 +57,17 @@ def write_sweep(awkward_dir: Path):
 @pytest.fixture
 def tiny_sweep(write_sweep) -> Path:
     return write_sweep(TINY_SWEEP, "tiny.yaml")
+
+
+def located_error(write_sweep, text: str, line: int | None, key: str, words: list[str]) -> SweepError:
+    """Expand a sweep file of this text: it must fail with a SweepError naming the file, `line` and `key`, whose
+    message holds every one of `words`."""
+    path = write_sweep(text)
+    with pytest.raises(SweepError) as info:
+        expand_file(path)
+    err = info.value
+    assert err.file == str(path) and str(err).startswith(f"{path}:"), str(err)
+    assert (err.line, err.key) == (line, key), str(err)
+    for word in words:
+        assert word in err.message, str(err)
+    return err

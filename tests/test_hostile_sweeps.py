@@ -17,16 +17,10 @@ from sfhpc.config import ROIS, SweepError, resolve_run_folder
 from sfhpc.data.neural import SCHEMA_VERSION
 from sfhpc.sweep import MAX_READABLE_ID, expand_file
 
+from conftest import located_error
+
 HEAD = "name: hostile\ndata: {image_size: 32}\n"
 ONE = HEAD + "grid: {seed: [0]}\n"
-
-
-def error_of(write_sweep, text: str) -> SweepError:
-    path = write_sweep(text)
-    with pytest.raises(SweepError) as info:
-        expand_file(path)
-    assert info.value.file == str(path), str(info.value)
-    return info.value
 
 
 CASES = [
@@ -106,10 +100,7 @@ CASES = [
 
 @pytest.mark.parametrize("text, line, key, words", CASES, ids=[f"{i}-{c[2] or c[3][0]}" for i, c in enumerate(CASES)])
 def test_hostile_sweep_is_located_and_explained(write_sweep, text, line, key, words):
-    err = error_of(write_sweep, text)
-    assert (err.line, err.key) == (line, key), str(err)
-    for word in words:
-        assert word in err.message, str(err)
+    err = located_error(write_sweep, text, line, key, words)
     assert "\n" not in str(err)  # one line, whatever the sweep holds
 
 
@@ -176,8 +167,7 @@ def test_output_naming_a_file_is_refused(write_sweep, monkeypatch):
     sweep = write_sweep(HEAD + "output: taken\ngrid: {seed: [0]}\nstages: {train: {}}\n")
     monkeypatch.chdir(sweep.parent)
     (sweep.parent / "taken").write_text("a file")
-    err = error_of(write_sweep, sweep.read_text())
-    assert (err.line, err.key) == (3, "output")
+    err = located_error(write_sweep, sweep.read_text(), 3, "output", [])
     assert err.message == f"{sweep.parent / 'taken'} exists and is not a folder"
 
 
@@ -227,8 +217,7 @@ def test_a_neural_file_holding_another_subject_is_located(write_sweep, monkeypat
         with h5py.File(prepared / f"{name}.h5", "w") as f:
             f.attrs.update(schema_version=SCHEMA_VERSION, kind="nsd", subject=holds, rois=json.dumps(list(ROIS)))
     monkeypatch.chdir(sweep.parent)
-    err = error_of(write_sweep, sweep.read_text())
-    assert (err.line, err.key) == (6, "grid.subject[1]"), str(err)
+    err = located_error(write_sweep, sweep.read_text(), 6, "grid.subject[1]", [])
     assert "prepared/subj02.h5: holds subject 'subj01'" in err.message and "read for 'subj02'" in err.message
 
 
@@ -271,8 +260,7 @@ def test_huge_expansions_are_refused_quickly_under_a_memory_limit(write_sweep, t
 
 def test_max_points_raises_the_cap_in_the_sweep_or_by_argument(write_sweep):
     text = HEAD + "grid:\n  seed: [0, 1, 2]\n  band: [none, lsf]\ninclude: [{seed: 7}]\nstages: {train: {}}\n"
-    err = error_of(write_sweep, text.replace("name: hostile", "name: hostile\nmax_points: 6"))
-    assert (err.line, err.key) == (4, "grid")
+    err = located_error(write_sweep, text.replace("name: hostile", "name: hostile\nmax_points: 6"), 4, "grid", [])
     assert err.message.startswith("the sweep has 7 points (seed 3 x band 2 + include 1), above the limit of 6")
     assert expand_file(write_sweep(text.replace("name: hostile", "name: hostile\nmax_points: 7"))).n_points == 7
     with pytest.raises(SweepError, match="above the limit of 5"):

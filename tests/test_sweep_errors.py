@@ -7,17 +7,9 @@ import pytest
 from sfhpc.config import SweepError
 from sfhpc.sweep import expand_file
 
+from conftest import located_error
+
 HEAD = "name: bad\ndata: {image_size: 32}\n"
-
-
-def error_of(write_sweep, text: str) -> SweepError:
-    path = write_sweep(text)
-    with pytest.raises(SweepError) as info:
-        expand_file(path)
-    err = info.value
-    assert err.file == str(path)
-    assert str(err).startswith(f"{path}:")
-    return err
 
 
 CASES = [
@@ -59,10 +51,7 @@ CASES = [
 
 @pytest.mark.parametrize("text, line, key, words", CASES, ids=[c[2] or c[3][0] for c in CASES])
 def test_malformed_sweep_is_located_and_explained(write_sweep, text, line, key, words):
-    err = error_of(write_sweep, text)
-    assert (err.line, err.key) == (line, key), str(err)
-    for word in words:
-        assert word in err.message, str(err)
+    located_error(write_sweep, text, line, key, words)
 
 
 def test_missing_file_is_named(tmp_path):
