@@ -10,7 +10,7 @@ time is this process's (`time.process_time`, every thread), on one torch thread 
 blur it; each side runs --repeat times, alternating, with fresh state folders, and the medians are compared.
 
 Not in the ratio, and printed beside it: each shard is its own SLURM task, which also pays a process start, the
-torch import and loading the model (measured here as a fresh `python -c "import sfhpc.stages.attack"`).
+torch import and loading the model (measured here as a fresh `python -c "import sfhpc.stages.attack.run"`).
 
 What the shards cost beyond the attack itself: every AutoAttack call (one per shard and (norm, eps)) runs a clean
 pass over its images, and each shard attacks its own still-robust images in its own batches: more, smaller
@@ -45,10 +45,12 @@ import numpy as np
 import torch
 
 from sfhpc import distributed
-from sfhpc.config import DataConfig, TrainParams
+from sfhpc.config import DataConfig
 from sfhpc.data import load_dataset
 from sfhpc.evaluation.attack import AttackSettings, attack_shard, shard_bounds
-from sfhpc.stages.train import build_model, train_epoch
+from sfhpc.stages.common import build_model
+from sfhpc.stages.train import TrainParams
+from sfhpc.stages.train.run import train_epoch
 
 
 def trained_model(images: int, image_size: int = 32, width: int = 8
@@ -127,7 +129,7 @@ def main() -> None:
 
 def job_startup_cpu_seconds() -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-c", "import sfhpc.stages.attack"], check=True)
+    subprocess.run([sys.executable, "-c", "import sfhpc.stages.attack.run"], check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 

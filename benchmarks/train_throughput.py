@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from sfhpc import distributed
-from sfhpc.config import DataConfig, TrainParams
+from sfhpc.config import DataConfig
 from sfhpc.data import load_dataset
-from sfhpc.stages.train import build_model, epoch_order, rank_batches, train_epoch
+from sfhpc.stages.common import build_model, epoch_order
+from sfhpc.stages.train import TrainParams
+from sfhpc.stages.train.run import rank_batches, train_epoch
 
 BATCH = 64
 

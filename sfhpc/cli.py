@@ -5,19 +5,25 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress
     from rich.table import Table
     from rich.text import Text
 
+    from sfhpc.launch import LaunchReport
+    from sfhpc.report.summary import Summary
     from sfhpc.rundir import RunDir
     from sfhpc.status import PointStatus
+    from sfhpc.sweep import Plan, StagePlan
 
 app = typer.Typer(help="Brain-alignment and robustness sweeps: expand, launch, watch, aggregate.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -59,7 +65,7 @@ def _fail(message: str, as_json: bool = False) -> NoReturn:
 
 
 @contextmanager
-def _user_errors(as_json: bool = False):
+def _user_errors(as_json: bool = False) -> Iterator[None]:
     """Turn a user's mistake (bad sweep, bad or foreign run folder, a file the user cannot write) into a message
     and exit code 2, never a traceback."""
     from sfhpc.errors import RunError, SweepError
@@ -72,7 +78,7 @@ def _user_errors(as_json: bool = False):
         _fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err), as_json)
 
 
-def _print_json(value) -> None:
+def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=1, default=str) + "\n")
 
 
@@ -115,7 +121,7 @@ def sweep_expand(sweep_file: Path = typer.Argument(..., help="Sweep YAML file.")
     _print_plan(plan)
 
 
-def _print_plan(plan) -> None:
+def _print_plan(plan: Plan) -> None:
     from rich.table import Table
 
     console = _console()
@@ -153,7 +159,7 @@ def _print_plan(plan) -> None:
         console.print(table)
 
 
-def _reads(stage) -> str:
+def _reads(stage: StagePlan) -> str:
     """Which upstream points a stage's points read: `predictor: 4 of 10 points` (an unguided train point reads
     none), or `-`."""
     counts = Counter(key.split("/", 1)[0] for point in stage.points for key in set(point.upstream))
@@ -193,13 +199,13 @@ def sweep_launch(
 
 
 @contextmanager
-def _stoppable_launch():
+def _stoppable_launch() -> Iterator[None]:
     """SIGTERM (`sfhpc cancel` from another terminal, or the end of a login session) stops a launch as Ctrl-C does:
     it stops the points it runs and puts back what --force set aside, where Python's default would just exit. Either
     ends with one line and exit code 130."""
     import signal
 
-    def interrupt(signum, frame):
+    def interrupt(signum: int, frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
@@ -211,7 +217,7 @@ def _stoppable_launch():
         raise typer.Exit(130) from None
 
 
-def _finish_launch(report, as_json: bool) -> None:
+def _finish_launch(report: LaunchReport, as_json: bool) -> None:
     """Print the launch report; exit 1 when a point this launch ran (local, debug) failed or could not run."""
     if as_json:
         _print_json(report.__dict__)
@@ -227,41 +233,41 @@ class _LaunchProgress:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.bar = None
+        self.bar: Progress | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> _LaunchProgress:
         return self
 
-    def _start(self) -> None:
+    def _start(self) -> Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=_console())
         self.bar.start()
         self.task = self.bar.add_task("points", total=0)
+        return self.bar
 
     def update(self, stage: str, point_id: str, event: str) -> None:
         if not self.enabled:
             return
-        if self.bar is None:  # started by the first job, so that early errors print cleanly
-            self._start()
+        # started by the first job, so that early errors print cleanly
+        bar = self.bar if self.bar is not None else self._start()
         if event == "queued":
-            self.bar.update(self.task, total=self.bar.tasks[0].total + 1)
+            bar.update(self.task, total=(bar.tasks[0].total or 0) + 1)
             return
         if event == "started":
-            self.bar.update(self.task, description=f"{stage}/{point_id}")
+            bar.update(self.task, description=f"{stage}/{point_id}")
             return
-        self.bar.advance(self.task)
+        bar.advance(self.task)
         style = STATE_STYLE.get(event, "")
-        self.bar.console.print(_styled((f"{event:>6}", style), f" {stage}/{point_id}"))
+        bar.console.print(_styled((f"{event:>6}", style), f" {stage}/{point_id}"))
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         if self.bar:
             self.bar.stop()
-        return False
 
 
-def _print_launch_report(report) -> None:
+def _print_launch_report(report: LaunchReport) -> None:
     console = _console()
     verb = "would submit" if report.dry_run else "submitted"
     for stage, ids in report.to_run.items():
@@ -528,8 +534,7 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
                                                                   "all the same).")) -> None:
     """Collect the result files: summary.csv/.md (one row per point), conditions.csv, report.md and figures/
     (per condition: mean +- SEM over seeds, each against the band=none, alpha=0 baseline by a paired test)."""
-    from sfhpc.aggregate import summarize, write_summary
-    from sfhpc.report import headline_rows, write_report
+    from sfhpc.report import headline_rows, summarize, write_report, write_summary
     from sfhpc.rundir import RunDir
 
     with _user_errors(as_json):
@@ -548,7 +553,7 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
         raise typer.Exit(1)
 
 
-def _print_aggregate(summary, header: list[str], rows: list[list[str]], written: list[str]) -> None:
+def _print_aggregate(summary: Summary, header: list[str], rows: list[list[str]], written: list[str]) -> None:
     """The point tables, the conditions table, the problems and the files written."""
     from rich.table import Table
 
@@ -570,12 +575,12 @@ def _print_aggregate(summary, header: list[str], rows: list[list[str]], written:
     console.print("wrote " + ", ".join(written), soft_wrap=True)
 
 
-def _print_point_tables(summary, most_rows: int = 40, most_metrics: int = 6) -> None:
+def _print_point_tables(summary: Summary, most_rows: int = 40, most_metrics: int = 6) -> None:
     """One table per stage (one row per point) with at most `most_metrics` metric columns; a long or wide one is
     left, in full or in part, to summary.csv."""
     from rich.table import Table
 
-    from sfhpc.aggregate import constant_metrics, display_columns, format_value
+    from sfhpc.report.render import constant_metrics, display_columns, format_value
 
     console = _console()
     for table in summary.tables:

@@ -6,13 +6,10 @@ Every user mistake becomes a :class:`SweepError` that names the file, the line a
 
 from __future__ import annotations
 
-import itertools
-import math
 import os
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,7 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from sfhpc.errors import SweepError
 
@@ -37,7 +34,6 @@ JOBS_DIR = PROJECT_ROOT / "jobs"
 PROFILES_DIR = PROJECT_ROOT / "slurm_templates" / "profiles"
 
 Executor = Literal["auto", "local", "slurm", "debug"]
-Band = Literal["none", "lsf", "human", "lsf+human"]
 KeyPath = tuple[Any, ...]
 
 
@@ -122,10 +118,10 @@ class DataConfig(Closed):
     """The dataset every stage of a sweep uses: `synthetic`, the embedded default (sfhpc.data.synthetic), or
     `imagefolder`, an ImageNet-style class subset (sfhpc.data.imagefolder).
 
-    For imagefolder, `n_classes` is filled in from the class-list file when the config is loaded (and must match
-    it when given), so that every stage reading `data.n_classes` gets the class list's length; `root` and
-    `classes_file` become absolute paths, so that jobs find them wherever they start and the resolved config
-    beside each result says which files were read. Both must be readable where sweeps are expanded."""
+    For imagefolder, `root` and `classes_file` become absolute paths, so that jobs find them wherever they start and
+    the resolved config beside each result says which files were read. Validating reads no file: a sweep's data is
+    checked against its files once, where the sweep is loaded (`with_files_checked`), which fills in `n_classes`
+    from the class list."""
 
     kind: Literal["synthetic", "imagefolder"] = "synthetic"
     image_size: Int = Field(128, ge=32, le=1024, description="stored images' size in px; imagefolder: the centre "
@@ -151,40 +147,12 @@ class DataConfig(Closed):
     def _absolute(cls, path: str | None) -> str | None:
         return None if path is None else _absolute_path(path)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _n_classes_from_class_list(cls, values: Any) -> Any:
-        # Before the fields are validated: a frozen model cannot fill in n_classes afterwards.
-        if not (isinstance(values, dict) and values.get("kind") == "imagefolder"
-                and isinstance(values.get("classes_file"), str)):
-            return values  # nothing to read; the field and `after` checks report what is wrong
-        from sfhpc.data.imagefolder import ImageFolderError, read_class_list  # numpy and PIL, no torch
-
-        path = _absolute_path(values["classes_file"])
-        try:
-            count = len(read_class_list(Path(path)))
-        except ImageFolderError as err:
-            raise _key_error("classes_file", str(err), values["classes_file"]) from None
-        if count < 2:
-            raise _key_error("classes_file", f"{path} lists 1 class; a classifier needs at least 2", path)
-        if values.get("n_classes", count) != count:
-            raise _key_error("n_classes", f"is {values['n_classes']}, but classes_file {path} lists {count} "
-                             "classes; leave n_classes out for imagefolder (it is taken from the file)",
-                             values["n_classes"])
-        return {**values, "n_classes": count}
-
     @model_validator(mode="after")
     def _keys_match_kind(self) -> DataConfig:
         if self.kind == "imagefolder":
             for key, what in (("root", "the folder holding train/ and val/"), ("classes_file", "the class list")):
                 if getattr(self, key) is None:
                     raise _key_error(key, f"kind imagefolder needs {key} ({what})", None)
-            from sfhpc.data.imagefolder import ImageFolderError, check_root
-
-            try:
-                check_root(Path(self.root))
-            except ImageFolderError as err:
-                raise _key_error("root", str(err), self.root) from None
         else:  # a forgotten `kind: imagefolder` would otherwise train on synthetic images without a word
             for key in ("root", "classes_file", "max_per_class"):
                 if getattr(self, key) is not None:
@@ -197,80 +165,42 @@ def _absolute_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+class DataFileError(ValueError):
+    """A data config that its files contradict, at `key`."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def with_files_checked(data: DataConfig) -> DataConfig:
+    """`data` checked against the files it names: for imagefolder, `root` holds train/ and val/ and `classes_file`
+    lists at least 2 classes; `n_classes` is taken from the class list (a given one must match it), so that every
+    stage reading `data.n_classes` gets the list's length. DataFileError (with the key at fault) otherwise."""
+    if data.kind != "imagefolder" or data.root is None or data.classes_file is None:
+        return data
+    from sfhpc.data.imagefolder import ImageFolderError, check_root, read_class_list  # numpy and PIL, no torch
+
+    try:
+        count = len(read_class_list(Path(data.classes_file)))
+    except ImageFolderError as err:
+        raise DataFileError("classes_file", str(err)) from None
+    if count < 2:
+        raise DataFileError("classes_file", f"{data.classes_file} lists 1 class; a classifier needs at least 2")
+    if "n_classes" in data.model_fields_set and data.n_classes != count:
+        raise DataFileError("n_classes", f"is {data.n_classes}, but classes_file {data.classes_file} lists {count} "
+                                         "classes; leave n_classes out for imagefolder (it is taken from the file)")
+    try:
+        check_root(Path(data.root))
+    except ImageFolderError as err:
+        raise DataFileError("root", str(err)) from None
+    return data.model_copy(update={"n_classes": count})
+
+
 def _key_error(key: str, message: str, value: Any) -> ValidationError:
     """A validation error located at `key` (a validator's own errors would point at the whole model or field)."""
     error = PydanticCustomError("value_error", "{error}", {"error": message})
     return ValidationError.from_exception_data("Closed", [InitErrorDetails(type=error, loc=(key,), input=value)])
-
-
-# --------------------------------------------------------------------------------------- stages
-class TrainParams(Closed):
-    """Parameters of the train stage (SCIENCE.md sections 2 and 3). Any of them can be a sweep axis."""
-
-    arch: Literal["small_resnet", "resnet18"] = "small_resnet"
-    width: Int = Field(16, ge=2, description="base width of small_resnet (stages use 1x, 2x, 4x, 8x)")
-    blocks: tuple[Int, ...] = Field((1, 1, 1, 1), min_length=4, max_length=4,
-                                    description="BasicBlocks in each of the 4 small_resnet stages")
-    band: Band = "none"
-    lsf_sigma_px224: Float = Field(1.5, gt=0, description="LSF blur sigma in px at 224 px")
-    human_mu: Float = Field(4.5, description="human channel centre = 1.75 * 2**mu c/img")
-    human_s: Float = Field(0.4246, gt=0, description="human channel log2 SD")
-    human_floor: Bool = Field(False, description="human channel with a gain floor instead of pure band-pass")
-    alpha: Float = Field(0.0, ge=0.0, le=1.0, description="neural co-training weight: L = (1-a) CE + a MSE")
-    seed: Seed = 0
-    epochs: Int = Field(3, ge=1)
-    batch_size: Int = Field(64, ge=1)
-    lr: Float = Field(0.05, gt=0)
-    momentum: Float = Field(0.9, ge=0, lt=1)
-    weight_decay: Float = Field(1e-4, ge=0)
-    lr_step: Int = Field(20, ge=1, description="StepLR step size in epochs")
-    lr_gamma: Float = Field(0.1, gt=0, le=1)
-    augment: Bool = Field(True, description="random crop (padding 1/16 of the size) and horizontal flip")
-    augment_contrast_min: Float = Field(1.0, gt=0, le=1, description="each training image's contrast is scaled "
-                                        "by a factor drawn from [this, 1] (1: off); CBM shows contrast-0.2 images")
-
-
-
-class PredictorParams(Closed):
-    """The neural predictor of one subject's ROI (SCIENCE.md section 2): a ResNet regressing the ROI's PC scores.
-    `subject`, `roi` and `predictor` are sweep axes; a guided train point (alpha > 0) uses the predictor of its
-    subject, ROI and control."""
-
-    subject: str = Field("subj01", description=f"one of {', '.join(SUBJECTS)}")
-    roi: str = Field(description=f"one of {', '.join(ROIS)} (prepared NSD files may hold other atlases' ROIs; "
-                                 "`sweep expand` checks the subject's file)")
-    predictor: Literal["trained", "shuffled", "random"] = Field(
-        "trained", description="trained; shuffled (image-response pairs permuted, a control); random (untrained)")
-    predictor_arch: Literal["small_resnet", "resnet18"] = "small_resnet"
-    predictor_width: Int = Field(16, ge=2, description="base width of small_resnet")
-    predictor_epochs: Int = Field(40, ge=1)
-    predictor_batch_size: Int = Field(200, ge=1)
-    predictor_lr: Float = Field(1e-3, gt=0, description="Adam learning rate")
-    predictor_weight_decay: Float = Field(5e-4, ge=0)
-    predictor_seed: Seed = 0
-
-    @field_validator("subject")
-    @classmethod
-    def _known_subject(cls, subject: str) -> str:
-        return known_subject(subject)
-
-
-class RsaParams(Closed):
-    """Similarity of a trained model's representational geometry to the subject's ROIs (SCIENCE.md section 6)."""
-
-    rsa_subjects: tuple[str, ...] | None = Field(
-        None, max_length=len(SUBJECTS),
-        description="subjects whose ROIs each model is compared with; default: a guided model's own subject, an "
-                    "unguided one every subject of the sweep's predictor stage (subj01 without one)")
-    rsa_permutations: Int = Field(1000, ge=0, description="image permutations of the significance test")
-    rsa_seed: Seed = 0
-
-    @field_validator("rsa_subjects")
-    @classmethod
-    def _known_subjects(cls, subjects: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        for subject in subjects or ():
-            known_subject(subject)
-        return subjects
 
 
 def known_subject(subject: str) -> str:
@@ -280,121 +210,10 @@ def known_subject(subject: str) -> str:
     return subject
 
 
-def _number_or_midpoint(value: Any) -> Any:
-    # Before the union: a failed union would name its branches ("float", "literal[...]") in the error's location.
-    if value != "midpoint" and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise ValueError(f"got {describe(value)}; expected a number between 0 and 1 or 'midpoint'")
-    return value
-
-
-class CbmParams(Closed):
-    """Critical band masking of a trained model (SCIENCE.md section 4). Parameter names are prefixed `cbm_` so that
-    they can be sweep axes beside the train stage's."""
-
-    cbm_noise_sds: tuple[Float, ...] = Field((0.0, 0.02, 0.04, 0.08, 0.16), min_length=2, max_length=64,
-                                             description="noise SDs; the first must be 0 (the noise-free level)")
-    cbm_criterion: Annotated[Float | Literal["midpoint"], BeforeValidator(_number_or_midpoint)] = Field(
-        0.5, description="accuracy at or below which a level counts as masked: a number (SCIENCE.md: 0.5), or "
-                         "'midpoint' between chance and the model's noise-free accuracy (for weaker models)")
-    cbm_images: Int | None = Field(None, ge=1, description="test images used (default: all)")
-    cbm_seed: Seed = Field(0, description="seed of the masking noise")
-    cbm_batch_size: Int = Field(128, ge=1)
-
-    @field_validator("cbm_criterion")
-    @classmethod
-    def _criterion_is_an_accuracy(cls, criterion: float | str) -> float | str:
-        if not isinstance(criterion, str) and not 0 < criterion < 1:
-            raise ValueError(f"cbm_criterion must be between 0 and 1 (or 'midpoint'), got {criterion}")
-        return criterion
-
-    @field_validator("cbm_noise_sds")
-    @classmethod
-    def _levels_start_noise_free_and_grow(cls, sds: tuple[float, ...]) -> tuple[float, ...]:
-        if sds[0] != 0 or any(b <= a for a, b in itertools.pairwise(sds)):
-            raise ValueError(f"noise SDs must start at 0 and increase, got {list(sds)}")
-        return sds
-
-
-def _number_or_fraction(value: Any) -> Any:
-    # Before the union, as for cbm_criterion: a boolean is neither a number nor a fraction.
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"got {describe(value)}; expected a number or a fraction like '8/255'")
-    return value
-
-
-Epsilon = Annotated[Float | str, BeforeValidator(_number_or_fraction)]
+# ----------------------------------------------------------------------------------- resources
 MAX_SHARDS = 1000  # each shard is an array task of every trained point: the sweep's point cap does not bound them
 
 
-class AttackParams(Closed):
-    """AutoAttack on a trained model's test images (SCIENCE.md section 5), split into shards (array tasks)."""
-
-    attack_version: Literal["standard", "plus", "rand", "custom"] = "standard"
-    attack_names: tuple[str, ...] | None = Field(None, max_length=16,
-                                                 description="attacks of version custom, e.g. [apgd-ce]")
-    attack_eps: dict[str, Annotated[tuple[Epsilon, ...], Field(max_length=64)]] = Field(
-        {"Linf": ("1/255", "2/255", "4/255", "8/255")},
-        description="epsilons per norm (Linf, L2, L1) in pixel units of [0, 1] images; '8/255' is allowed",
-        validate_default=True)
-    attack_shards: Int | None = Field(None, ge=1, le=MAX_SHARDS, description="shards per model (default: the job "
-                                                                          "file's)")
-    attack_images: Int | None = Field(None, ge=1, description="test images attacked (default: all)")
-    attack_seed: Seed = 0
-    attack_batch_size: Int = Field(128, ge=1)
-    attack_apgd_iterations: Int | None = Field(None, ge=1, description="quick runs: APGD iterations (default 100)")
-    attack_apgd_restarts: Int | None = Field(None, ge=1, description="quick runs: APGD-CE restarts")
-    attack_shard: Int = Field(0, ge=0, description="set by sfhpc for each shard; not a sweep parameter")
-
-    @field_validator("attack_eps")
-    @classmethod
-    def _fractions_to_numbers(cls, eps: dict[str, tuple[Epsilon, ...]]) -> dict[str, tuple[float, ...]]:
-        return {norm: tuple(parse_epsilon(value) for value in values) for norm, values in eps.items()}
-
-    def epsilons(self) -> dict[str, tuple[float, ...]]:
-        return {norm: tuple(float(value) for value in values) for norm, values in self.attack_eps.items()}
-
-
-def parse_epsilon(value: float | str) -> float:
-    """8/255 written as a number or as the text '8/255'; a finite one ('inf' or '1/0' is no epsilon)."""
-    if isinstance(value, str):
-        numerator, slash, denominator = value.partition("/")
-        try:
-            number = float(numerator) / float(denominator) if slash else float(numerator)
-        except (ValueError, ZeroDivisionError):
-            number = math.inf
-        if not math.isfinite(number):
-            raise ValueError(f"epsilon {value!r} is not a number or a fraction like '8/255'")
-        return number
-    return float(value)
-
-
-@dataclass(frozen=True)
-class StageKind:
-    """What the framework knows about a stage before importing it: its parameters, its upstream stages, an
-    upstream stage that only the points with a positive `optional_when` parameter need, and, for a sharded stage,
-    the parameter that numbers its shards."""
-
-    params: type[Closed]
-    upstream: tuple[str, ...] = ()
-    shard_param: str | None = None
-    optional_upstream: str | None = None
-    optional_when: str | None = None
-
-    def needs_optional(self, params: dict[str, Any]) -> bool:
-        return self.optional_when is not None and params.get(self.optional_when, 0) > 0
-
-
-STAGE_KINDS: dict[str, StageKind] = {
-    "predictor": StageKind(PredictorParams),
-    # A guided train point (alpha > 0) reads its predictor; an unguided one needs none, and expands once.
-    "train": StageKind(TrainParams, optional_upstream="predictor", optional_when="alpha"),
-    "cbm": StageKind(CbmParams, upstream=("train",)),
-    "attack": StageKind(AttackParams, upstream=("train",), shard_param="attack_shard"),
-    "rsa": StageKind(RsaParams, upstream=("train",)),
-}
-
-
-# ----------------------------------------------------------------------------------- resources
 class Resources(Closed):
     """What one point (one array task) of a stage asks the scheduler for."""
 
@@ -462,9 +281,10 @@ class JobSpec(Closed):
 
     @field_validator("entry")
     @classmethod
-    def _entry_is_a_stage_module(cls, entry: str) -> str:
-        if not re.fullmatch(r"sfhpc\.stages\.[a-z_]+", entry):
-            raise ValueError(f"entry must be a module sfhpc.stages.<name>, got {entry!r}")
+    def _entry_is_a_module_name(cls, entry: str) -> str:
+        # Expansion checks that it is the module of the job's stage (sfhpc.stages.<name>, or a plugin's module).
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", entry):
+            raise ValueError(f"entry must be a stage's module, such as sfhpc.stages.train, got {describe(entry)}")
         return entry
 
 
@@ -689,8 +509,9 @@ class LocatedYaml:
                     raise SweepError(self.path, key_node.start_mark.line + 1, format_key((*path, key)),
                                      "duplicate key (YAML would silently keep only the last one)")
                 seen.add(key)
-                self.lines[(*path, key)] = key_node.start_mark.line + 1
-                self._index(value_node, (*path, key))
+                key_path = (*path, key)
+                self.lines[key_path] = key_node.start_mark.line + 1
+                self._index(value_node, key_path)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 self._index(item, (*path, index))
@@ -750,7 +571,8 @@ def _check_expanded_size(root: yaml.Node, path: Path) -> None:
     sizes = _expanded_sizes(root, path)
     if sizes[id(root)] <= MAX_YAML_VALUES:
         return
-    node, where, line = root, (), root.start_mark.line + 1
+    node, line = root, root.start_mark.line + 1
+    where: KeyPath = ()
     while True:
         pairs = node.value if isinstance(node, yaml.MappingNode) else list(enumerate(_children(node)))
         big = next(((key, value) for key, value in pairs if sizes[id(value)] > MAX_YAML_VALUES), None)
@@ -798,7 +620,7 @@ _EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "t
              "string_type": "a string", "finite_number": "a finite number"}
 
 
-def explain_pydantic_error(error: dict[str, Any]) -> str:
+def explain_pydantic_error(error: ErrorDetails) -> str:
     """One pydantic error as a user reads it: what was given and what is allowed."""
     kind, context = error["type"], error.get("ctx", {})
     if kind == "extra_forbidden":
@@ -830,8 +652,8 @@ def unknown_key_error(doc: LocatedYaml, path: KeyPath, allowed: list[str]) -> Sw
 
 # ------------------------------------------------------------------------------------- loading
 def load_sweep(path: Path | str, base_dir: Path | None = None) -> tuple[SweepConfig, LocatedYaml]:
-    """Read and validate a sweep file's shape (axes and points are checked by sfhpc.sweep.expand). `base_dir`: what
-    relative file references are relative to (default: the file's folder)."""
+    """Read and validate a sweep file's shape and its data files (stages, axes and points are checked by
+    sfhpc.sweep.expand). `base_dir`: what relative file references are relative to (default: the file's folder)."""
     doc = LocatedYaml(Path(path), base_dir)
     if not isinstance(doc.data, dict):
         raise doc.error((), "a sweep file must be a mapping with at least `name` and `stages`")
@@ -843,10 +665,11 @@ def load_sweep(path: Path | str, base_dir: Path | None = None) -> tuple[SweepCon
         sweep = SweepConfig.model_validate(doc.data)
     except ValidationError as err:
         raise validation_error(doc, err) from None
-    for stage in sweep.stages:
-        if stage not in STAGE_KINDS:
-            raise doc.error(("stages", stage), f"unknown stage; known stages: {', '.join(STAGE_KINDS)}")
-    return sweep, doc
+    try:
+        data = with_files_checked(sweep.data)
+    except DataFileError as err:
+        raise doc.error(("data", err.key), str(err)) from None
+    return sweep.model_copy(update={"data": data}), doc
 
 
 def load_job_spec(name: str, jobs_dir: Path = JOBS_DIR, sweep_folder: Path = Path()) -> JobSpec:

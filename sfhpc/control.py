@@ -6,9 +6,13 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sfhpc.rundir import STOPPABLE_ACTIONS, JobRecord, RunDir, RunLocked, terminate_process
 from sfhpc.status import job_is_alive, run_status, scheduler_states
+
+if TYPE_CHECKING:
+    from sfhpc.launch import LaunchReport, ProgressHook
 
 LAUNCH_STOP_WAIT_S = 60  # how long cancel waits for a local launch it stopped to stop its points and let go
 
@@ -24,7 +28,7 @@ def cancel_run(run: RunDir, stage: str | None = None) -> list[str]:
     except RunLocked as locked:
         if locked.holder.get("action") not in STOPPABLE_ACTIONS:
             raise
-        live = {r.job_id for r in _live_records(run, stage) if r.executor != "slurm"}
+        live = {r.job_id for r in _live_records(run, stage) if r.executor != "slurm" and r.job_id}
         if not terminate_process(locked.holder.get("pid", 0), locked.holder.get("process")):
             raise
     deadline = time.monotonic() + LAUNCH_STOP_WAIT_S
@@ -48,17 +52,18 @@ def _live_records(run: RunDir, stage: str | None) -> list[JobRecord]:
 def _cancel_live_jobs(run: RunDir, stage: str | None) -> list[str]:
     with run.exclusive("cancel"):
         live = _live_records(run, stage)
-        slurm_ids = [r.job_id for r in live if r.executor == "slurm"]
+        slurm_ids = [r.job_id for r in live if r.executor == "slurm" and r.job_id]
         if slurm_ids:
             from sfhpc.slurm import cancel
 
             cancel(slurm_ids)
-        stopped = [r.job_id for r in live if r.executor == "local" and terminate_process(int(r.job_id),
-                                                                                          r.job_process)]
+        stopped = [r.job_id for r in live
+                   if r.executor == "local" and r.job_id and terminate_process(int(r.job_id), r.job_process)]
     return slurm_ids + stopped
 
 
-def resubmit_run(run: RunDir, failed_only: bool, executor: str | None = None, progress=None):
+def resubmit_run(run: RunDir, failed_only: bool, executor: str | None = None, progress: ProgressHook | None = None
+                 ) -> LaunchReport:
     """Launch again the run's own sweep copy, for its failed points only or for every point without a result;
     points still pending or running are left alone."""
     from sfhpc.launch import launch, resolve_executor

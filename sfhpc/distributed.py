@@ -8,6 +8,10 @@ import os
 import socket
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ def detect() -> DistEnv:
     return from_torchrun() or from_submitit() or single()
 
 
-def setup(env: DistEnv):
+def setup(env: DistEnv) -> torch.device:
     """Pick the device and, for more than one rank, join the process group (nccl on GPUs, gloo on CPUs).
     Returns the torch.device to use."""
     import torch

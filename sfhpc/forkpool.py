@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sfhpc.errors import RunError
+from sfhpc.job import PointJob
 from sfhpc.rundir import RunDir, process_identity
 
 POOL_LOG = "forkpool.err"  # the parent's own stderr, under the run's logs/
@@ -68,6 +69,8 @@ class ForkPool:
             self.process = subprocess.Popen([sys.executable, "-m", "sfhpc.forkpool", *entries],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                                             text=True, bufsize=1)
+        assert self.process.stdin is not None and self.process.stdout is not None  # both are pipes
+        self.requests, self.events = self.process.stdin, self.process.stdout
         self.ended: dict[int, int] = {}
         self._started: queue.Queue[tuple[int, str | None] | None] = queue.Queue()
         threading.Thread(target=self._read_events, daemon=True).start()
@@ -78,8 +81,8 @@ class ForkPool:
                            "point_id": job.point_id, "config": job.config},
                    "timeout_s": 60 * timeout_min}
         try:
-            self.process.stdin.write(json.dumps(message) + "\n")
-            self.process.stdin.flush()
+            self.requests.write(json.dumps(message) + "\n")
+            self.requests.flush()
         except (BrokenPipeError, OSError):
             self._stopped()
         started = self._started.get()
@@ -92,15 +95,15 @@ class ForkPool:
 
     def close(self) -> None:
         """End the parent once its children have ended (closing its input tells it so)."""
-        if self.process.stdin and not self.process.stdin.closed:
-            self.process.stdin.close()
+        if not self.requests.closed:
+            self.requests.close()
         try:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
 
     def _read_events(self) -> None:
-        for line in self.process.stdout:
+        for line in self.events:
             event = json.loads(line)
             if "started" in event:
                 self._started.put((event["started"], event["process"]))
@@ -115,7 +118,7 @@ class ForkPool:
 # ------------------------------------------------------------------------------------- parent side
 def serve(entries: list[str]) -> None:
     """Import, then fork a child per request until the launcher closes our input and every child has ended."""
-    for entry in ["sfhpc.launch", *entries]:
+    for entry in ["sfhpc.job", *entries]:
         importlib.import_module(entry)
     deadlines: dict[int, tuple[float, str]] = {}  # pid -> (time limit, its stderr log)
     killed: dict[int, float] = {}  # pid -> when SIGTERM was sent
@@ -189,8 +192,6 @@ def _run_child(fields: dict[str, Any]) -> NoReturn:
             with open(path, mode) as f:
                 os.dup2(f.fileno(), fd)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        from sfhpc.launch import PointJob
-
         PointJob(**fields)()
         code = 0
     except BaseException:  # noqa: BLE001 - the child must exit whatever happened; the traceback goes to its log

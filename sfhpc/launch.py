@@ -1,6 +1,6 @@
 """Submitting a sweep through submitit: local, debug and SLURM executors, resumable launches.
 
-Login-node code: never imports torch. The pickled job is :class:`PointJob`, which imports its stage module only
+Login-node code: never imports torch. The pickled job is sfhpc.job.PointJob, which imports its stage's code only
 when it runs on the node.
 """
 
@@ -16,7 +16,6 @@ import shutil
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,55 +27,11 @@ import yaml
 from sfhpc.config import PROJECT_ROOT
 from sfhpc.errors import RunError
 from sfhpc.forkpool import ForkedJob, ForkPool
+from sfhpc.job import JobInfo, PointConfig, PointJob, stage_of
 from sfhpc.results import RESULT_NAME, ResultIndex, git_sha, now_iso
 from sfhpc.rundir import CHECKPOINT_NAME, JobRecord, RunDir, SetAside, process_identity, terminate_process
 from sfhpc.status import active_points
 from sfhpc.sweep import Plan, Point, StagePlan
-
-
-# ----------------------------------------------------------------------------------------- the job
-class PointJob(submitit.helpers.Checkpointable):
-    """What runs on the node: one point of one stage. Small and picklable; on a time limit or preemption
-    submitit calls `checkpoint`, which requeues this same job, and the stage resumes from its checkpoint."""
-
-    def __init__(self, run_dir: str, stage: str, entry: str, point_id: str, config: dict[str, Any]):
-        self.run_dir, self.stage, self.entry, self.point_id, self.config = run_dir, stage, entry, point_id, config
-
-    def __call__(self) -> str:
-        import importlib
-
-        keep_freed_memory()
-        point_dir = RunDir(self.run_dir).point_dir(self.stage, self.point_id)
-        try:
-            module = importlib.import_module(self.entry)
-            return str(module.run(self.config, point_dir))
-        except Exception as err:
-            # Kept beside the point so that `sfhpc status` can show why, whatever the scheduler says:
-            # a one-line summary first, then the traceback.
-            summary = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-            (point_dir / "error.txt").write_text(f"{summary}\n\n{traceback.format_exc()}")
-            raise
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-
-
-def keep_freed_memory() -> None:
-    """Make glibc's malloc keep the memory a process frees instead of handing it back to the kernel.
-
-    By default every freed block larger than the mmap threshold is unmapped, and the top of the heap is trimmed,
-    so each training batch maps its activations afresh and page-faults them in: measured on a quickstart train
-    point (one CPU thread), 12.5 s of its 63 s were system time. With a 1 GiB mmap threshold and no trimming it
-    took 51 s, 1.4 s of them system time. The cost is a heap that stays at its peak size until the process ends,
-    which is one point. A C library without mallopt (not glibc) is left alone."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
-    except (OSError, AttributeError):
-        pass
 
 
 # ------------------------------------------------------------------------------------- launching
@@ -208,7 +163,7 @@ def _forced_out(run: RunDir, stage: str, point_id: str) -> list[Path]:
 
 
 def _checked_manifest(run: RunDir, plan: Plan, kind: str, allow_changed: bool) -> dict[str, Any]:
-    manifest = {
+    manifest: dict[str, Any] = {
         "schema_version": 1,
         "name": plan.sweep.name,
         "sweep_file": str(plan.source.resolve()),
@@ -270,20 +225,14 @@ def _dump_once(entry: dict[str, Any], dumped: dict[str, str]) -> str:
 
 
 def point_config(run: RunDir, plan: Plan, stage: StagePlan, point: Point, sha: str) -> dict[str, Any]:
-    """The resolved configuration a stage runs with; also written beside the result and inside it. `threads` is
-    None (the job's CPUs decide); a local launch sets it for the points that share this machine."""
-    return {
-        "stage": stage.name,
-        "point_id": point.id,
-        "params": point.params,
-        "data": plan.sweep.data.model_dump(mode="json"),
-        "upstream": list(point.upstream),
-        "resources": stage.resources.model_dump(mode="json"),
-        "job": {"entry": stage.entry, "shards": stage.shards},
-        "run_dir": str(run.path.resolve()),
-        "git_sha": sha,
-        "threads": None,
-    }
+    """The resolved configuration a stage runs with (sfhpc.job.PointConfig, built here from parts that expansion has
+    validated), as the JSON mapping that config.yaml, the pickled job and the result file carry. `threads` is None
+    (the job's CPUs decide); a local launch sets it for the points that share this machine."""
+    return PointConfig.model_construct(
+        stage=stage.name, point_id=point.id, params=point.params, data=plan.sweep.data, upstream=point.upstream,
+        resources=stage.resources, job=JobInfo.model_construct(entry=stage.entry, shards=stage.shards),
+        run_dir=str(run.path.resolve()), git_sha=sha, threads=None,
+    ).model_dump(mode="json")
 
 
 # -------------------------------------------------------------------------- local and debug runs
@@ -351,7 +300,7 @@ class _LocalStarter:
 
     def __init__(self, run: RunDir, kind: str, stages: list[StagePlan]):
         self.run, self.kind = run, kind
-        self.entries = sorted({stage.entry for stage in stages})
+        self.entries = sorted({stage_of(stage.entry).runner_module() for stage in stages})
         self.pool: ForkPool | None = None
         self.executors: dict[str, submitit.Executor] = {}
 
@@ -569,7 +518,8 @@ def _dependency(chunk: list[Point], producer: dict[str, str], previous: dict[tup
 
 
 def _previous_job(previous: dict[tuple[str, str], JobRecord], key: str) -> str | None:
-    record = previous.get(tuple(key.split("/", 1)))
+    stage, _, point_id = key.partition("/")
+    record = previous.get((stage, point_id))
     return record.job_id if record and record.executor == "slurm" else None
 
 

@@ -51,7 +51,7 @@ def git_sha(repo: Path) -> str:
     return f"{sha}+dirty" if dirty else sha
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:
+def atomic_write(path: Path, write: Callable[[Path], object], suffix: str = ".tmp") -> None:
     """Call write(tmp_path) on a temporary file in the same folder, then os.replace it onto `path`: readers see
     the old file or the complete new one, never a partial one. The temporary file is created with mode 0666, which
     the kernel narrows by the umask as for any `open` (mkstemp's 0600 would lock the user's group out of `status`
@@ -217,7 +217,8 @@ class ResultIndex:
         When at least `parallel_from` files must be opened (a first aggregate of a large run), one worker process
         per CPU opens them: opening and reading an HDF5 file is CPU-bound, and h5py serialises threads."""
         known = [self._known(path, point_id) for path, point_id in results]
-        stale = [i for i, (verdict, _) in enumerate(known) if verdict is None]
+        verdicts = {i: entry for i, entry in enumerate(known) if isinstance(entry, ResultCheck)}
+        stale = {i: entry for i, entry in enumerate(known) if not isinstance(entry, ResultCheck)}
         pairs = [results[i] for i in stale]
         workers = min(os.cpu_count() or 1, MAX_WORKERS)
         if len(stale) >= parallel_from and workers > 1:
@@ -229,28 +230,25 @@ class ResultIndex:
                 inspected = list(pool.map(_inspect_pair, pairs, chunksize=max(1, len(pairs) // (4 * workers))))
         else:
             inspected = [_inspect_pair(pair) for pair in pairs]
-        verdicts = [verdict for verdict, _ in known]
-        for i, (verdict, metrics) in zip(stale, inspected, strict=True):
-            key, signature = known[i][1]
+        for (i, (key, signature)), (verdict, metrics) in zip(stale.items(), inspected, strict=True):
             # The metrics are kept too: a later aggregate of an unchanged run opens no result file at all.
             self.entries[key] = [*signature, verdict.state, verdict.reason, metrics]
             self.dirty = True
             verdicts[i] = verdict
-        return verdicts
+        return [verdicts[i] for i in range(len(results))]
 
-    def _known(self, result: Path, point_id: str) -> tuple[ResultCheck | None, tuple[str, list] | None]:
-        """(the remembered verdict, or "missing", or None when the file must be read; its index key and
-        signature)."""
+    def _known(self, result: Path, point_id: str) -> ResultCheck | tuple[str, list[Any]]:
+        """The remembered verdict (or "missing"), else, when the file must be read, its index key and signature."""
         try:
             stat = result.stat()
         except FileNotFoundError:
-            return ResultCheck("missing"), None
+            return ResultCheck("missing")
         key = os.path.relpath(result, self.path.parent)  # relative: a copied run folder keeps its index
         signature = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns, point_id]
         entry = self.entries.get(key)
         if entry and entry[:SIGNATURE_FIELDS] == signature:
-            return ResultCheck(*entry[SIGNATURE_FIELDS:SIGNATURE_FIELDS + 2]), (key, signature)
-        return None, (key, signature)
+            return ResultCheck(*entry[SIGNATURE_FIELDS:SIGNATURE_FIELDS + 2])
+        return key, signature
 
     def metrics(self, result: Path) -> dict[str, Any]:
         """The metrics of a result file that `check` found valid: those it read (now or when the index was

@@ -227,14 +227,15 @@ def query_states(job_ids: list[str], cache: StateCache | None = None) -> tuple[d
     if missing:
         calls += 1
         queue = queued_states(array_ids(missing))
-        for job_id in missing if queue is not None else ():
-            before = states.get(job_id)
-            if job_id in queue:
-                earlier = (*before.earlier, before.state) if before and not before.collapsed else ()
-                queued = queue[job_id]
-                states[job_id] = SlurmState(queued.state, queued.exit_code, queued.reason, queued.nodes, earlier)
-            elif before and before.collapsed:
-                states[job_id] = replace(before, collapsed=False)  # not queued: it did end with its array
+        if queue is not None:  # squeue answered
+            for job_id in missing:
+                before = states.get(job_id)
+                if job_id in queue:
+                    earlier = (*before.earlier, before.state) if before and not before.collapsed else ()
+                    queued = queue[job_id]
+                    states[job_id] = SlurmState(queued.state, queued.exit_code, queued.reason, queued.nodes, earlier)
+                elif before and before.collapsed:
+                    states[job_id] = replace(before, collapsed=False)  # not queued: it did end with its array
     if cache:
         cache.save(states)
     return states, calls

@@ -9,9 +9,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sfhpc.results import RESULT_NAME, ResultCheck, ResultIndex
 from sfhpc.rundir import ERROR_NAME, JobRecord, RunDir, manifest_points, process_identity, tail
+
+if TYPE_CHECKING:
+    from sfhpc.slurm import SlurmState
 
 STATES = ("done", "failed", "running", "pending", "not submitted")
 
@@ -60,7 +64,7 @@ def _error_files(keys: list[tuple[str, str]], folders: dict[tuple[str, str], Pat
     return {key: path for key, path in paths.items() if path.exists()}
 
 
-def scheduler_states(run: RunDir, records: list[JobRecord]) -> dict:
+def scheduler_states(run: RunDir, records: list[JobRecord]) -> dict[str, SlurmState]:
     """SLURM's view of these records' jobs (one sacct call at most), {} when none is a SLURM job."""
     ids = [r.job_id for r in records if r.executor == "slurm" and r.job_id]
     if not ids:
@@ -72,7 +76,7 @@ def scheduler_states(run: RunDir, records: list[JobRecord]) -> dict:
 
 
 def point_status(run: RunDir, stage: str, point_id: str, job: JobRecord | None, result: ResultCheck,
-                 scheduler: dict, error: Path | None) -> PointStatus:
+                 scheduler: dict[str, SlurmState], error: Path | None) -> PointStatus:
     """`error`: the point's error file, when it has one."""
     job_id = job.job_id if job else None
     if result.state == "ok":
@@ -87,7 +91,7 @@ def point_status(run: RunDir, stage: str, point_id: str, job: JobRecord | None, 
     if job.blocked_by:
         return PointStatus(stage, point_id, "not submitted", f"not run: its input {job.blocked_by} has no result")
     if job.executor == "slurm":
-        return _slurm_point_status(run, stage, point_id, job, scheduler.get(job.job_id))
+        return _slurm_point_status(run, stage, point_id, job, scheduler.get(job_id) if job_id else None)
     if job_is_alive(job):
         return PointStatus(stage, point_id, "running" if job.job_id else "pending", job_id=job_id)
     if job.job_id is None:
@@ -96,7 +100,8 @@ def point_status(run: RunDir, stage: str, point_id: str, job: JobRecord | None, 
                        job_id, tail(stderr_log(run, job)))
 
 
-def _slurm_point_status(run: RunDir, stage: str, point_id: str, job: JobRecord, state) -> PointStatus:
+def _slurm_point_status(run: RunDir, stage: str, point_id: str, job: JobRecord, state: SlurmState | None
+                        ) -> PointStatus:
     from sfhpc.slurm import PENDING_STATES, RUNNING_STATES
 
     if state is None:
@@ -111,12 +116,12 @@ def _slurm_point_status(run: RunDir, stage: str, point_id: str, job: JobRecord, 
     return PointStatus(stage, point_id, "failed", reason, job.job_id, tail(stderr_log(run, job)))
 
 
-def job_is_alive(job: JobRecord, scheduler: dict | None = None) -> bool:
+def job_is_alive(job: JobRecord, scheduler: dict[str, SlurmState] | None = None) -> bool:
     """Could this job still produce its point's result? Local jobs: is the very process recorded (or the launcher
     still queueing it) alive; a PID now held by another process is not. SLURM jobs: is the job known and not
     finished."""
     if job.executor == "slurm":
-        state = (scheduler or {}).get(job.job_id)
+        state = (scheduler or {}).get(job.job_id) if job.job_id else None
         return state is not None and not state.terminal
     if job.blocked_by:
         return False

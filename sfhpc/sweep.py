@@ -17,18 +17,14 @@ from pydantic import ValidationError
 
 from sfhpc.config import (
     JOBS_DIR,
-    STAGE_KINDS,
-    AttackParams,
+    Closed,
     ClusterProfile,
     DataConfig,
     JobSpec,
     KeyPath,
     LocatedYaml,
-    PredictorParams,
     Resources,
-    StageKind,
     SweepConfig,
-    TrainParams,
     explain_pydantic_error,
     load_cluster_profile,
     load_job_spec,
@@ -36,6 +32,8 @@ from sfhpc.config import (
     referenced_file,
 )
 from sfhpc.errors import SweepError
+from sfhpc.stages.registry import Registry, registry
+from sfhpc.stages.spec import ParamError, StageSpec
 
 
 @dataclass(frozen=True)
@@ -148,7 +146,7 @@ def sweep_points(sweep: SweepConfig, doc: LocatedYaml, allowed_axes: list[str],
 
 
 def _check_axis_names(sweep: SweepConfig, doc: LocatedYaml, allowed: list[str]) -> None:
-    named = [("grid", k) for k in sweep.grid] + [("zip", k) for k in sweep.zip]
+    named: list[KeyPath] = [("grid", k) for k in sweep.grid] + [("zip", k) for k in sweep.zip]
     named += [("include", i, k) for i, p in enumerate(sweep.include) for k in p]
     named += [("exclude", i, k) for i, p in enumerate(sweep.exclude) for k in p]
     for path in named:
@@ -233,13 +231,24 @@ def _check_no_duplicates(points: list[SweepPoint], doc: LocatedYaml) -> None:
 def expand(sweep: SweepConfig, doc: LocatedYaml, jobs_dir: Path = JOBS_DIR, *, max_points: int | None = None) -> Plan:
     """Expand a validated sweep into every stage's points, in a deterministic order. `max_points` overrides the
     sweep's own `max_points` cap (a CLI flag)."""
+    stages_known = _known_stages(sweep, doc)
     cluster = load_cluster_profile(sweep, doc)  # first: cheap, and checked whatever the executor
-    allowed_axes = sorted({name for stage in sweep.stages for name in STAGE_KINDS[stage].params.model_fields})
+    allowed_axes = sorted({name for stage in sweep.stages for name in stages_known[stage].params.model_fields})
     points = sweep_points(sweep, doc, allowed_axes, max_points)
-    stages = []
-    for name in _stage_order(sweep, doc):
-        stages.append(_expand_stage(name, sweep, doc, points, jobs_dir, stages))
+    stages: list[StagePlan] = []
+    for name in _stage_order(sweep, doc, stages_known):
+        stages.append(_expand_stage(stages_known[name], sweep, doc, points, jobs_dir, stages))
     return Plan(sweep=sweep, source=doc.path, stages=tuple(stages), cluster=cluster)
+
+
+def _known_stages(sweep: SweepConfig, doc: LocatedYaml) -> Registry:
+    """The registry, once every stage the sweep names is in it (a plugin that failed to load says why)."""
+    known = registry()
+    for name in sweep.stages:
+        if name not in known:
+            broken = f"; {known.broken[name]}" if name in known.broken else ""
+            raise doc.error(("stages", name), f"unknown stage; known stages: {', '.join(known.stages)}{broken}")
+    return known
 
 
 def expand_file(path: Path | str, jobs_dir: Path = JOBS_DIR, *, max_points: int | None = None,
@@ -251,40 +260,34 @@ def expand_file(path: Path | str, jobs_dir: Path = JOBS_DIR, *, max_points: int 
     return expand(sweep, doc, jobs_dir, max_points=max_points)
 
 
-def _stage_order(sweep: SweepConfig, doc: LocatedYaml) -> list[str]:
+def _stage_order(sweep: SweepConfig, doc: LocatedYaml, known: Registry) -> list[str]:
     """Stages in an order where every stage follows its upstream stages (which must be in the sweep)."""
     ordered: list[str] = []
     for name in sweep.stages:
-        for upstream in STAGE_KINDS[name].upstream:
+        for upstream in known[name].upstream:
             if upstream not in sweep.stages:
                 raise doc.error(("stages", name), f"stage needs stage {upstream!r}, which the sweep lacks")
     while len(ordered) < len(sweep.stages):
         for name in sweep.stages:
-            if name not in ordered and all(u in ordered for u in _upstream_names(name, sweep)):
+            if name not in ordered and all(u in ordered for u in known[name].upstream_in(sweep.stages)):
                 ordered.append(name)
     return ordered
 
 
-def _upstream_names(name: str, sweep: SweepConfig) -> tuple[str, ...]:
-    """A stage's upstream stages in this sweep: its required ones, and its optional one when the sweep has it."""
-    kind = STAGE_KINDS[name]
-    optional = (kind.optional_upstream,) if kind.optional_upstream in sweep.stages else ()
-    return (*kind.upstream, *optional)
-
-
-def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[SweepPoint],
+def _expand_stage(spec: StageSpec[Any], sweep: SweepConfig, doc: LocatedYaml, points: list[SweepPoint],
                   jobs_dir: Path, done: list[StagePlan]) -> StagePlan:
+    name = spec.name
     stage_cfg = sweep.stages[name]
-    kind = STAGE_KINDS[name]
-    fields = kind.params.model_fields
+    fields = spec.params.model_fields
+    shard_param = spec.shards.index if spec.shards else None
     for key in stage_cfg.params:
         if key not in fields:
             raise doc.error(("stages", name, "params", key), f"unknown parameter; allowed: {', '.join(fields)}")
     job_name = stage_cfg.job or name
     job = _load_job(job_name, doc, name, jobs_dir)
-    if job.entry != f"sfhpc.stages.{name}":  # it would run another stage's code on this stage's points, on the node
+    if job.entry != spec.entry:  # it would run another stage's code on this stage's points, on the node
         raise doc.error(("stages", name, "job"), f"job {job_name!r} runs {job.entry}, not the {name} stage "
-                                                 f"(sfhpc.stages.{name}); give a job file of the {name} stage")
+                                                 f"({spec.entry}); give a job file of the {name} stage")
     if stage_cfg.job and "/" in stage_cfg.job:  # a path: the manifest says which file, wherever the run goes
         job_name = str(referenced_file(job_name, jobs_dir, doc.base_dir))
     resources = _merge_resources(job, stage_cfg.resources, doc, name)
@@ -294,29 +297,29 @@ def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[
     for point in points:
         own = {k: v for k, v in point.values.items() if k in fields}
         for key in own:
-            if key in stage_cfg.params or key == kind.shard_param:
+            if key in stage_cfg.params or key == shard_param:
                 raise doc.error(("stages", name, "params", key) if key in stage_cfg.params else point.origins[key],
                                 f"{key!r} is both a sweep axis and a fixed parameter; keep it in one place"
                                 if key in stage_cfg.params else f"{key!r} is set by sfhpc for each shard")
         cache_key = json.dumps(own, sort_keys=True, default=str)
         if cache_key not in validated:
-            params = _validate_params(kind.params, {**stage_cfg.params, **own}, point, doc, name, sweep.data, job)
-            validated[cache_key] = _shards(params, kind.shard_param, job)
+            params = _validate_params(spec, {**stage_cfg.params, **own}, point, doc, sweep.data, job)
+            validated[cache_key] = _shards(spec, params, job)
         projected.append(validated[cache_key])
 
     # Every sweep axis of the stage (and of its upstream stages) is in its ids, varying or not, so that adding a
     # value to an axis keeps the ids (and results) of the points that were already there.
-    upstreams = _upstreams(done, _upstream_names(name, sweep))
+    upstreams = _upstreams(done, spec.upstream_in(sweep.stages))
     inherited = {axis for up in upstreams for axis in up.axes}
     axes = tuple(k for k in _axis_order(points) if k in fields or k in inherited)
-    shown = (*axes, kind.shard_param) if kind.shard_param else axes
+    shown = (*axes, shard_param) if shard_param else axes
     data = _non_defaults(sweep.data.model_dump(mode="json"), DataConfig())
-    defaults = kind.params.model_construct()  # the defaults, without the fields a sweep must give
+    defaults = spec.params.model_construct()  # the defaults, without the fields a sweep must give
     points_of = {up.name: {p.id: p for p in up.points} for up in upstreams}
     stage_points: dict[str, Point] = {}
     by_sweep_index: list[tuple[str, ...]] = []
     for index, shards in enumerate(projected):
-        needed = _needed_upstreams(kind, upstreams, shards[0], points[index], doc, name)
+        needed = _needed_upstreams(spec, upstreams, shards[0], points[index], doc)
         upstream = tuple(f"{up.name}/{pid}" for up in needed for pid in up.by_sweep_index[index])
         parents = [points_of[key.split("/")[0]][key.split("/", 1)[1]] for key in upstream]
         ids = []
@@ -324,7 +327,7 @@ def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[
             # An axis of an upstream stage this point does not need (an unguided model's ROI) is None.
             labels = {a: params[a] if a in fields else next((p.labels[a] for p in parents if a in p.labels), None)
                       for a in shown}
-            identity = {"params": _non_defaults(params, defaults), "data": data}
+            identity: dict[str, Any] = {"params": _non_defaults(params, defaults), "data": data}
             if upstream:  # a downstream point is a function of the points it reads
                 identity["upstream"] = list(upstream)
             pid = point_id(name, labels, shown, identity)
@@ -335,30 +338,26 @@ def _expand_stage(name: str, sweep: SweepConfig, doc: LocatedYaml, points: list[
                      tuple(by_sweep_index), job.shards, job.expected_minutes)
 
 
-def _needed_upstreams(kind: StageKind, upstreams: list[StagePlan], params: dict[str, Any], point: SweepPoint,
-                      doc: LocatedYaml, stage: str) -> list[StagePlan]:
+def _needed_upstreams(spec: StageSpec[Any], upstreams: list[StagePlan], params: dict[str, Any], point: SweepPoint,
+                      doc: LocatedYaml) -> list[StagePlan]:
     """The upstream stages one point reads: all of them, except an optional one its parameters do not need (an
     unguided train point needs no predictor, so it expands once, not once per subject and ROI)."""
-    if kind.optional_upstream is None:
+    optional = spec.optional_upstream
+    if optional is None:
         return upstreams
-    needs = kind.needs_optional(params)
-    if needs and not any(up.name == kind.optional_upstream for up in upstreams):
-        key = kind.optional_when
-        where = point.origins.get(key) or ("stages", stage, "params", key)
-        raise doc.error(where, f"{key} > 0 needs the {kind.optional_upstream!r} stage (the neural predictor "
-                               f"supplies the targets); add it under `stages`")
-    return [up for up in upstreams if needs or up.name != kind.optional_upstream]
+    needs = spec.needs_optional(params)
+    if needs and not any(up.name == optional.stage for up in upstreams):
+        where = point.origins.get(optional.when) or ("stages", spec.name, "params", optional.when)
+        raise doc.error(where, f"{optional.when} > 0 needs the {optional.stage!r} stage ({optional.why}); add it "
+                               "under `stages`")
+    return [up for up in upstreams if needs or up.name != optional.stage]
 
 
-def _shards(params: dict[str, Any], shard_param: str | None, job: JobSpec) -> list[dict[str, Any]]:
+def _shards(spec: StageSpec[Any], params: dict[str, Any], job: JobSpec) -> list[dict[str, Any]]:
     """A sharded stage's point becomes one point per shard; any other stage's stays one point."""
-    if shard_param is None:
+    if spec.shards is None:
         return [params]
-    return [{**params, shard_param: shard} for shard in range(n_shards(params, job))]
-
-
-def n_shards(params: dict[str, Any], job: JobSpec) -> int:
-    return params.get("attack_shards") or job.shards
+    return [{**params, spec.shards.index: shard} for shard in range(spec.n_shards(params, job))]
 
 
 def _upstreams(done: list[StagePlan], names: tuple[str, ...]) -> list[StagePlan]:
@@ -386,59 +385,26 @@ def _merge_resources(job: JobSpec, overrides: dict[str, Any], doc: LocatedYaml, 
         raise doc.error(("stages", stage, "resources", *first["loc"]), explain_pydantic_error(first)) from None
 
 
-def _validate_params(model, values: dict[str, Any], point: SweepPoint, doc: LocatedYaml, stage: str,
+def _validate_params(spec: StageSpec[Any], values: dict[str, Any], point: SweepPoint, doc: LocatedYaml,
                      data: DataConfig, job: JobSpec) -> dict[str, Any]:
+    """One point's parameters, validated by the stage's model and passed through its expand-time check; errors
+    are located at the parameter's line (its sweep axis, or its fixed value)."""
     try:
-        params = model.model_validate(values)
+        params: Closed = spec.params.model_validate(values)
     except ValidationError as err:
         first = err.errors()[0]
-        key = first["loc"][0] if first["loc"] else None
-        where = point.origins.get(key) or ("stages", stage, "params", *first["loc"])
+        param = first["loc"][0] if first["loc"] else None
+        origin = point.origins.get(param) if isinstance(param, str) else None
+        where = origin or ("stages", spec.name, "params", *first["loc"])
         raise doc.error(where, explain_pydantic_error(first)) from None
-    check = {TrainParams: _check_band_fits_data, AttackParams: _check_attack_settings,
-             PredictorParams: _check_neural_data}.get(type(params))
-    if check:
+    if spec.check is not None:
         try:
-            check(params, data, job)
+            spec.check(params, data, job)
         except ValueError as err:
-            default = {TrainParams: "band", AttackParams: "attack_eps", PredictorParams: "roi"}[type(params)]
-            key = getattr(err, "key", None) or default
-            raise doc.error(point.origins.get(key) or ("stages", stage, "params", key), str(err)) from None
+            key = err.key if isinstance(err, ParamError) else spec.check_key
+            origin = point.origins.get(key) if key else None
+            raise doc.error(origin or ("stages", spec.name, "params", *((key,) if key else ())), str(err)) from None
     return params.model_dump(mode="json")
-
-
-class _ParamError(ValueError):
-    """A failed check that names the parameter at fault, so that the error points at that parameter's line."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
-
-
-def _check_band_fits_data(params: TrainParams, data: DataConfig, job: JobSpec) -> None:
-    from sfhpc.models.bands import BandParams, check_band_fits  # numpy only
-
-    band_params = BandParams(params.lsf_sigma_px224, params.human_mu, params.human_s, params.human_floor)
-    check_band_fits(params.band, data.image_size, band_params)
-
-
-def _check_neural_data(params: PredictorParams, data: DataConfig, job: JobSpec) -> None:
-    """The subject's neural data has the ROI: settings of the simulated brain, or a prepared NSD file's ROIs."""
-    from sfhpc.data.neural import NeuralSubjectMismatch, check_neural  # h5py attributes only
-
-    try:
-        check_neural(data.neural, [params.subject], [params.roi])
-    except NeuralSubjectMismatch as err:
-        raise _ParamError("subject", str(err)) from None
-
-
-def _check_attack_settings(params: AttackParams, data: DataConfig, job: JobSpec) -> None:
-    """What AutoAttack would reject, found at expand time rather than on a node hours later."""
-    from sfhpc.evaluation.attack import validate_attack_settings  # torch-free
-
-    images = min(params.attack_images or data.n_test, data.n_test)
-    validate_attack_settings(params.attack_version, params.attack_names, list(params.attack_eps),
-                             params.epsilons(), n_shards(params.model_dump(), job), images)
 
 
 def _non_defaults(values: dict[str, Any], defaults: Any) -> dict[str, Any]:

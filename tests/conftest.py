@@ -71,3 +71,18 @@ def located_error(write_sweep, text: str, line: int | None, key: str, words: lis
     for word in words:
         assert word in err.message, str(err)
     return err
+
+
+def point_config(stage: str, params: dict, data: dict, **fields) -> dict:
+    """A point's config (sfhpc.job.PointConfig) as its job receives it, for running one point of a built-in stage
+    with sfhpc.job.run_point: point id `p`, git sha `test`, one CPU thread; `fields` add or override keys (run_dir,
+    upstream, point_id)."""
+    return {"stage": stage, "point_id": "p", "params": params, "data": data,
+            "job": {"entry": f"sfhpc.stages.{stage}", "shards": 1}, "git_sha": "test", "threads": 1, **fields}
+
+
+
+def toy_config(point_id: str, **params) -> dict:
+    """The config of a point of a toy stage: a module toy_stage, which a test writes into its working folder (where the
+    job imports it from), holding the stage's SPEC (entry toy_stage, runner toy_stage:run) and `run(point)`."""
+    return {"stage": "toy", "point_id": point_id, "params": params, "data": {}, "job": {"entry": "toy_stage"}}

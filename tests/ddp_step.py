@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
+import sfhpc.stages.train.run as train
 from sfhpc import distributed
-from sfhpc.config import TrainParams
-from sfhpc.stages import train
+from sfhpc.stages.common import build_model, load_predictor
+from sfhpc.stages.train import TrainParams
 
 
 def free_port() -> int:
@@ -32,12 +33,10 @@ def one_step(rank: int, world: int, port: int, out: Path, predictor_run_dir: Pat
     device = distributed.setup(env)
     guide = None
     if predictor_run_dir is not None:
-        from sfhpc.stages.predictor import load_predictor
-
         guide = train.NeuralGuide(load_predictor(predictor_run_dir, "predictor/p"), alpha=0.5)
     params = TrainParams(width=4, band="none", batch_size=8, seed=1)
     torch.manual_seed(params.seed)
-    model = train.build_model(params, 4, 32, guide.n_outputs if guide else None)
+    model = build_model(params, 4, 32, guide.n_outputs if guide else None)
     model.eval()  # frozen BatchNorm statistics: on CPUs each rank would normalise its own share (no SyncBN)
     wrapped = train._wrap_ddp(model, env, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from sfhpc.cli import app
 from sfhpc.config import SweepError
-from sfhpc.report import merge_attack_shards
+from sfhpc.stages.attack.report import merge_attack_shards
 from sfhpc.sweep import expand_file
 
 runner = CliRunner()

@@ -188,7 +188,7 @@ def test_importing_cbm_does_not_import_torch():
 
 
 def test_masking_criterion_is_fixed_or_midway_to_chance():
-    from sfhpc.stages.cbm import masking_criterion
+    from sfhpc.stages.cbm.run import masking_criterion
 
     assert masking_criterion(0.5, 0.9, 16) == 0.5
     assert masking_criterion("midpoint", 0.625, 8) == pytest.approx((0.125 + 0.625) / 2)
@@ -197,7 +197,7 @@ def test_masking_criterion_is_fixed_or_midway_to_chance():
 def test_criterion_must_be_an_accuracy_or_midpoint():
     from pydantic import ValidationError
 
-    from sfhpc.config import CbmParams
+    from sfhpc.stages.cbm import CbmParams
 
     assert CbmParams(cbm_criterion="midpoint").cbm_criterion == "midpoint"
     with pytest.raises(ValidationError, match="between 0 and 1"):
@@ -209,7 +209,7 @@ def test_criterion_must_be_an_accuracy_or_midpoint():
 def test_a_model_at_chance_on_the_stimulus_gets_no_channel():
     from scipy.stats import binomtest
 
-    from sfhpc.stages.cbm import READS_STIMULUS_P, stimulus_p_value
+    from sfhpc.stages.cbm.run import READS_STIMULUS_P, stimulus_p_value
 
     # The quickstart's unsteered models after 3 epochs: 29 of 200 right with 8 classes is chance; 79 is not.
     for correct in (29, 40, 79):

@@ -14,9 +14,14 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
 
-from sfhpc.config import PredictorParams, TrainParams
-from sfhpc.stages import predictor, train
+import sfhpc.stages.predictor.run as predictor
+import sfhpc.stages.train.run as train
+from sfhpc.job import run_point
+from sfhpc.stages.common import build_model, load_predictor, load_trained
+from sfhpc.stages.predictor import PredictorParams
+from sfhpc.stages.train import TrainParams
 
+from conftest import point_config
 from ddp_step import free_port, one_step
 
 DATA = {"kind": "synthetic", "image_size": 32, "n_classes": 4, "n_train": 64, "n_val": 32, "n_test": 32, "seed": 0,
@@ -30,15 +35,14 @@ def run_predictor(run_dir: Path, **overrides) -> Path:
     """A finished predictor point `predictor/p` in run_dir, as the local executor leaves it."""
     point_dir = run_dir / "predictor" / "p"
     point_dir.mkdir(parents=True, exist_ok=True)
-    config = {"point_id": "p", "params": {**PREDICTOR, **overrides}, "data": DATA, "git_sha": "test", "threads": 1,
-              "run_dir": str(run_dir), "upstream": []}
+    config = point_config("predictor", {**PREDICTOR, **overrides}, DATA, run_dir=str(run_dir), upstream=[])
     (point_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    return predictor.run(config, point_dir)
+    return run_point(config, point_dir)
 
 
 def guided_config(run_dir: Path, **overrides) -> dict:
-    return {"point_id": "g", "params": {**TRAIN, **overrides}, "data": DATA, "git_sha": "test", "threads": 1,
-            "run_dir": str(run_dir), "upstream": ["predictor/p"]}
+    return point_config("train", {**TRAIN, **overrides}, DATA, point_id="g", run_dir=str(run_dir),
+                        upstream=["predictor/p"])
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +77,8 @@ def test_controls_shuffle_targets_or_skip_training(tmp_path: Path):
 
 
 def test_cotraining_loss_is_the_weighted_sum(run_dir: Path):
-    guide = train.NeuralGuide(predictor.load_predictor(run_dir, "predictor/p"), alpha=0.9)
-    model = train.build_model(TrainParams(**TRAIN), 4, 32, guide.n_outputs).eval()
+    guide = train.NeuralGuide(load_predictor(run_dir, "predictor/p"), alpha=0.9)
+    model = build_model(TrainParams(**TRAIN), 4, 32, guide.n_outputs).eval()
     images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
     logits, neural = model(images, with_neural=True)
@@ -84,21 +88,21 @@ def test_cotraining_loss_is_the_weighted_sum(run_dir: Path):
 
 
 def test_guided_training_resumes_exactly(run_dir: Path):
-    straight = train.run(guided_config(run_dir, epochs=2), run_dir / "train" / "straight")
-    train.run(guided_config(run_dir, epochs=1), run_dir / "train" / "resumed")
-    resumed = train.run(guided_config(run_dir, epochs=2), run_dir / "train" / "resumed")
+    straight = run_point(guided_config(run_dir, epochs=2), run_dir / "train" / "straight")
+    run_point(guided_config(run_dir, epochs=1), run_dir / "train" / "resumed")
+    resumed = run_point(guided_config(run_dir, epochs=2), run_dir / "train" / "resumed")
     with h5py.File(straight) as a, h5py.File(resumed) as b:
         assert b["curves/attempt"][()].tolist() == [0, 1]
         assert np.allclose(a["curves/train_loss"][()], b["curves/train_loss"][()], rtol=1e-5)
         assert np.isfinite(a["metrics/neural_fit_r"][()])
     (run_dir / "train" / "straight" / "config.yaml").write_text(yaml.safe_dump(guided_config(run_dir, epochs=2)))
-    model, _ = train.load_trained(run_dir, "train/straight")
+    model, _ = load_trained(run_dir, "train/straight")
     assert model.neural_head is not None  # the saved guided model loads with its neural head
 
 
 def test_unguided_training_needs_no_predictor(tmp_path: Path):
     config = {**guided_config(tmp_path, epochs=1, alpha=0.0), "upstream": []}
-    found = metrics(train.run(config, tmp_path / "train" / "u"))
+    found = metrics(run_point(config, tmp_path / "train" / "u"))
     assert np.isnan(found["neural_fit_r"])
 
 

@@ -8,23 +8,35 @@ from pathlib import Path
 import pytest
 
 from sfhpc.forkpool import ForkedJob, ForkPool
-from sfhpc.launch import PointJob
+from sfhpc.job import PointJob
+
+from conftest import toy_config
 
 # A stage module for these tests (the pool imports it from the working directory, like `python -m` does).
 STAGE = '''\
 import os, sys, time
 
+from sfhpc.config import Closed
+from sfhpc.stages.spec import StageSpec
 
-def run(config, point_dir):
+
+class ToyParams(Closed):
+    action: str
+
+
+SPEC = StageSpec(name="toy", entry="toy_stage", params=ToyParams, runner="toy_stage:run")
+
+
+def run(point):
     print("hello from", os.getpid())
-    if config["action"] == "abort":
+    if point.params.action == "abort":
         os.abort()
-    if config["action"] == "sleep":
+    if point.params.action == "sleep":
         time.sleep(600)
-    if config["action"] == "raise":
+    if point.params.action == "raise":
         raise ValueError("this point's input is bad")
-    (point_dir / "result.txt").write_text(str(os.getpid()))
-    return point_dir / "result.txt"
+    (point.dir / "result.txt").write_text(str(os.getpid()))
+    return point.dir / "result.txt"
 '''
 
 
@@ -39,7 +51,7 @@ def pool(tmp_path: Path, monkeypatch):
 
 def start(pool: ForkPool, run_dir: Path, point: str, action: str, timeout_min: float = 10) -> ForkedJob:
     (run_dir / "toy" / point).mkdir(parents=True, exist_ok=True)
-    return pool.submit(PointJob(str(run_dir), "toy", "toy_stage", point, {"action": action}), timeout_min)
+    return pool.submit(PointJob(str(run_dir), "toy", "toy_stage", point, toy_config(point, action=action)), timeout_min)
 
 
 def wait(*jobs: ForkedJob) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sfhpc.config import NeuralConfig
+from sfhpc.data import neural_file
 from sfhpc.data.neural import (
     SCHEMA_VERSION,
     NeuralDataError,
@@ -19,7 +20,6 @@ from sfhpc.data.neural import (
     RoiTrials,
     TrialDesign,
     check_neural,
-    neural_file,
     noise_ceiling,
     open_neural,
     write_canonical,

@@ -17,21 +17,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sfhpc.report import (
-    CBM_FIGURE,
-    NO_BASELINE,
-    ROBUST_FIGURE,
-    TEST_NAME,
-    accuracy_auc,
-    baselines,
-    build_report,
-    headline_rows,
-    merge_attack_shards,
-    write_report,
-)
+from sfhpc.report import baselines, build_report, headline_rows, write_report
+from sfhpc.report.stats import TEST_NAME, no_baseline_test
 from sfhpc.results import Provenance, now_iso, write_result
 from sfhpc.rundir import RunDir
+from sfhpc.stages.attack.report import ROBUST_FIGURE, accuracy_auc, merge_attack_shards
+from sfhpc.stages.cbm.report import CBM_FIGURE
+from sfhpc.stages.rsa import noise_ceiling_metric, rho_metric
+from sfhpc.stages.rsa.report import RSA_FIGURE
+from sfhpc.stages.train.report import REPORT as TRAIN_REPORT
 from sfhpc.sweep import Plan, expand_file
+
+NO_BASELINE = no_baseline_test(TRAIN_REPORT.baseline)
 
 SWEEP = """\
 name: reported
@@ -339,13 +336,110 @@ def test_a_sweep_without_a_train_stage_has_a_report_without_conditions(tmp_path:
     assert files.report.rows == [] and files.figures == []
     assert "0 trained models" in text and "## Accuracy" not in text
     assert len(files.report.problems) == 1  # the predictor without a result
+    assert files.conditions_csv.read_text().splitlines() == [CONDITIONS_HEADER]
+    for stage in ("attack", "cbm", "rsa"):
+        assert f"the `{stage}` stage provides its data, and this sweep has no such stage" in text
+    assert headline_rows(files.report) == (["condition", "n"], [])
+
+
+CONDITIONS_HEADER = "condition,metric,n,mean,sem,baseline,baseline_mean,pairs,delta,p_value,test"
+WITHOUT_ATTACK = """\
+name: noattack
+executor: local
+data: {image_size: 32, n_classes: 4, n_train: 64, n_val: 16, n_test: 8}
+grid:
+  band: [none, lsf]
+  seed: [0, 1, 2]
+stages:
+  train:
+    params: {width: 4, epochs: 1}
+  cbm:
+    params: {cbm_images: 8}
+"""
+
+
+def metrics_in(files) -> list[str]:
+    return list(dict.fromkeys(line["metric"] for line in csv.DictReader(io.StringIO(files.conditions_csv.read_text()))))
+
+
+def test_a_sweep_without_an_attack_stage_reports_the_rest(tmp_path: Path):
+    run, plan = make_run(tmp_path, WITHOUT_ATTACK)
+    write_train(run, plan, TEST_ACCURACY)
+    write_cbm(run, plan)
+    files = write_report(run)
+    text = files.report_md.read_text()
+    assert metrics_in(files) == ["test_accuracy", "bandwidth_octaves", "centre_cpi", "peak_sensitivity",
+                                 "clean_grayscale_accuracy"]
+    assert "## Accuracy and robust accuracy" in text and "## CBM channel" in text and "## Area under" not in text
+    assert "AutoAttack" not in text  # the attack stage's caption comes with its numbers only
+    assert "No figure figures/robust_accuracy.png: the `attack` stage provides its data, and this sweep has no such " \
+           "stage" in text
+    assert "No figure figures/rsa_per_roi.png: the `rsa` stage provides its data, and this sweep has no such " \
+           "stage" in text
+    assert [p.name for p in files.figures] == [CBM_FIGURE] and f"](figures/{CBM_FIGURE})" in text
+    header, rows = headline_rows(files.report)
+    assert header == ["condition", "n", "clean acc", "CBM bandwidth (octaves)", "CBM centre (c/img)"]
+    assert rows[1][:4] == ["band=lsf", "3", f"{np.mean(TEST_ACCURACY['lsf']):.3f} ± "
+                           f"{stats.sem(TEST_ACCURACY['lsf']):.3f}", "3.20 ± 0.20"]
+    assert [p["state"] for p in files.report.problems] == ["corrupt"]  # CORRUPT_CBM
+
+
+WITH_RSA = """\
+name: withrsa
+executor: local
+data: {image_size: 32, n_classes: 4, n_train: 64, n_val: 16, n_test: 8, neural: {n_images: 40, n_shared: 10}}
+grid:
+  band: [none, lsf]
+  seed: [0, 1]
+stages:
+  train:
+    params: {width: 4, epochs: 1}
+  rsa:
+    params: {rsa_permutations: 0}
+"""
+RHO = {"none": [0.10, 0.20], "lsf": [0.30, 0.50]}  # pooled layer, V1; TO is half of it, the neural head a third
+CEILING = {"V1": 40.0, "TO": 20.0}
+
+
+def write_rsa(run: RunDir, plan: Plan) -> None:
+    for band, per_seed in RHO.items():
+        for seed, rho in enumerate(per_seed):
+            (point,) = points(plan, "rsa", band, seed)
+            metrics = {"n_subjects": 1, "n_images": 10}
+            for roi, scale in (("V1", 1.0), ("TO", 0.5)):
+                metrics |= {rho_metric("pooled", roi): rho * scale, rho_metric("neural_head", roi): rho * scale / 3,
+                            noise_ceiling_metric(roi): CEILING[roi]}
+            write_point(run, "rsa", point.id, metrics, {}, {"upstream": point.upstream[0]})
+
+
+def test_a_sweep_with_train_and_rsa_only_reports_rho_per_roi(tmp_path: Path):
+    run, plan = make_run(tmp_path, WITH_RSA)
+    write_train(run, plan, {band: values[:2] for band, values in TEST_ACCURACY.items()})
+    write_rsa(run, plan)
+    files = write_report(run)
+    text = files.report_md.read_text()
+    assert metrics_in(files) == ["test_accuracy", "rsa_rho_pooled_V1", "rsa_rho_pooled_TO", "rsa_rho_neural_head_V1",
+                                 "rsa_rho_neural_head_TO"]
+    assert "## Similarity to human neural geometry (RSA)" in text and "## CBM channel" not in text
+    assert "| RSA ρ V1, pooled layer (noise ceiling 40.0%) | band=none | 2 | 0.150 ± 0.050 | baseline |  |" in text
+    assert "RSA ρ TO, neural head (noise ceiling 20.0%)" in text
+    lsf = rows_of(files)[("band=lsf", "rsa_rho_pooled_V1")]
+    assert lsf.pairs == 2 and lsf.delta == pytest.approx(0.25) and lsf.p_value == pytest.approx(
+        stats.ttest_rel(RHO["lsf"], RHO["none"]).pvalue)
+    assert [p.name for p in files.figures] == [RSA_FIGURE] and f"](figures/{RSA_FIGURE})" in text
+    for stage in ("attack", "cbm"):
+        assert f"the `{stage}` stage provides its data, and this sweep has no such stage" in text
+    header, rows = headline_rows(files.report)
+    assert header == ["condition", "n", "clean acc", "RSA ρ V1", "RSA ρ TO"]
+    assert rows[0][3:] == ["0.150 ± 0.050", "0.075 ± 0.025"]
+    assert files.report.problems == [] and "None: every planned point has a valid result." in text
 
 
 def test_each_value_of_another_axis_has_its_own_baseline(tmp_path: Path):
     grid = "  band: [none, lsf]\n  lr: [0.1, 0.05]\n  seed: [0, 1]"
     run, plan = make_run(tmp_path, TRAIN_ONLY.format(name="lrs", grid=grid))
     report = build_report(run)
-    assert baselines(report.models) == {"band=none, lr=0.1": "band=none, lr=0.1",
+    assert baselines(report.models, report.baseline) == {"band=none, lr=0.1": "band=none, lr=0.1",
                                         "band=none, lr=0.05": "band=none, lr=0.05",
                                         "band=lsf, lr=0.1": "band=none, lr=0.1",
                                         "band=lsf, lr=0.05": "band=none, lr=0.05"}

@@ -18,11 +18,14 @@ from sfhpc.cli import app
 from sfhpc.control import cancel_run, resubmit_run
 from sfhpc.errors import RunError
 from sfhpc.forkpool import ForkPool
-from sfhpc.launch import PointJob, launch
+from sfhpc.job import PointJob
+from sfhpc.launch import launch
 from sfhpc.results import Provenance, now_iso, write_result
 from sfhpc.rundir import JobRecord, RunDir, SetAside, process_identity
 from sfhpc.status import run_status
 from sfhpc.sweep import expand_file
+
+from conftest import toy_config
 
 runner = CliRunner()
 SFHPC = Path(sys.executable).parent / "sfhpc"
@@ -100,11 +103,11 @@ def test_a_forced_local_rerun_that_fails_keeps_the_earlier_results(awkward_dir: 
     run = awkward_dir / "runs" / "forcefail"
     before = finished_run(sweep, run)
 
-    def broken(config, point_dir):
-        assert not (point_dir / "result.h5").exists() and not (point_dir / "checkpoint.pt").exists()
+    def broken(point):
+        assert not (point.dir / "result.h5").exists() and not (point.dir / "checkpoint.pt").exists()
         raise RuntimeError("this rerun breaks")
 
-    monkeypatch.setattr("sfhpc.stages.train.run", broken)
+    monkeypatch.setattr("sfhpc.stages.train.run.run", broken)
     report = launch(expand_file(sweep), executor="debug", output=run, force=True)
     assert set(report.finished["train"].values()) == {"failed"}
     assert sorted(report.restored["train"]) == sorted(report.to_run["train"])
@@ -118,13 +121,10 @@ def test_a_forced_local_rerun_that_succeeds_replaces_the_results(awkward_dir: Pa
     run = awkward_dir / "runs" / "forceok"
     before = finished_run(sweep, run)
 
-    def fine(config, point_dir):
-        path = point_dir / "result.h5"
-        write_result(path, stage="train", point_id=config["point_id"], config=config,
-                     provenance=Provenance("test", now_iso(), now_iso()), metrics={"test_accuracy": 0.9}, curves={})
-        return path
+    def fine(point):
+        return point.write_result(metrics={"test_accuracy": 0.9}, curves={})
 
-    monkeypatch.setattr("sfhpc.stages.train.run", fine)
+    monkeypatch.setattr("sfhpc.stages.train.run.run", fine)
     report = launch(expand_file(sweep), executor="debug", output=run, force=True)
     assert set(report.finished["train"].values()) == {"done"} and not report.restored
     after = kept_files(run)
@@ -241,7 +241,23 @@ def test_a_pid_now_held_by_another_process_is_never_signalled_nor_running(tmp_pa
     sfhpc("status", run.path, "--watch", "1", code=1)  # nothing running: --watch ends at once
 
 
-TOY_STAGE = "import time\n\ndef run(config, point_dir):\n    time.sleep(600)\n"
+TOY_STAGE = """\
+import time
+
+from sfhpc.config import Closed
+from sfhpc.stages.spec import StageSpec
+
+
+class ToyParams(Closed):
+    pass
+
+
+SPEC = StageSpec(name="toy", entry="toy_stage", params=ToyParams, runner="toy_stage:run")
+
+
+def run(point):
+    time.sleep(600)
+"""
 
 
 def test_cancel_stops_a_real_local_point_and_every_recorded_job(tmp_path: Path, monkeypatch, stray):
@@ -252,9 +268,9 @@ def test_cancel_stops_a_real_local_point_and_every_recorded_job(tmp_path: Path, 
         (tmp_path / "run" / "toy" / point).mkdir(parents=True)
     pool = ForkPool(tmp_path / "run" / "logs", ["toy_stage"])
     try:
-        first, second = (pool.submit(PointJob(str(run.path), "toy", "toy_stage", point, {}), 10)
+        first, second = (pool.submit(PointJob(str(run.path), "toy", "toy_stage", point, toy_config(point)), 10)
                          for point in ("a", "a"))
-        other = pool.submit(PointJob(str(run.path), "toy", "toy_stage", "b", {}), 10)
+        other = pool.submit(PointJob(str(run.path), "toy", "toy_stage", "b", toy_config("b")), 10)
         # Point a was launched twice (the race a lock now prevents): its older job is alive too, and b's latest
         # record is a stray PID.
         run.record_jobs([local_record("a", int(job.job_id), job.process, "toy") for job in (first, second)]

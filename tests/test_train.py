@@ -11,9 +11,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import sfhpc.stages.train.run as train
 from sfhpc import distributed
-from sfhpc.stages import train
+from sfhpc.job import run_point
 
+from conftest import point_config
 from ddp_step import free_port, one_step
 
 DATA = {"kind": "synthetic", "image_size": 32, "n_classes": 4, "n_train": 64, "n_val": 32, "n_test": 32, "seed": 0}
@@ -21,7 +23,7 @@ PARAMS = {"band": "lsf", "width": 4, "batch_size": 16, "lr": 0.05, "lr_step": 1,
 
 
 def config(**overrides) -> dict:
-    return {"point_id": "p", "params": {**PARAMS, **overrides}, "data": DATA, "git_sha": "test", "threads": 1}
+    return point_config("train", {**PARAMS, **overrides}, DATA)
 
 
 def curves(result: Path) -> dict:
@@ -30,9 +32,9 @@ def curves(result: Path) -> dict:
 
 
 def test_resumed_training_equals_uninterrupted_training(tmp_path: Path):
-    straight = curves(train.run(config(epochs=2), tmp_path / "straight"))
-    train.run(config(epochs=1), tmp_path / "resumed")  # an attempt that stops after one epoch
-    resumed = curves(train.run(config(epochs=2), tmp_path / "resumed"))
+    straight = curves(run_point(config(epochs=2), tmp_path / "straight"))
+    run_point(config(epochs=1), tmp_path / "resumed")  # an attempt that stops after one epoch
+    resumed = curves(run_point(config(epochs=2), tmp_path / "resumed"))
 
     assert resumed["attempt"] == [0, 1]  # the second attempt trained only the second epoch
     assert straight["attempt"] == [0, 0]
@@ -45,7 +47,7 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path: Path):
 
 
 def test_result_records_config_and_provenance(tmp_path: Path):
-    result = train.run(config(epochs=1), tmp_path)
+    result = run_point(config(epochs=1), tmp_path)
     with h5py.File(result) as f:
         attrs = dict(f.attrs)
         assert 0.0 <= f["metrics/test_accuracy"][()] <= 1.0
@@ -55,10 +57,10 @@ def test_result_records_config_and_provenance(tmp_path: Path):
 
 
 def test_checkpoint_of_other_settings_is_refused(tmp_path: Path):
-    train.run(config(epochs=1), tmp_path)
+    run_point(config(epochs=1), tmp_path)
     (tmp_path / "result.h5").unlink()
     with pytest.raises(RuntimeError, match="made for other settings"):
-        train.run(config(epochs=1, lr=0.01), tmp_path)
+        run_point(config(epochs=1, lr=0.01), tmp_path)
 
 
 def test_batch_split_must_divide():

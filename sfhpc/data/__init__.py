@@ -1,42 +1,23 @@
 """Datasets. `synthetic` is the embedded default, `imagefolder` reads an ImageNet-style class subset; every loader
-returns a :class:`Dataset`: train/val/test splits of uint8 images (N, 3, H, W) with int64 labels."""
+returns a :class:`Dataset`: train/val/test splits of uint8 images (N, 3, H, W) with int64 labels (`load_dataset`).
+The fMRI responses that guide training are one canonical file per subject (`neural_file`), simulated or NSD's."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sfhpc.data.dataset import SPLITS, Dataset, Split
+
 if TYPE_CHECKING:
-    import numpy as np
+    from sfhpc.config import DataConfig, NeuralConfig
+    from sfhpc.data.synthetic import SyntheticDataset, SyntheticSpec
 
-    from sfhpc.config import DataConfig
-    from sfhpc.data.synthetic import SyntheticDataset
-
-SPLITS = ("train", "val", "test")
 # DataConfig's keys that only the imagefolder loader reads: left out of the synthetic cache's name, which therefore
 # stays what it was before they existed.
 IMAGEFOLDER_KEYS = frozenset({"root", "classes_file", "max_per_class"})
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split: ``images`` uint8 (N, 3, H, W) in [0, 255]; ``labels`` int64 (N,)."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """What every loader returns: the three splits and the names of the classes in label order."""
-
-    class_names: tuple[str, ...]
-    train: Split
-    val: Split
-    test: Split
 
 
 def load_dataset(config: DataConfig, cache_dir: Path | None = None) -> Dataset:
@@ -45,10 +26,25 @@ def load_dataset(config: DataConfig, cache_dir: Path | None = None) -> Dataset:
     if config.kind == "imagefolder":
         from sfhpc.data.imagefolder import ImageFolderSpec, load_imagefolder
 
+        assert config.root is not None and config.classes_file is not None  # DataConfig requires both for the kind
         spec = ImageFolderSpec(Path(config.root), Path(config.classes_file), config.image_size,
                                config.max_per_class, config.seed)
         return load_imagefolder(spec, cache_dir)
     return _load_synthetic(config, cache_dir)
+
+
+def neural_file(config: NeuralConfig, subject: str, cache_dir: Path, image_size: int) -> Path:
+    """The canonical neural-data file (sfhpc.data.neural) of `subject` that a sweep's `data.neural` section names.
+    Simulated: cache_dir/neural/<subject>-<digest>.h5, generated when absent (sfhpc.data.simulated_nsd). NSD:
+    <config.dir>/<subject>.h5, which must exist and hold that subject (checked again here: the file may have changed
+    since `sweep expand`)."""
+    if config.kind == "nsd":
+        from sfhpc.data.neural import checked_nsd_file
+
+        return checked_nsd_file(config, subject)
+    from sfhpc.data.simulated_nsd import simulated_subject_file
+
+    return simulated_subject_file(config, subject, cache_dir, image_size)
 
 
 def _load_synthetic(config: DataConfig, cache_dir: Path | None) -> SyntheticDataset:
@@ -69,7 +65,7 @@ def _load_synthetic(config: DataConfig, cache_dir: Path | None) -> SyntheticData
     return dataset
 
 
-def _read_cache(path: Path, spec) -> SyntheticDataset | None:
+def _read_cache(path: Path, spec: SyntheticSpec) -> SyntheticDataset | None:
     import numpy as np
 
     from sfhpc.data.synthetic import SyntheticDataset

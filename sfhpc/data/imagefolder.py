@@ -38,11 +38,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
 
-from sfhpc.data import SPLITS, Dataset, Split
+from sfhpc.data.dataset import SPLITS, Dataset, Split
 
 # torchvision's IMG_EXTENSIONS, compared case-insensitively (ImageNet's files end in .JPEG).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
@@ -358,7 +359,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             handle.close()
 
 
-def _lock(handle) -> None:
+def _lock(handle: IO[str]) -> None:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)
     except OSError:

@@ -35,7 +35,6 @@ Numpy, scipy and h5py only: the login node checks these files at `sweep expand` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 from collections.abc import Iterable, Iterator, Sequence
@@ -459,7 +458,9 @@ def check_simulated_settings(config: NeuralConfig) -> None:
                               f"({config.n_images}): the other images are the training images")
 
 
-def _check_names(subjects: Iterable[str], rois: Iterable[str], kind: str) -> None:
+def check_names(subjects: Iterable[str], rois: Iterable[str], kind: str) -> None:
+    """Known subjects (config.SUBJECTS) and, for the simulated brain, known ROIs (config.ROIS); NeuralDataError
+    otherwise."""
     unknown = [s for s in subjects if s not in SUBJECTS]
     if unknown:
         raise NeuralDataError(f"unknown subject {', '.join(map(repr, unknown))}; subjects: {', '.join(SUBJECTS)}")
@@ -506,7 +507,7 @@ def check_neural(config: NeuralConfig, subjects: Iterable[str], rois: Iterable[s
     holds that subject (NeuralSubjectMismatch otherwise) and has every ROI (ROIs of other atlases are accepted when
     the file has them). Reads HDF5 attributes only. Raises NeuralDataError."""
     subjects, rois = list(subjects), list(rois)
-    _check_names(subjects, rois, config.kind)
+    check_names(subjects, rois, config.kind)
     if config.kind == "simulated":
         check_simulated_settings(config)
         return
@@ -514,28 +515,10 @@ def check_neural(config: NeuralConfig, subjects: Iterable[str], rois: Iterable[s
         _check_nsd_file(nsd_file(config, subject), subject, rois)
 
 
-def simulation_digest(config: NeuralConfig, image_size: int) -> str:
-    """12 hex digits naming a simulated subject's settings: any change to them (or to the simulation) is a new
-    file in the cache."""
-    from sfhpc.data.simulated_nsd import SIMULATION_VERSION
-
-    settings = {"simulation_version": SIMULATION_VERSION, "image_size": image_size, "n_images": config.n_images,
-                "n_shared": config.n_shared, "noise_ceiling": simulated_ceilings(config), "seed": config.seed}
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def neural_file(config: NeuralConfig, subject: str, cache_dir: Path, image_size: int) -> Path:
-    """The canonical file of `subject`. Simulated: cache_dir/neural/<subject>-<digest>.h5, generated when absent
-    (written atomically, so jobs racing to make it are harmless). NSD: <config.dir>/<subject>.h5, which must
-    exist and hold that subject (checked again here: the file may have changed since `sweep expand`)."""
-    _check_names([subject], [], config.kind)
-    if config.kind == "nsd":
-        path = nsd_file(config, subject)
-        _check_nsd_file(path, subject, [])
-        return path
-    path = Path(cache_dir) / "neural" / f"{subject}-{simulation_digest(config, image_size)}.h5"
-    if not path.exists():
-        from sfhpc.data.simulated_nsd import make_simulated_subject
-
-        make_simulated_subject(config, subject, image_size, path)
+def checked_nsd_file(config: NeuralConfig, subject: str) -> Path:
+    """A prepared NSD subject's file (nsd_file), checked to exist and to hold that subject: where a job opens it,
+    since the file may have changed after `sweep expand` checked it."""
+    check_names([subject], [], config.kind)
+    path = nsd_file(config, subject)
+    _check_nsd_file(path, subject, [])
     return path

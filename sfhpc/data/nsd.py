@@ -177,7 +177,10 @@ def read_volume(path: Path) -> np.ndarray:
 
     _require(path, "ROI volume")
     try:
-        volume = np.asanyarray(nibabel.load(path).dataobj)
+        image = nibabel.load(path)
+        if not isinstance(image, nibabel.dataobj_images.DataobjImage):  # GIFTI: surface data, no voxel array
+            raise nibabel.filebasedimages.ImageFileError("not a voxel image")
+        volume = np.asanyarray(image.dataobj)
     except (OSError, nibabel.filebasedimages.ImageFileError) as err:
         raise NeuralDataError(f"{path}: not a readable NIfTI file ({err})") from None
     if volume.ndim != 3:
@@ -262,7 +265,7 @@ def _session_shapes(layout: NsdLayout, sessions: tuple[int, ...]) -> tuple[int, 
     if missing:
         raise NeuralFileNotFound(f"{missing[0]}: betas not found ({len(missing)} of {len(sessions)} sessions "
                                  f"missing; --sessions K uses sessions 1..K)")
-    shapes = {}
+    shapes: dict[Path, tuple[int, ...]] = {}
     for session in sessions:
         path = layout.betas(session)
         try:
@@ -279,7 +282,7 @@ def _session_shapes(layout: NsdLayout, sessions: tuple[int, ...]) -> tuple[int, 
         if shape != first:
             raise NeuralDataError(f"{path}: betas {shape} differ from {first_path.name}'s {first}: every session "
                                   "needs the same trial count and grid")
-    return first[0], tuple(first[1:])  # type: ignore[return-value]
+    return first[0], (first[1], first[2], first[3])
 
 
 def _check_stimuli(path: Path, image_ids: np.ndarray) -> None:
@@ -337,7 +340,8 @@ def read_roi_trials(plan: NsdPlan, progress: Callable[[int, int], None] | None =
     per_session = plan.trials_per_session
     for done, session in enumerate(plan.sessions):
         with h5py.File(plan.layout.betas(session), "r") as f:
-            betas = f["betas"][(slice(None), *box)].reshape(per_session, -1)
+            every_trial_in_box = (slice(None), *box)
+            betas = f["betas"][every_trial_in_box].reshape(per_session, -1)
         rows = slice(done * per_session, (done + 1) * per_session)
         for roi, cols in columns.items():
             np.divide(betas[:, cols], np.float32(BETA_SCALE), out=trials[roi][rows], dtype=np.float32)

@@ -33,6 +33,7 @@ on one core of a 2-core AMD EPYC machine (1 s of it the scenes, 1 s the energy m
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from sfhpc.data.neural import (
     NeuralDataError,
     RoiTrials,
     TrialDesign,
+    check_names,
     check_simulated_settings,
     simulated_ceilings,
     write_canonical,
@@ -321,3 +323,21 @@ def make_simulated_subject(config: NeuralConfig, subject: str, image_size: int, 
                     (simulated_roi_trials(config, subject, roi, spectra, labels, design) for roi in rois),
                     images=np.ascontiguousarray(images.transpose(0, 2, 3, 1)),
                     provenance={"simulation": json.dumps(settings)})
+
+
+def simulation_digest(config: NeuralConfig, image_size: int) -> str:
+    """12 hex digits naming a simulated subject's settings: any change to them (or to the simulation) is a new
+    file in the cache."""
+    settings = {"simulation_version": SIMULATION_VERSION, "image_size": image_size, "n_images": config.n_images,
+                "n_shared": config.n_shared, "noise_ceiling": simulated_ceilings(config), "seed": config.seed}
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def simulated_subject_file(config: NeuralConfig, subject: str, cache_dir: Path, image_size: int) -> Path:
+    """`subject`'s simulated canonical file, cache_dir/neural/<subject>-<digest>.h5, generated when absent (written
+    atomically, so jobs racing to make it are harmless)."""
+    check_names([subject], [], config.kind)
+    path = Path(cache_dir) / "neural" / f"{subject}-{simulation_digest(config, image_size)}.h5"
+    if not path.exists():
+        make_simulated_subject(config, subject, image_size, path)
+    return path

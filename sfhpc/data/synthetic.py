@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
-from sfhpc.data import Dataset, Split  # the types every loader returns (Split was defined here first)
+from sfhpc.data.dataset import Dataset, Split  # the types every loader returns (Split was defined here first)
 
 CLASS_NAMES: tuple[str, ...] = ("disk", "square", "triangle", "cross", "ring", "star", "bars", "ellipse")
 MIN_IMAGE_SIZE = 32

@@ -58,12 +58,6 @@ PROBABILITY_TOLERANCE = 1e-4
 DETERMINISM_TOLERANCE = 1e-6
 
 
-def robust_curve_name(norm: str, eps: float) -> str:
-    """The per-sample robust flags of one (norm, eps) in an attack result file (written by the attack stage,
-    read by the report)."""
-    return f"robust_{norm}_eps{eps:.6g}"
-
-
 def shard_bounds(n: int, n_shards: int, shard: int) -> tuple[int, int]:
     """[start, stop) of `shard` among `n_shards` contiguous, disjoint shards covering [0, n); sizes differ by <= 1."""
     if n_shards < 1:

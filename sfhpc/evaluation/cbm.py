@@ -228,7 +228,7 @@ def _least_squares(x: np.ndarray, y: np.ndarray, start: Sequence[float]) -> tupl
     return params, float(((_gaussian(x, *params) - y) ** 2).sum())
 
 
-def fit_channel(thresholds: Sequence[float]) -> ChannelFit:
+def fit_channel(thresholds: Sequence[float] | np.ndarray) -> ChannelFit:
     """Fit A * exp(-(x - mu)^2 / (2 sigma^2)) to per-band thresholds over band index x = 0 .. n-1.
 
     Least squares with 0 <= A <= 4, from the published start (A, mu, sigma) = (1, 0, 1) and from a start at the

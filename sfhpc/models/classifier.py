@@ -30,6 +30,9 @@ class Classifier(nn.Module):
     SCIENCE.md section 2); ``forward`` still returns logits alone unless asked for both.
     """
 
+    mean: torch.Tensor  # (1, 3, 1, 1), a buffer
+    std: torch.Tensor
+
     def __init__(
         self,
         trunk: nn.Module,

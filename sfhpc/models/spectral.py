@@ -31,6 +31,8 @@ class SpectralFilter(nn.Module):
     (forward and backward; attacks differentiate through the filter).
     """
 
+    kernel: torch.Tensor  # (3, 1, k, k), a buffer
+
     def __init__(self, kernel: torch.Tensor, image_size: int, band: str) -> None:
         super().__init__()
         if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:

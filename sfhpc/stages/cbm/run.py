@@ -12,22 +12,31 @@ from typing import Any
 
 import numpy as np
 
-from sfhpc.config import CbmParams
 from sfhpc.data import load_dataset
 from sfhpc.evaluation import cbm
-from sfhpc.results import RESULT_NAME, Provenance, now_iso, write_result
-from sfhpc.stages.train import data_cache, load_upstream_model
+from sfhpc.job import PointRun
+from sfhpc.stages.cbm import (
+    BAND_CENTRES_CURVE,
+    BANDWIDTH,
+    CENTRE,
+    CHANNEL_FIT_ATTR,
+    CLEAN_GRAYSCALE_ACCURACY,
+    PEAK_SENSITIVITY,
+    THRESHOLDS_CURVE,
+    CbmParams,
+)
+from sfhpc.stages.common import load_upstream_model
 
 READS_STIMULUS_P = 0.01  # a channel is fitted only when the noise-free accuracy is above chance at this level
+STATUS = "status"  # the fitted channel's status ("fitted", or "not fitted: <why>"), written as CHANNEL_FIT_ATTR
 
 
-def run(config: dict[str, Any], point_dir: Path) -> Path:
+def run(point: PointRun[CbmParams]) -> Path:
     """Measure one trained model's spatial-frequency reliance and write the point's result file."""
-    started = now_iso()
-    params = CbmParams.model_validate(config["params"])
-    model, _, data_cfg = load_upstream_model(config)
-    (upstream,) = config["upstream"]
-    test = load_dataset(data_cfg, data_cache(config)).test
+    params = point.params
+    model, trained = load_upstream_model(point)
+    data_cfg = trained.data
+    test = load_dataset(data_cfg, point.data_cache).test
     count = min(params.cbm_images or len(test.labels), len(test.labels))
     images = cbm.to_cbm_images(test.images[:count])
     accuracy = cbm.accuracy_grid(cbm.torch_predictor(model), images, test.labels[:count], data_cfg.image_size,
@@ -37,18 +46,13 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
     criterion = masking_criterion(params.cbm_criterion, noise_free, data_cfg.n_classes)
     thresholds = cbm.thresholds(accuracy, criterion)
     channel = _channel(thresholds, noise_free, count, data_cfg.n_classes)
-    result = point_dir / RESULT_NAME
-    write_result(
-        result, stage="cbm", point_id=config["point_id"], config=config,
-        provenance=Provenance(config.get("git_sha", "unknown"), started, now_iso()),
-        metrics={"bandwidth_octaves": channel["bandwidth_octaves"], "centre_cpi": channel["centre_cpi"],
-                 "peak_sensitivity": channel["peak_sensitivity"],
-                 "clean_grayscale_accuracy": noise_free, "images": count},
-        curves={"accuracy": accuracy, "thresholds": thresholds, "noise_sds": np.asarray(params.cbm_noise_sds),
-                "band_centres_cpi": np.asarray(cbm.band_centres_cpi(data_cfg.image_size))},
-        extra_attrs={"upstream": upstream, "channel_fit": channel["status"], "criterion": criterion},
+    return point.write_result(
+        metrics={BANDWIDTH: channel[BANDWIDTH], CENTRE: channel[CENTRE], PEAK_SENSITIVITY: channel[PEAK_SENSITIVITY],
+                 CLEAN_GRAYSCALE_ACCURACY: noise_free, "images": count},
+        curves={"accuracy": accuracy, THRESHOLDS_CURVE: thresholds, "noise_sds": np.asarray(params.cbm_noise_sds),
+                BAND_CENTRES_CURVE: np.asarray(cbm.band_centres_cpi(data_cfg.image_size))},
+        attrs={"upstream": point.only_upstream(), CHANNEL_FIT_ATTR: channel[STATUS], "criterion": criterion},
     )
-    return result
 
 
 def masking_criterion(setting: float | str, noise_free_accuracy: float, n_classes: int) -> float:
@@ -80,9 +84,9 @@ def _channel(thresholds: np.ndarray, noise_free_accuracy: float, n_images: int, 
         fit = cbm.fit_channel(thresholds)
     except ValueError as err:
         return _not_fitted(str(err))
-    return {**fit.to_json(), "status": "fitted"}
+    return {BANDWIDTH: float(fit.bandwidth_octaves), CENTRE: float(fit.centre_cpi),
+            PEAK_SENSITIVITY: float(fit.peak_sensitivity), STATUS: "fitted"}
 
 
 def _not_fitted(reason: str) -> dict[str, Any]:
-    return {"bandwidth_octaves": math.nan, "centre_cpi": math.nan, "peak_sensitivity": math.nan,
-            "status": f"not fitted: {reason}"}
+    return {BANDWIDTH: math.nan, CENTRE: math.nan, PEAK_SENSITIVITY: math.nan, STATUS: f"not fitted: {reason}"}

@@ -11,45 +11,42 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from sfhpc import distributed
-from sfhpc.config import DataConfig, PredictorParams
-from sfhpc.data.neural import neural_file, open_neural
+from sfhpc.data import neural_file
+from sfhpc.data.neural import open_neural
 from sfhpc.evaluation.prediction import per_image_pearson, r2_per_component
-from sfhpc.models.classifier import Classifier, build_classifier
-from sfhpc.results import RESULT_NAME, Provenance, atomic_write, now_iso, write_result
+from sfhpc.job import PointRun
 from sfhpc.rundir import CHECKPOINT_NAME
-from sfhpc.stages.train import (
+from sfhpc.stages.common import (
     EVAL_BATCH,
-    MODEL_NAME,
-    data_cache,
+    build_predictor,
     epoch_order,
     load_checkpoint,
     save_checkpoint,
+    save_model,
     to_float,
     training_identity,
+    use_threads,
 )
+from sfhpc.stages.predictor import PredictorParams
 
 
-def run(config: dict[str, Any], point_dir: Path) -> Path:
+def run(point: PointRun[PredictorParams]) -> Path:
     """Fit one subject x ROI predictor and write its result file and model."""
-    started = now_iso()
-    params = PredictorParams.model_validate(config["params"])
-    data_cfg = DataConfig.model_validate(config["data"])
+    params, data_cfg, point_dir = point.params, point.data, point.dir
     env = distributed.detect()
     if env.world_size > 1:
         raise RuntimeError(f"the predictor stage runs as one process, got {env.world_size} ranks ({env.source}); "
                            "give it nodes: 1 and tasks_per_node: 1")
     device = distributed.setup(env)
-    if config.get("threads"):
-        torch.set_num_threads(config["threads"])
+    use_threads(point.config.threads)
 
-    neural = open_neural(neural_file(data_cfg.neural, params.subject, data_cache(config) or point_dir,
+    neural = open_neural(neural_file(data_cfg.neural, params.subject, point.data_cache or point_dir,
                                      data_cfg.image_size))
     roi = neural.roi(params.roi)
     images = neural.images(np.arange(neural.n_images), data_cfg.image_size)
@@ -62,7 +59,7 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
     model = build_predictor(params, scores.shape[1], data_cfg.image_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.predictor_lr, weight_decay=params.predictor_weight_decay)
     checkpoint = point_dir / CHECKPOINT_NAME
-    identity = training_identity(params, data_cfg)
+    identity = training_identity(params, data_cfg, extendable="predictor_epochs")
     history, start_epoch = load_checkpoint(checkpoint, identity, model, optimizer, None)
     attempt = max(history.attempt, default=-1) + 1
     epochs = 0 if params.predictor == "random" else params.predictor_epochs
@@ -79,11 +76,8 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
     val_r = per_image_pearson(val_predicted, scores[val_index])
     val_r2 = r2_per_component(val_predicted, scores[val_index])
     train_r = per_image_pearson(predict(model, train_images, device), scores[train_index])
-    atomic_write(point_dir / MODEL_NAME, lambda tmp: torch.save(model.state_dict(), tmp))
-    result = point_dir / RESULT_NAME
-    write_result(
-        result, stage="predictor", point_id=config["point_id"], config=config,
-        provenance=Provenance(config.get("git_sha", "unknown"), started, now_iso()),
+    save_model(point_dir, model)
+    return point.write_result(
         metrics={"val_pearson_mean": float(np.nanmean(val_r)), "val_pearson_median": float(np.nanmedian(val_r)),
                  "train_pearson_mean": float(np.nanmean(train_r)), "val_r2_pc1": float(val_r2[0]),
                  "val_r2_mean": float(np.nanmean(val_r2)), "n_components": int(scores.shape[1]),
@@ -91,10 +85,9 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
                  "noise_ceiling_mean": float(np.nanmean(roi.noise_ceiling)), "epochs": epochs},
         curves={"val_pearson": val_r, "val_r2": val_r2, "train_loss": history.train_loss,
                 "val_pearson_mean_per_epoch": history.val_score, "attempt": history.attempt},
-        extra_attrs={"subject": params.subject, "roi": params.roi, "control": params.predictor,
-                     "neural_file": str(neural.path), "device": str(device), "resumed_from_epoch": start_epoch},
+        attrs={"subject": params.subject, "roi": params.roi, "control": params.predictor,
+               "neural_file": str(neural.path), "device": str(device), "resumed_from_epoch": start_epoch},
     )
-    return result
 
 
 def control_targets(targets: np.ndarray, params: PredictorParams) -> np.ndarray:
@@ -102,11 +95,6 @@ def control_targets(targets: np.ndarray, params: PredictorParams) -> np.ndarray:
     if params.predictor != "shuffled":
         return targets
     return targets[np.random.default_rng(params.predictor_seed).permutation(len(targets))]
-
-
-def build_predictor(params: PredictorParams, n_outputs: int, image_size: int) -> Classifier:
-    """A ResNet trunk without a spectral front-end whose linear head outputs the ROI's PC scores."""
-    return build_classifier(params.predictor_arch, n_outputs, "none", image_size, width=params.predictor_width)
 
 
 def fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray, targets: np.ndarray,
@@ -136,18 +124,3 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device) -> np.nd
     outputs = [model(to_float(images, torch.arange(start, min(start + EVAL_BATCH, len(images))), device)).cpu()
                for start in range(0, len(images), EVAL_BATCH)]
     return torch.cat(outputs).numpy()
-
-
-def load_predictor(run_dir: Path | str, upstream: str, device: torch.device | str = "cpu") -> Classifier:
-    """The finished, frozen predictor of point `upstream` ("predictor/<point id>"), in evaluation mode."""
-    import yaml
-
-    point_dir = Path(run_dir) / upstream
-    config = yaml.safe_load((point_dir / "config.yaml").read_text())
-    params = PredictorParams.model_validate(config["params"])
-    data_cfg = DataConfig.model_validate(config["data"])
-    state = torch.load(point_dir / MODEL_NAME, map_location="cpu", weights_only=True)
-    model = build_predictor(params, state["head.weight"].shape[0], data_cfg.image_size)
-    model.load_state_dict(state)
-    model.requires_grad_(False)
-    return model.to(device).eval()

@@ -9,33 +9,32 @@ the ROI's mean noise ceiling beside it; one-sided p-values from permuting images
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from sfhpc.config import RsaParams
-from sfhpc.data.neural import neural_file, open_neural
+from sfhpc.data import neural_file
+from sfhpc.data.neural import open_neural
 from sfhpc.evaluation.rsa import RsaRow, rows_to_arrays, rsa_against_rois
+from sfhpc.job import PointConfig, PointRun
 from sfhpc.models.classifier import Classifier
-from sfhpc.results import RESULT_NAME, Provenance, now_iso, write_result
 from sfhpc.rundir import RunDir, manifest_points
-from sfhpc.stages.train import EVAL_BATCH, data_cache, load_upstream_model, to_float
+from sfhpc.stages.common import EVAL_BATCH, load_upstream_model, read_point_config, to_float, upstream_run_dir
+from sfhpc.stages.predictor import PredictorParams
+from sfhpc.stages.rsa import POOLED_LAYER, RsaParams, noise_ceiling_metric, rho_metric
 
 DEFAULT_SUBJECT = "subj01"
 
 
-def run(config: dict[str, Any], point_dir: Path) -> Path:
+def run(point: PointRun[RsaParams]) -> Path:
     """Compare one trained model with every ROI of its subjects and write the point's result file."""
-    started = now_iso()
-    params = RsaParams.model_validate(config["params"])
-    model, train_config, data_cfg = load_upstream_model(config)
-    (upstream,) = config["upstream"]
-    subjects = compared_subjects(params, train_config, Path(config["run_dir"]))
+    params = point.params
+    model, trained = load_upstream_model(point)
+    data_cfg = trained.data
+    subjects = compared_subjects(params, trained, upstream_run_dir(point))
     rows: list[tuple[str, RsaRow]] = []
     for subject in subjects:
-        neural = open_neural(neural_file(data_cfg.neural, subject, data_cache(config) or point_dir,
+        neural = open_neural(neural_file(data_cfg.neural, subject, point.data_cache or point.dir,
                                          data_cfg.image_size))
         val = np.asarray(neural.val_index)
         features = layer_features(model, neural.images(val, data_cfg.image_size))
@@ -47,27 +46,22 @@ def run(config: dict[str, Any], point_dir: Path) -> Path:
 
     arrays = rows_to_arrays([row for _, row in rows])
     arrays["subject"] = np.array([subject.encode() for subject, _ in rows], dtype=np.bytes_)
-    result = point_dir / RESULT_NAME
-    write_result(
-        result, stage="rsa", point_id=config["point_id"], config=config,
-        provenance=Provenance(config.get("git_sha", "unknown"), started, now_iso()),
+    return point.write_result(
         metrics={**mean_rho_per_roi(rows), "n_subjects": len(subjects), "n_images": rows[0][1].n_images},
         curves=arrays,
-        extra_attrs={"upstream": upstream, "subjects": ",".join(subjects), "rdm": "1 - Pearson r",
-                     "comparison": "Spearman rho of upper triangles", "test": "one-sided image permutation"},
+        attrs={"upstream": point.only_upstream(), "subjects": ",".join(subjects), "rdm": "1 - Pearson r",
+               "comparison": "Spearman rho of upper triangles", "test": "one-sided image permutation"},
     )
-    return result
 
 
-def compared_subjects(params: RsaParams, train_config: dict[str, Any], run_dir: Path) -> tuple[str, ...]:
+def compared_subjects(params: RsaParams, trained: PointConfig, run_dir: Path) -> tuple[str, ...]:
     """Whose ROIs a model is compared with: the configured subjects; else a guided model's own subject; else every
     subject of the run's predictor stage; else subj01."""
     if params.rsa_subjects:
         return tuple(params.rsa_subjects)
-    if train_config.get("upstream"):
-        (predictor,) = train_config["upstream"]
-        predictor_config = yaml.safe_load((run_dir / predictor / "config.yaml").read_text())
-        return (predictor_config["params"]["subject"],)
+    if trained.upstream:
+        (predictor,) = trained.upstream
+        return (PredictorParams.model_validate(read_point_config(run_dir, predictor).params).subject,)
     manifest = RunDir(run_dir).read_manifest()
     subjects = [p["params"]["subject"] for stage, p in manifest_points(manifest) if stage == "predictor"]
     return tuple(dict.fromkeys(subjects)) or (DEFAULT_SUBJECT,)
@@ -81,7 +75,7 @@ def layer_features(model: Classifier, images: np.ndarray) -> dict[str, np.ndarra
         batch = to_float(images, torch.arange(start, min(start + EVAL_BATCH, len(images))), torch.device("cpu"))
         pooled.append(model.features(batch))
     features = torch.cat(pooled)
-    layers = {"pooled": features.numpy().astype(np.float64)}
+    layers = {POOLED_LAYER: features.numpy().astype(np.float64)}
     if model.neural_head is not None:
         layers["neural_head"] = model.neural_head(features).numpy().astype(np.float64)
     return layers
@@ -91,6 +85,6 @@ def mean_rho_per_roi(rows: list[tuple[str, RsaRow]]) -> dict[str, float]:
     """Scalar metrics for tables: rho and noise ceiling per (layer, ROI), averaged over the compared subjects."""
     metrics: dict[str, list[float]] = {}
     for _, row in rows:
-        metrics.setdefault(f"rho_{row.layer}_{row.roi}", []).append(row.rho)
-        metrics.setdefault(f"noise_ceiling_{row.roi}", []).append(row.noise_ceiling)
+        metrics.setdefault(rho_metric(row.layer, row.roi), []).append(row.rho)
+        metrics.setdefault(noise_ceiling_metric(row.roi), []).append(row.noise_ceiling)
     return {name: float(np.mean(values)) for name, values in metrics.items()}

@@ -1,0 +1,202 @@
+"""Everything the report package writes or prints, as text: summary.csv and summary.md (one row per point),
+conditions.csv and report.md (per condition), and the tables the terminal shows (`sfhpc aggregate`'s headline and
+point tables). Pure functions of a Summary or a Report; no stage's or metric's name: titles, captions, labels and
+formats come from the stages' StageReports through the Report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sfhpc.report.figures import FIGURES_DIR
+from sfhpc.report.model import Baseline, ConditionRow, FigureSpec, Problem, Report
+from sfhpc.report.stats import TEST_NAME
+
+if TYPE_CHECKING:
+    from sfhpc.report.summary import StageTable, Summary
+
+
+# ------------------------------------------------------------------------------------ one row per point
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
+def summary_csv(summary: Summary) -> str:
+    """summary.csv: one row per point with every parameter and metric; points without a result have their state."""
+    out = io.StringIO()
+    columns = ["stage", "point", "state"]
+    for table in summary.tables:
+        columns += [c for c in [*table.axes, *table.params, *table.metrics] if c not in columns]
+    columns.append("reason")
+    writer = csv.DictWriter(out, columns, extrasaction="ignore")
+    writer.writeheader()
+    for table in summary.tables:
+        for row in table.rows:
+            writer.writerow({"stage": table.stage, "state": "done", **{k: format_value(v) for k, v in row.items()}})
+    for problem in summary.problems:
+        writer.writerow(problem)
+    return out.getvalue()
+
+
+def summary_markdown(summary: Summary, title: str) -> str:
+    """summary.md: one table per stage (its axes and metrics), then the points without a valid result."""
+    parts = [f"# {title}"]
+    for table in summary.tables:
+        columns = [*(table.axes or ["point"]), *table.metrics]
+        rows = [[format_value(row.get(c, "")) for c in columns] for row in table.rows]
+        parts.append(f"## {table.stage} ({len(table.rows)} points with results)\n\n" + markdown_table(columns, rows))
+    if summary.problems:
+        rows = [[p["stage"], p["point"], p["state"], p["reason"]] for p in summary.problems]
+        parts.append(f"## Points without a valid result ({len(rows)})\n\n"
+                     + markdown_table(["stage", "point", "state", "reason"], rows))
+    else:
+        parts.append("Every point has a valid result.")
+    return "\n\n".join(parts) + "\n"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def display_columns(table: StageTable) -> list[str]:
+    """For a terminal: axes that vary (or the point id when nothing varies), then the metrics that differ
+    between points; the constant ones are listed once by `constant_metrics`."""
+    constant = constant_metrics(table)
+    return [*(table.axes or ["point"]), *(m for m in table.metrics if m not in constant)]
+
+
+def constant_metrics(table: StageTable) -> dict[str, Any]:
+    if len(table.rows) < 2:
+        return {}
+    return {m: table.rows[0].get(m) for m in table.metrics if len({repr(r.get(m)) for r in table.rows}) == 1}
+
+
+# ---------------------------------------------------------------------------------------- per condition
+CONDITIONS_CSV_COLUMNS = ["condition", "metric", "n", "mean", "sem", "baseline", "baseline_mean", "pairs", "delta",
+                          "p_value", "test"]
+
+
+def conditions_csv(rows: list[ConditionRow]) -> str:
+    """conditions.csv: full precision; an empty cell for NaN or no baseline."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CONDITIONS_CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(["" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                         for v in (getattr(row, c) for c in CONDITIONS_CSV_COLUMNS)])
+    return out.getvalue()
+
+
+def _mean_sem(row: ConditionRow | None, fmt: str) -> str:
+    if row is None:
+        return "no data"
+    if row.n == 0:  # results, but no finite value (a channel not fitted, a metric that does not apply)
+        return "n/a"
+    return f"{row.mean:{fmt}} ± {row.sem:{fmt}}" if row.n >= 2 else f"{row.mean:{fmt}} ± n/a"
+
+
+def _delta_and_p(row: ConditionRow | None, fmt: str) -> tuple[str, str]:
+    if row is None or row.baseline is None:
+        return "no baseline", "n/a"
+    if row.baseline == row.condition:
+        return "baseline", ""
+    if row.pairs == 0:
+        return "no paired seeds", "n/a"
+    p = "n/a" if math.isnan(row.p_value) else ("< 0.001" if row.p_value < 0.001 else f"{row.p_value:.3f}")
+    return f"{row.delta:+{fmt}}", p
+
+
+def family_table(report: Report, family: str) -> str:
+    """The markdown table of one metric family: metric | condition | n | mean ± SEM | Δ vs baseline | p."""
+    lines = []
+    for metric in (m for m in report.metrics.values() if m.family == family):
+        for i, condition in enumerate(report.conditions):
+            row = report.row(condition, metric.key)
+            delta, p = _delta_and_p(row, metric.fmt)
+            n = str(row.n) if row else "0"
+            lines.append([metric.label if i == 0 else "", condition, n, _mean_sem(row, metric.fmt), delta, p])
+    return markdown_table(["metric", "condition", "n", "mean ± SEM", "Δ vs baseline", "p"], lines)
+
+
+def report_markdown(report: Report, figures: set[str]) -> str:
+    """report.md: what the run is, one table per family (each followed by its figures), the figures that could not
+    be drawn and why, and the problems. `figures`: the file names drawn under figures/."""
+    any_baseline = any(r.baseline is not None for r in report.rows)
+    parts = [f"# Report: {report.manifest.get('name', report.run.path.name)}",
+             _introduction(report, any_baseline)]
+    test = f"Test: {TEST_NAME}." if any_baseline else "Test: none (no baseline condition)."
+    shown = set()
+    for family in report.families:
+        if not any(m.family == family.key for m in report.metrics.values()):
+            continue
+        caption = " ".join(part for part in (family.caption, test) if part)
+        parts.append(f"## {family.title}\n\n*{caption}*\n\n{family_table(report, family.key)}")
+        links = [figure for _, figure in report.figures if figure.name in figures and figure.family == family.key]
+        parts += [_figure_link(figure) for figure in links]
+        shown |= {figure.name for figure in links}
+    parts += [_figure_link(figure) for _, figure in report.figures if figure.name in figures - shown]
+    parts += [_figure_missing(report, stage, figure) for stage, figure in report.figures if figure.name not in figures]
+    parts.append(problems_markdown(report.problems))
+    return "\n\n".join(parts) + "\n"
+
+
+def _introduction(report: Report, any_baseline: bool) -> str:
+    manifest = report.manifest
+    name = manifest.get("name", report.run.path.name)
+    with_result = sum(model.has_result for model in report.models)
+    seeds = sorted({str(m.seed) for m in report.models})
+    return (f"Run `{name}` in `{report.run.path}` (sweep file `{manifest.get('sweep_file', '?')}`, code "
+            f"`{manifest.get('git_sha', '?')}`, stages {', '.join(report.stages())}). {with_result} trained models "
+            f"with a valid result, of {len(report.models)} planned, in {len(report.conditions)} conditions (seeds "
+            f"{', '.join(seeds)}). Values are mean ± SEM over seeds (SEM with ddof=1; n counts the seeds with a "
+            "finite value). " + _test_sentence(report.baseline, any_baseline))
+
+
+def _test_sentence(baseline: Baseline | None, any_baseline: bool) -> str:
+    if any_baseline and baseline is not None:
+        return (f"Statistical test: {TEST_NAME} — each condition against its baseline ({baseline.description}, the "
+                "same other axes), over the seeds present in both; Δ is the mean seed-paired difference, p is n/a "
+                "with fewer than 2 pairs.")
+    rule = f" ({baseline.description})" if baseline else ""
+    return (f"No baseline condition{rule}: this sweep has none, so no condition is tested against one and the tables "
+            "give mean ± SEM only.")
+
+
+def _figure_link(figure: FigureSpec) -> str:
+    return f"![{Path(figure.name).stem.replace('_', ' ')}]({FIGURES_DIR}/{figure.name})\n\n*{figure.caption}*"
+
+
+def _figure_missing(report: Report, stage: str, figure: FigureSpec) -> str:
+    why = ("this sweep has no such stage" if stage not in report.stages() else
+           f"no model has a complete `{stage}` result yet")
+    return f"*No figure {FIGURES_DIR}/{figure.name}: the `{stage}` stage provides its data, and {why}.*"
+
+
+def problems_markdown(problems: list[Problem]) -> str:
+    if not problems:
+        return "## Problems\n\nNone: every planned point has a valid result."
+    lines = [f"- **{p['stage']}** `{p['point']}`: {p['state']} — {p['reason']}" for p in problems]
+    return f"## Problems ({len(problems)})\n\nNot used in any number above.\n\n" + "\n".join(lines)
+
+
+def headline_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) for a terminal: condition | n (models with a result) | the stages' headline columns (clean
+    accuracy, robust accuracy at the largest ε and AUC per norm, CBM bandwidth and centre, ...); cells are
+    `mean ± SEM`; a stage without data adds no column."""
+    header = ["condition", "n", *(column.title for column in report.headline)]
+    rows = []
+    for condition in report.conditions:
+        n = sum(1 for m in report.models if m.condition == condition and m.has_result)
+        rows.append([condition, str(n), *(_mean_sem(report.row(condition, column.key), column.fmt)
+                                          for column in report.headline)])
+    return header, rows

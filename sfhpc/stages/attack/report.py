@@ -1,0 +1,206 @@
+"""What the attack stage adds to the report (torch-free): each model's shards merged into one accuracy per
+(norm, eps) from their per-image flags (robust count / N over all shards, SCIENCE.md section 5), the area under its
+accuracy-eps curve, the robust accuracy figure, and the terminal's robust accuracy at the largest eps and AUC per
+norm. A model whose shards are not all valid, or do not make one whole test set, gets no attack numbers at all,
+never a partial merge. h5py is imported when shards are merged, matplotlib when the figure is drawn.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sfhpc.report.figures import figure_legend, new_figure, plot_conditions, save_figure
+from sfhpc.report.model import (
+    Collection,
+    Column,
+    Family,
+    FigureSpec,
+    Model,
+    Report,
+    StageReport,
+    variant_key,
+    variant_label,
+)
+from sfhpc.stages.attack import (
+    CLEAN_CORRECT_CURVE,
+    SETTINGS_ATTR,
+    SHARD_ATTR,
+    SHARD_COUNT_ATTR,
+    SHARDS,
+    SPEC,
+    robust_accuracy_metric,
+    robust_curve_name,
+)
+
+# The report's own metrics (no result file holds them): derived from the merged shards.
+CLEAN_ACCURACY = "attack_clean_accuracy"  # accuracy of the attacked images without attack (eps 0 of the curve)
+ACCURACY_FAMILY = "accuracy"  # the table the train stage's clean accuracy opens
+AUC_FAMILY = "auc"
+ROBUST_FIGURE = "robust_accuracy.png"
+PANELS = "panels"  # Report.extras[attack][PANELS]: (norm, variant) -> its epsilons, ascending
+
+
+def auc_metric(norm: str) -> str:
+    """The area under a model's accuracy-eps curve of one norm."""
+    return f"auc_{norm}"
+
+
+@dataclass(frozen=True)
+class MergedAttack:
+    images: int
+    clean_accuracy: float
+    robust_accuracy: dict[tuple[str, float], float]  # (norm, eps) -> robust count / images
+
+
+def merge_attack_shards(paths: list[Path]) -> MergedAttack:
+    """One model's accuracies from the per-sample flags of all its attack shards: counts over all shards / N
+    (SCIENCE.md section 5). Raises ValueError when the shards do not make one whole, equally attacked test set."""
+    import h5py
+
+    images = clean = 0
+    robust: dict[tuple[str, float], int] = {}
+    settings: list[tuple[str, float]] | None = None
+    shards = []
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            own = [(s["norm"], float(s["eps"])) for s in json.loads(f.attrs[SETTINGS_ATTR])]
+            if settings is not None and own != settings:
+                raise ValueError(f"shard {path.parent.name} was attacked with other settings than the others")
+            settings = own
+            shards.append((int(f.attrs[SHARD_ATTR]), int(f.attrs[SHARD_COUNT_ATTR])))
+            flags = f["curves"][CLEAN_CORRECT_CURVE][()]
+            images += len(flags)
+            clean += int(np.count_nonzero(flags))
+            for norm, eps in settings:
+                name = robust_curve_name(norm, eps)
+                if name not in f["curves"]:
+                    raise ValueError(f"shard {path.parent.name} has no {name} flags")
+                robust[(norm, eps)] = robust.get((norm, eps), 0) + int(np.count_nonzero(f["curves"][name][()]))
+    if sorted(shards) != [(i, len(paths)) for i in range(len(paths))]:
+        raise ValueError(f"shard files (shard, of) {sorted(shards)} are not shards 0..{len(paths) - 1} of {len(paths)}")
+    return MergedAttack(images, clean / images, {key: count / images for key, count in robust.items()})
+
+
+def accuracy_auc(clean: float, robust: dict[float, float]) -> float:
+    """Area under the accuracy-eps curve over [0, eps_max], with the clean accuracy at eps 0, divided by eps_max:
+    the curve's average accuracy, in [0, 1] (trapezoid rule)."""
+    curve = [(0.0, clean), *sorted(robust.items())]
+    area = sum((b - a) * (ya + yb) / 2 for (a, ya), (b, yb) in itertools.pairwise(curve))
+    return area / curve[-1][0]
+
+
+def format_eps(norm: str, eps: float) -> str:
+    """8/255 for Linf epsilons on the 1/255 grid, else a plain number."""
+    steps = eps * 255
+    if norm == "Linf" and abs(steps - round(steps)) < 1e-6:
+        return f"{round(steps)}/255"
+    return f"{eps:.4g}"
+
+
+def norm_label(norm: str) -> str:
+    return {"Linf": "L∞"}.get(norm, norm)
+
+
+# -------------------------------------------------------------------------------------------- collecting
+def collect(collection: Collection) -> None:
+    """Merge each model's shards (of each variant) into its values; a model whose shards are not all valid, or do
+    not merge, is listed instead."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for point in collection.points:
+        model, variant = collection.model_and_variant(point)
+        groups.setdefault((model.point, variant), []).append(point)
+    states = {(p["stage"], p["point"]): p["state"] for p in collection.summary.problems}
+    panels = collection.extras.setdefault(PANELS, {})
+    for (model_id, variant), shards in groups.items():
+        where = variant_label(f"{collection.models_stage}/{model_id}", variant)
+        bad = [(p["labels"].get(SHARDS.index, i), states.get((collection.stage, p["id"]), "missing"))
+               for i, p in enumerate(shards) if collection.result_scalars(p) is None]
+        if bad:
+            listed = "; ".join(f"shard {shard}: {state}" for shard, state in bad)
+            collection.add_problem(where, "incomplete", f"{len(bad)} of {len(shards)} shards without a valid result "
+                                                        f"({listed}); no attack numbers for this model")
+            continue
+        try:
+            merged = merge_attack_shards([collection.run.result_path(collection.stage, p["id"]) for p in shards])
+        except (ValueError, KeyError, OSError) as err:
+            collection.add_problem(where, "corrupt", f"shards do not merge: {err}; no attack numbers for this model")
+            continue
+        _store(collection, collection.models[model_id], variant, merged, panels)
+
+
+def _store(collection: Collection, model: Model, variant: str, merged: MergedAttack,
+           panels: dict[tuple[str, str], list[float]]) -> None:
+    collection.set_value(model, CLEAN_ACCURACY, "clean accuracy, attacked images", ACCURACY_FAMILY, variant,
+                         merged.clean_accuracy)
+    for norm in dict.fromkeys(norm for norm, _ in merged.robust_accuracy):
+        curve = {eps: acc for (n, eps), acc in merged.robust_accuracy.items() if n == norm}
+        panels[(norm, variant)] = sorted(set(panels.get((norm, variant), [])) | set(curve))
+        for eps in sorted(curve):
+            collection.set_value(model, robust_accuracy_metric(norm, eps),
+                                 f"robust accuracy, {norm_label(norm)} ε={format_eps(norm, eps)}", ACCURACY_FAMILY,
+                                 variant, curve[eps])
+        collection.set_value(model, auc_metric(norm), f"AUC {norm_label(norm)}", AUC_FAMILY, variant,
+                             accuracy_auc(merged.clean_accuracy, curve))
+
+
+def _panels(report: Report) -> dict[tuple[str, str], list[float]]:
+    return report.extras.get(SPEC.name, {}).get(PANELS, {})
+
+
+def headline(report: Report) -> list[Column]:
+    """Per norm (and variant): robust accuracy at its largest eps, and the AUC."""
+    columns = []
+    for (norm, variant), epsilons in _panels(report).items():
+        largest = epsilons[-1]
+        columns.append(Column(variant_label(f"{norm_label(norm)} ε={format_eps(norm, largest)}", variant),
+                              variant_key(robust_accuracy_metric(norm, largest), variant)))
+        columns.append(Column(variant_label(f"AUC {norm_label(norm)}", variant),
+                              variant_key(auc_metric(norm), variant)))
+    return columns
+
+
+# ---------------------------------------------------------------------------------------------- figure
+def draw_robust_accuracy(report: Report, path: Path) -> bool:
+    """Accuracy vs eps (eps 0: clean accuracy of the attacked images), one panel per norm, one line per condition
+    with SEM error bars. Returns False (and draws nothing) when no model has attack numbers."""
+    panels = list(_panels(report).items())
+    if not panels:
+        return False
+    fig = new_figure(4.4 * len(panels) + 2.2, 3.8)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, ((norm, variant), epsilons) in zip(axes, panels, strict=True):
+        scale = 255 if norm == "Linf" else 1
+        keys = [variant_key(CLEAN_ACCURACY, variant),
+                *(variant_key(robust_accuracy_metric(norm, eps), variant) for eps in epsilons)]
+        plot_conditions(ax, report, np.array([0.0, *epsilons]) * scale, keys)
+        ax.set_xlabel("ε × 255 (0 = clean)" if norm == "Linf" else f"ε ({norm_label(norm)}, images in [0, 1]; "
+                      "0 = clean)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(variant_label(f"{norm_label(norm)} robust accuracy", variant))
+        ax.grid(alpha=0.3)
+    figure_legend(fig, axes, loc="outside right upper", title="condition (mean ± SEM)", title_fontsize="small")
+    save_figure(fig, path)
+    return True
+
+
+REPORT = StageReport(
+    families=(
+        Family(ACCURACY_FAMILY, "Accuracy and robust accuracy",
+               "Clean accuracy of the attacked images (ε = 0) and robust accuracy per norm and ε under AutoAttack, "
+               "each merged over all attack shards of a model (count / N)."),
+        Family(AUC_FAMILY, "Area under the accuracy-ε curve",
+               "Per norm: trapezoid rule over [0, ε_max] with the clean accuracy at ε = 0, divided by ε_max, so that "
+               "it is the curve's average accuracy, in [0, 1]."),
+    ),
+    collect=collect,
+    figures=(FigureSpec(ROBUST_FIGURE, ACCURACY_FAMILY, "Robust accuracy vs ε, one panel per norm (mean ± SEM over "
+                        "seeds; ε = 0 is the clean accuracy of the attacked images).", draw_robust_accuracy),),
+    headline=headline,
+)

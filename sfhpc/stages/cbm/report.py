@@ -1,0 +1,165 @@
+"""What the cbm stage adds to the report (torch-free): each model's fitted channel (bandwidth, centre, peak noise
+sensitivity) and its clean grayscale accuracy; its thresholds per band, kept per model for the channel figure; the
+terminal's bandwidth and centre. h5py is imported when results are read, scipy (the band grid) and matplotlib when
+the figure is drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from sfhpc.report.figures import figure_legend, new_figure, save_figure
+from sfhpc.report.model import (
+    Collection,
+    Family,
+    FigureSpec,
+    Model,
+    Report,
+    ReportedMetric,
+    StageReport,
+    metric_columns,
+    variant_key,
+    variant_label,
+)
+from sfhpc.stages.cbm import (
+    BAND_CENTRES_CURVE,
+    BANDWIDTH,
+    CENTRE,
+    CLEAN_GRAYSCALE_ACCURACY,
+    PEAK_SENSITIVITY,
+    SPEC,
+    THRESHOLDS_CURVE,
+)
+
+FAMILY = "cbm"
+CBM_FIGURE = "cbm_channels.png"
+HUMAN_CHANNEL = (4.0, 4.5, 0.4246)  # A, mu, sigma in band-index units: 1.00 octave at 39.6 c/img
+CHANNEL_METRICS = (
+    ReportedMetric(BANDWIDTH, "CBM bandwidth (octaves)", FAMILY, ".2f", column="CBM bandwidth (octaves)"),
+    ReportedMetric(CENTRE, "CBM centre (c/img)", FAMILY, ".1f", column="CBM centre (c/img)"),
+    ReportedMetric(PEAK_SENSITIVITY, "CBM peak noise sensitivity", FAMILY),
+    ReportedMetric(CLEAN_GRAYSCALE_ACCURACY, "CBM clean grayscale accuracy", FAMILY),
+)
+
+
+def collect(collection: Collection) -> None:
+    """Each cbm result's channel scalars, and its thresholds per band (Model.curves[cbm][variant] = (band centres,
+    thresholds)). A result without them is listed as corrupt and gives no number: the scalars and the curves a
+    figure draws come from the same files or not at all."""
+    import h5py
+
+    for point in collection.points:
+        scalars = collection.result_scalars(point)
+        if scalars is None:
+            continue  # listed by summarize
+        model, variant = collection.model_and_variant(point)
+        try:
+            with h5py.File(collection.run.result_path(collection.stage, point["id"]), "r") as f:
+                centres, thresholds = f["curves"][BAND_CENTRES_CURVE][()], f["curves"][THRESHOLDS_CURVE][()]
+            values = [float(scalars[metric.name]) for metric in CHANNEL_METRICS]
+        except (KeyError, OSError) as err:
+            collection.add_problem(point["id"], "corrupt", f"incomplete cbm result ({type(err).__name__}: {err})")
+            continue
+        for metric, value in zip(CHANNEL_METRICS, values, strict=True):
+            collection.set_value(model, metric.name, metric.label, metric.family, variant, value, metric.fmt)
+        model.curves.setdefault(collection.stage, {})[variant] = (np.asarray(centres, float),
+                                                                  np.asarray(thresholds, float))
+
+
+def channel_parameters(bandwidth_octaves: float, centre_cpi: float, peak_sensitivity: float
+                       ) -> tuple[float, float, float]:
+    """(A, mu, sigma) in band-index units of a fitted channel, inverting the formulas of SCIENCE.md section 4:
+    bandwidth = 2 sqrt(ln 4) sigma, centre = 1.75 * 2**mu, peak sensitivity = 2**(A - 4)."""
+    from sfhpc.evaluation.cbm import LOWEST_CENTRE_CPI  # band k is centred at 1.75 * 2**k c/img
+
+    return (math.log2(peak_sensitivity) + 4, math.log2(centre_cpi / LOWEST_CENTRE_CPI),
+            bandwidth_octaves / (2 * math.sqrt(math.log(4))))
+
+
+def gaussian_channel(x: np.ndarray, amplitude: float, mu: float, sigma: float) -> np.ndarray:
+    return amplitude * np.exp(-((x - mu) ** 2) / (2 * sigma**2))
+
+
+def _thresholds(model: Model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return model.curves.get(SPEC.name, {})
+
+
+def _mean_channel(models: list[Model], variant: str) -> tuple[tuple[float, float, float] | None, int]:
+    """The mean (A, mu, sigma) over the models with a fitted channel (None when none has one), and their number."""
+    keys = [variant_key(name, variant) for name in (BANDWIDTH, CENTRE, PEAK_SENSITIVITY)]
+    fits = [channel_parameters(*(m.values[k] for k in keys)) for m in models
+            if all(math.isfinite(m.values.get(k, math.nan)) for k in keys)]
+    return (tuple(np.mean(fits, axis=0).tolist()) if fits else None), len(fits)
+
+
+def draw_cbm_channels(report: Report, path: Path) -> bool:
+    """Per condition: mean thresholds vs band centre (log2 axis), the channel from the mean fitted parameters and
+    the human reference channel. Returns False (and draws nothing) when no model has a cbm result."""
+    panels = [(c, v) for c in report.conditions
+              for v in dict.fromkeys(v for m in report.models if m.condition == c for v in _thresholds(m))]
+    if not panels:
+        return False
+    from matplotlib.ticker import NullLocator
+
+    from sfhpc.evaluation.cbm import LOWEST_CENTRE_CPI
+
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = new_figure(4.2 * ncols, 3.3 * nrows + 0.7)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
+    top = HUMAN_CHANNEL[0]
+    for ax, (condition, variant) in zip(axes, panels, strict=False):  # spare axes hidden below
+        models = [m for m in report.models if m.condition == condition and variant in _thresholds(m)]
+        centres = _thresholds(models[0])[variant][0]
+        stack = np.array([_thresholds(m)[variant][1] for m in models
+                          if np.array_equal(_thresholds(m)[variant][0], centres)])
+        sem = stack.std(0, ddof=1) / math.sqrt(len(stack)) if len(stack) > 1 else np.zeros(len(centres))
+        ax.errorbar(centres, stack.mean(0), yerr=sem, fmt="o", color="C0", capsize=3,
+                    label="thresholds (mean ± SEM over seeds)")
+        top = max(top, float(stack.max()))
+        x = np.linspace(-0.5, max(len(centres) - 1, HUMAN_CHANNEL[1] + 1.5) + 0.3, 400)
+        frequency = LOWEST_CENTRE_CPI * 2**x
+        fitted, n_fitted = _mean_channel(models, variant)
+        title = f"{variant_label(condition, variant)} (n={len(stack)}, {n_fitted} fitted)"
+        if fitted:
+            ax.plot(frequency, gaussian_channel(x, *fitted), color="C1", linewidth=2,
+                    label="channel from the mean fitted parameters")
+            bandwidth = 2 * math.sqrt(math.log(4)) * fitted[2]
+            title += f"\n{bandwidth:.2f} oct at {LOWEST_CENTRE_CPI * 2 ** fitted[1]:.1f} c/img"
+        else:
+            title += "\nno channel fitted"
+        ax.plot(frequency, gaussian_channel(x, *HUMAN_CHANNEL), "k--", linewidth=1.2, label="human (reference)")
+        ax.set_title(title, fontsize="medium")
+        ax.set_xscale("log", base=2)
+        ticks = LOWEST_CENTRE_CPI * 2.0 ** np.arange(0, math.floor(x[-1]) + 1)
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[max(0, len(panels) - ncols):len(panels)]:  # the lowest panel of each column shows its ticks
+        ax.tick_params(labelbottom=True)
+    axes[0].set_ylim(-0.2, top + 0.5)
+    fig.supxlabel("band centre (c/img, log scale)", fontsize="medium")
+    fig.supylabel("threshold (noise levels masking the band)", fontsize="medium")
+    figure_legend(fig, axes, loc="outside upper center", ncols=3)
+    save_figure(fig, path)
+    return True
+
+
+REPORT = StageReport(
+    families=(Family(FAMILY, "CBM channel",
+                     "Gaussian channel fitted to each model's critical-band-masking thresholds (SCIENCE.md section 4). "
+                     "A model has no fit, and does not count in n, when its thresholds are all 0 or when it is at "
+                     "chance on the noise-free stimulus (one-sided binomial p >= 0.01); each cbm result's "
+                     "`channel_fit` attribute says which. n/a: no model of the condition has a fit. Human reference: "
+                     "1.00 octave at 39.6 c/img."),),
+    collect=collect,
+    figures=(FigureSpec(CBM_FIGURE, FAMILY, "CBM thresholds per band (mean ± SEM over seeds) and the channel drawn "
+                        "from the mean fitted parameters (its centre is the geometric mean of the models' centres); "
+                        "dashed: the human reference channel (1.00 octave at 39.6 c/img).", draw_cbm_channels),),
+    headline=lambda report: metric_columns(report, CHANNEL_METRICS),
+)
