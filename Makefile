@@ -1,6 +1,6 @@
 # The two set-up commands of the README. Each creates .venv when missing and installs the project into it.
 #   make demo   run the quickstart sweep on the local executor and print its summary table
-#   make test   start the SLURM test cluster, lint, and run the whole test suite
+#   make test   start the SLURM test cluster, lint, type-check, and run the whole test suite
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -24,10 +24,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	-bash slurm_templates/testcluster.sh start
 	$(BIN)/ruff check sfhpc tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -ra --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check sfhpc tests benchmarks
+	$(BIN)/mypy
 
 # The benchmarks' own environment (benchmarks/.venv): hydra-submitit-launcher and pandas, what users would pick
 # instead; the project depends on neither. Scripts skip their comparison when it is missing; the one that needs the
