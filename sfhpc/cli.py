@@ -106,19 +106,29 @@ MAX_POINTS_OPTION = typer.Option(None, "--max-points", min=1, metavar="N",
 def sweep_expand(sweep_file: Path = typer.Argument(..., help="Sweep YAML file."),
                  as_json: bool = typer.Option(False, "--json", help="Print the expanded plan as JSON."),
                  max_points: int | None = MAX_POINTS_OPTION) -> None:
-    """Print the points of every stage (ids, axes, counts) without running anything."""
+    """Print the points of every stage (ids, axes, counts) without running anything. Data that is not here yet
+    (an ImageNet copy, prepared NSD files, weights) does not stop the plan: the checks that need it are listed as
+    skipped, and `sweep launch` runs them."""
     from sfhpc.sweep import expand_file
 
+    skipped: list[str] = []
     with _user_errors(as_json):
-        plan = expand_file(sweep_file, max_points=max_points)
+        plan = expand_file(sweep_file, max_points=max_points, skipped=skipped)
     if as_json:
         hours = {s.name: s.hours() for s in plan.stages}
         _print_json({"name": plan.sweep.name, "n_points": plan.n_points,
                      "counts": {s.name: len(s.points) for s in plan.stages},
                      "gpu_hours": sum(h["gpu_hours"] for h in hours.values() if h),
-                     "cpu_hours": sum(h["cpu_hours"] for h in hours.values() if h), **plan.to_json()})
+                     "cpu_hours": sum(h["cpu_hours"] for h in hours.values() if h),
+                     "skipped_data_checks": skipped, **plan.to_json()})
         return
     _print_plan(plan)
+    if skipped:
+        console = _console()
+        console.print(f"skipped {len(skipped)} data checks (the data is not here; `sfhpc sweep launch` runs them):",
+                      soft_wrap=True)
+        for note in skipped:
+            console.print(f"  {note}", soft_wrap=True, markup=False)
 
 
 def _print_plan(plan: Plan) -> None:
@@ -462,14 +472,22 @@ def resubmit(run: str = typer.Argument(..., help="Run folder, or a sweep name un
 
 @cbm_app.command("fit")
 def cbm_fit(thresholds: str = typer.Argument(..., help="Per-band thresholds, lowest band first, e.g. 0,0,0,0,2,2,0 "
-                                                       "(bands centred at 1.75 * 2**k c/img)."),
+                                                       "(bands centred at 1.75 * 2**k c/img): 3 to 9 bands (224 px "
+                                                       "images have 7, 1024 px 9), each a whole number of noise "
+                                                       "levels, 0 to LEVELS-1."),
+            levels: int = typer.Option(5, "--levels", help="Noise levels of the measurement, the noise-free one "
+                                                           "included (SCIENCE.md: 5, SD 0 .. 0.16); thresholds lie "
+                                                           "in 0 .. LEVELS-1."),
             as_json: bool = typer.Option(False, "--json", help="Print the fit as JSON.")) -> None:
-    """Fit the Gaussian spatial-frequency channel to CBM thresholds (from a model or from psychophysics)."""
-    from sfhpc.evaluation.cbm import fit_channel, parse_thresholds
+    """Fit the Gaussian spatial-frequency channel to CBM thresholds (from a model or from psychophysics).
+
+    Refused, with exit code 2 and the reason: input that is not a threshold profile, a flat profile (all thresholds
+    equal: no channel), and a fit wider than the bands tested or centred outside them."""
+    from sfhpc.evaluation.cbm import check_threshold_counts, fit_channel, parse_thresholds
 
     try:
-        fit = fit_channel(parse_thresholds(thresholds))
-    except ValueError as err:
+        fit = fit_channel(check_threshold_counts(parse_thresholds(thresholds), levels), levels)
+    except ValueError as err:  # NoChannel included: the message says why there is no channel
         _fail(str(err), as_json)
     if as_json:
         _print_json(fit.to_json())
@@ -528,13 +546,16 @@ def data_nsd_prepare(
 # -------------------------------------------------------------------------------------- aggregate
 @app.command("aggregate")
 def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
-              as_json: bool = typer.Option(False, "--json", help="Print rows, conditions and problems as JSON."),
+              as_json: bool = typer.Option(False, "--json",
+                                           help="Print rows, conditions, controls and problems as JSON."),
               strict: bool = typer.Option(False, "--strict", help="Exit 1 when a point is missing, failed, "
                                                                   "corrupt or incomplete (the files are written "
                                                                   "all the same).")) -> None:
     """Collect the result files: summary.csv/.md (one row per point), conditions.csv, report.md and figures/
-    (per condition: mean +- SEM over seeds, each against the band=none, alpha=0 baseline by a paired test)."""
-    from sfhpc.report import headline_rows, summarize, write_report, write_summary
+    (per condition: mean +- SEM over seeds, each against the band=none, alpha=0 baseline by a paired test);
+    guided models also against their controls (same-alpha shuffled and random predictors, weight decay alone):
+    controls.csv."""
+    from sfhpc.report import controls_json, headline_rows, summarize, write_report, write_summary
     from sfhpc.rundir import RunDir
 
     with _user_errors(as_json):
@@ -542,11 +563,13 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
         summary = summarize(run_dir)
         csv_path, md_path = write_summary(run_dir, summary)
         files = write_report(run_dir, summary)
-    written = [csv_path, md_path, str(files.conditions_csv), str(files.report_md), *map(str, files.figures)]
+    written = [csv_path, md_path, str(files.conditions_csv), str(files.controls_csv), str(files.report_md),
+               *map(str, files.figures)]
     header, rows = headline_rows(files.report)
     if as_json:
         _print_json({"tables": [t.__dict__ for t in summary.tables], "problems": summary.problems,
-                     "conditions": [dict(zip(header, row, strict=True)) for row in rows], "files": written})
+                     "conditions": [dict(zip(header, row, strict=True)) for row in rows],
+                     "controls": controls_json(files.report), "files": written})
     else:
         _print_aggregate(summary, header, rows, written)
     if strict and summary.problems:

@@ -20,9 +20,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     Strict,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
@@ -114,6 +116,10 @@ class NeuralConfig(Closed):
     seed: Seed = Field(0, description="simulated: seed of the scenes and of every subject's encoding model")
 
 
+# A CBM category's name, as a class list gives it: printable text on one line.
+CategoryName = Annotated[str, Strict(), Field(min_length=1, max_length=200), AfterValidator(_one_line)]
+
+
 class DataConfig(Closed):
     """The dataset every stage of a sweep uses: `synthetic`, the embedded default (sfhpc.data.synthetic), or
     `imagefolder`, an ImageNet-style class subset (sfhpc.data.imagefolder).
@@ -121,7 +127,9 @@ class DataConfig(Closed):
     For imagefolder, `root` and `classes_file` become absolute paths, so that jobs find them wherever they start and
     the resolved config beside each result says which files were read. Validating reads no file: a sweep's data is
     checked against its files once, where the sweep is loaded (`with_files_checked`), which fills in `n_classes`
-    from the class list."""
+    and `categories` from the class list, so that the resolved config beside every result records the categories
+    CBM decided among. Synthetic classes are each their own category: `categories` stays unset and is left out of
+    the config's dumps, which keep the point ids, data caches and checkpoints of existing synthetic runs."""
 
     kind: Literal["synthetic", "imagefolder"] = "synthetic"
     image_size: Int = Field(128, ge=32, le=1024, description="stored images' size in px; imagefolder: the centre "
@@ -140,6 +148,11 @@ class DataConfig(Closed):
                                                        "name; '#' starts a comment")
     max_per_class: Int | None = Field(None, ge=2, description="imagefolder: at most this many images per class "
                                                               "from train/ and from val/ (quick runs; default all)")
+    categories: tuple[CategoryName, ...] | None = Field(
+        None, description="imagefolder: the critical-band-masking category of each class, in label order (CBM "
+                          "decides among them: SCIENCE.md section 4), filled in from classes_file ('<folder> <name> "
+                          "| <category>'; a class without one is its own category); give it only to check it. "
+                          "Synthetic classes are each their own category")
     neural: NeuralConfig = NeuralConfig()
 
     @field_validator("root", "classes_file")
@@ -154,10 +167,42 @@ class DataConfig(Closed):
                 if getattr(self, key) is None:
                     raise _key_error(key, f"kind imagefolder needs {key} ({what})", None)
         else:  # a forgotten `kind: imagefolder` would otherwise train on synthetic images without a word
-            for key in ("root", "classes_file", "max_per_class"):
+            for key in ("root", "classes_file", "max_per_class", "categories"):
                 if getattr(self, key) is not None:
                     raise _key_error(key, f"is only read by kind imagefolder (kind is {self.kind})", getattr(self, key))
+        if self.categories is not None:
+            self._check_categories(self.categories)
         return self
+
+    def _check_categories(self, categories: tuple[str, ...]) -> None:
+        """A category per class and at least 2 of them. No file is read: the class list is compared with them by
+        `with_files_checked`."""
+        if "n_classes" in self.model_fields_set and len(categories) != self.n_classes:
+            raise _key_error("categories", f"names {len(categories)} categories, one per class, but n_classes is "
+                                           f"{self.n_classes}", categories)
+        if len(set(categories)) < 2:
+            raise _key_error("categories", f"puts every class in the category {categories[0]!r}; CBM decides among "
+                                           "at least 2 categories", categories)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_categories(self, dump: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset (synthetic data, or an imagefolder whose files are not yet checked), `categories` is left out, so
+        # that the dumps that name points, data caches and checkpoints stay what they were before it existed.
+        dumped: dict[str, Any] = dump(self)
+        if self.categories is None:
+            dumped.pop("categories", None)
+        return dumped
+
+    def class_categories(self) -> tuple[str, ...]:
+        """The CBM category of each class label: each synthetic class its own, named by its shape; an imagefolder's
+        from `categories`, or, in a config written before they were recorded, from its class list."""
+        if self.kind == "synthetic":
+            from sfhpc.data.synthetic import CLASS_NAMES  # numpy, no torch
+
+            return CLASS_NAMES[:self.n_classes]
+        categories = self.categories if self.categories is not None else with_files_checked(self).categories
+        assert categories is not None  # with_files_checked fills it in for imagefolder
+        return categories
 
 
 def _absolute_path(path: str) -> str:
@@ -173,28 +218,49 @@ class DataFileError(ValueError):
         self.key = key
 
 
-def with_files_checked(data: DataConfig) -> DataConfig:
-    """`data` checked against the files it names: for imagefolder, `root` holds train/ and val/ and `classes_file`
-    lists at least 2 classes; `n_classes` is taken from the class list (a given one must match it), so that every
-    stage reading `data.n_classes` gets the list's length. DataFileError (with the key at fault) otherwise."""
+def with_files_checked(data: DataConfig, skipped: list[str] | None = None) -> DataConfig:
+    """`data` checked against the files it names, with what they say filled in: for imagefolder, `root` holds
+    train/ and val/ and `classes_file` lists at least 2 classes in at least 2 CBM categories; `n_classes` and
+    `categories` are taken from the class list (given ones must match it), so that every stage reading
+    `data.n_classes` gets the list's length and every result's config records the categories CBM used.
+    DataFileError (with the key at fault) otherwise. With a `skipped` list (planning: `sweep expand`), a file or
+    folder that does not exist is not an error: the check is appended there and the rest goes on."""
     if data.kind != "imagefolder" or data.root is None or data.classes_file is None:
         return data
-    from sfhpc.data.imagefolder import ImageFolderError, check_root, read_class_list  # numpy and PIL, no torch
+    if skipped is not None and not Path(data.classes_file).exists():
+        skipped.append(f"data.classes_file: {data.classes_file} does not exist here (n_classes and categories unknown)")
+        return data
+    from sfhpc.data.imagefolder import (  # numpy and PIL, no torch
+        ImageFolderError,
+        check_root,
+        class_categories,
+        read_class_list,
+    )
 
     try:
-        count = len(read_class_list(Path(data.classes_file)))
+        entries = read_class_list(Path(data.classes_file))
     except ImageFolderError as err:
         raise DataFileError("classes_file", str(err)) from None
+    count, categories = len(entries), class_categories(entries)
     if count < 2:
         raise DataFileError("classes_file", f"{data.classes_file} lists 1 class; a classifier needs at least 2")
+    if len(set(categories)) < 2:
+        raise DataFileError("classes_file", f"{data.classes_file} puts every class in the category "
+                                            f"{categories[0]!r}; CBM decides among at least 2 categories")
     if "n_classes" in data.model_fields_set and data.n_classes != count:
         raise DataFileError("n_classes", f"is {data.n_classes}, but classes_file {data.classes_file} lists {count} "
                                          "classes; leave n_classes out for imagefolder (it is taken from the file)")
-    try:
-        check_root(Path(data.root))
-    except ImageFolderError as err:
-        raise DataFileError("root", str(err)) from None
-    return data.model_copy(update={"n_classes": count})
+    if data.categories is not None and data.categories != categories:
+        raise DataFileError("categories", f"is {list(data.categories)}, but classes_file {data.classes_file} gives "
+                                          f"{list(categories)}; leave categories out (it is taken from the file)")
+    if skipped is not None and not Path(data.root).exists():
+        skipped.append(f"data.root: {data.root} does not exist here")
+    else:
+        try:
+            check_root(Path(data.root))
+        except ImageFolderError as err:
+            raise DataFileError("root", str(err)) from None
+    return data.model_copy(update={"n_classes": count, "categories": categories})
 
 
 def _key_error(key: str, message: str, value: Any) -> ValidationError:
@@ -651,9 +717,11 @@ def unknown_key_error(doc: LocatedYaml, path: KeyPath, allowed: list[str]) -> Sw
 
 
 # ------------------------------------------------------------------------------------- loading
-def load_sweep(path: Path | str, base_dir: Path | None = None) -> tuple[SweepConfig, LocatedYaml]:
+def load_sweep(path: Path | str, base_dir: Path | None = None, skipped: list[str] | None = None
+               ) -> tuple[SweepConfig, LocatedYaml]:
     """Read and validate a sweep file's shape and its data files (stages, axes and points are checked by
-    sfhpc.sweep.expand). `base_dir`: what relative file references are relative to (default: the file's folder)."""
+    sfhpc.sweep.expand). `base_dir`: what relative file references are relative to (default: the file's folder).
+    `skipped`: plan without the data files that are not here, listing the checks skipped (see with_files_checked)."""
     doc = LocatedYaml(Path(path), base_dir)
     if not isinstance(doc.data, dict):
         raise doc.error((), "a sweep file must be a mapping with at least `name` and `stages`")
@@ -666,7 +734,7 @@ def load_sweep(path: Path | str, base_dir: Path | None = None) -> tuple[SweepCon
     except ValidationError as err:
         raise validation_error(doc, err) from None
     try:
-        data = with_files_checked(sweep.data)
+        data = with_files_checked(sweep.data, skipped)
     except DataFileError as err:
         raise doc.error(("data", err.key), str(err)) from None
     return sweep.model_copy(update={"data": data}), doc

@@ -33,7 +33,7 @@ from sfhpc.config import (
 )
 from sfhpc.errors import SweepError
 from sfhpc.stages.registry import Registry, registry
-from sfhpc.stages.spec import ParamError, StageSpec
+from sfhpc.stages.spec import DataAbsent, ParamError, StageSpec
 
 
 @dataclass(frozen=True)
@@ -228,16 +228,18 @@ def _check_no_duplicates(points: list[SweepPoint], doc: LocatedYaml) -> None:
 
 
 # -------------------------------------------------------------------------------- stage points
-def expand(sweep: SweepConfig, doc: LocatedYaml, jobs_dir: Path = JOBS_DIR, *, max_points: int | None = None) -> Plan:
+def expand(sweep: SweepConfig, doc: LocatedYaml, jobs_dir: Path = JOBS_DIR, *, max_points: int | None = None,
+           skipped: list[str] | None = None) -> Plan:
     """Expand a validated sweep into every stage's points, in a deterministic order. `max_points` overrides the
-    sweep's own `max_points` cap (a CLI flag)."""
+    sweep's own `max_points` cap (a CLI flag). With a `skipped` list, a check whose data is not here (DataAbsent)
+    is appended to it instead of failing: a plan made before the data is copied."""
     stages_known = _known_stages(sweep, doc)
     cluster = load_cluster_profile(sweep, doc)  # first: cheap, and checked whatever the executor
     allowed_axes = sorted({name for stage in sweep.stages for name in stages_known[stage].params.model_fields})
     points = sweep_points(sweep, doc, allowed_axes, max_points)
     stages: list[StagePlan] = []
     for name in _stage_order(sweep, doc, stages_known):
-        stages.append(_expand_stage(stages_known[name], sweep, doc, points, jobs_dir, stages))
+        stages.append(_expand_stage(stages_known[name], sweep, doc, points, jobs_dir, stages, skipped))
     return Plan(sweep=sweep, source=doc.path, stages=tuple(stages), cluster=cluster)
 
 
@@ -252,12 +254,13 @@ def _known_stages(sweep: SweepConfig, doc: LocatedYaml) -> Registry:
 
 
 def expand_file(path: Path | str, jobs_dir: Path = JOBS_DIR, *, max_points: int | None = None,
-                base_dir: Path | None = None) -> Plan:
+                base_dir: Path | None = None, skipped: list[str] | None = None) -> Plan:
     """Load, check and expand a sweep file; every mistake is a SweepError naming the file, the line and the key.
     `max_points` overrides the sweep's `max_points` cap; `base_dir` is what relative `job:` and `cluster.profile:`
-    paths are relative to (default: the sweep file's folder)."""
-    sweep, doc = load_sweep(path, base_dir)
-    return expand(sweep, doc, jobs_dir, max_points=max_points)
+    paths are relative to (default: the sweep file's folder). `skipped`: plan without the data that is not here,
+    listing each check skipped (once) there; launching passes none, so that every check runs."""
+    sweep, doc = load_sweep(path, base_dir, skipped)
+    return expand(sweep, doc, jobs_dir, max_points=max_points, skipped=skipped)
 
 
 def _stage_order(sweep: SweepConfig, doc: LocatedYaml, known: Registry) -> list[str]:
@@ -275,7 +278,7 @@ def _stage_order(sweep: SweepConfig, doc: LocatedYaml, known: Registry) -> list[
 
 
 def _expand_stage(spec: StageSpec[Any], sweep: SweepConfig, doc: LocatedYaml, points: list[SweepPoint],
-                  jobs_dir: Path, done: list[StagePlan]) -> StagePlan:
+                  jobs_dir: Path, done: list[StagePlan], skipped: list[str] | None = None) -> StagePlan:
     name = spec.name
     stage_cfg = sweep.stages[name]
     fields = spec.params.model_fields
@@ -303,7 +306,7 @@ def _expand_stage(spec: StageSpec[Any], sweep: SweepConfig, doc: LocatedYaml, po
                                 if key in stage_cfg.params else f"{key!r} is set by sfhpc for each shard")
         cache_key = json.dumps(own, sort_keys=True, default=str)
         if cache_key not in validated:
-            params = _validate_params(spec, {**stage_cfg.params, **own}, point, doc, sweep.data, job)
+            params = _validate_params(spec, {**stage_cfg.params, **own}, point, doc, sweep.data, job, skipped)
             validated[cache_key] = _shards(spec, params, job)
         projected.append(validated[cache_key])
 
@@ -386,9 +389,10 @@ def _merge_resources(job: JobSpec, overrides: dict[str, Any], doc: LocatedYaml, 
 
 
 def _validate_params(spec: StageSpec[Any], values: dict[str, Any], point: SweepPoint, doc: LocatedYaml,
-                     data: DataConfig, job: JobSpec) -> dict[str, Any]:
+                     data: DataConfig, job: JobSpec, skipped: list[str] | None = None) -> dict[str, Any]:
     """One point's parameters, validated by the stage's model and passed through its expand-time check; errors
-    are located at the parameter's line (its sweep axis, or its fixed value)."""
+    are located at the parameter's line (its sweep axis, or its fixed value). A check whose data is not here is
+    listed in `skipped` (once), when there is such a list."""
     try:
         params: Closed = spec.params.model_validate(values)
     except ValidationError as err:
@@ -400,6 +404,13 @@ def _validate_params(spec: StageSpec[Any], values: dict[str, Any], point: SweepP
     if spec.check is not None:
         try:
             spec.check(params, data, job)
+        except DataAbsent as err:
+            if skipped is None:
+                raise doc.error(point.origins.get(err.key) or ("stages", spec.name, "params", err.key),
+                                str(err)) from None
+            note = f"{spec.name}: {err}"
+            if note not in skipped:
+                skipped.append(note)
         except ValueError as err:
             key = err.key if isinstance(err, ParamError) else spec.check_key
             origin = point.origins.get(key) if key else None

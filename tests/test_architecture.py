@@ -93,7 +93,7 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
 
 
 METRIC_NAMES = ("test_accuracy", "robust_accuracy_", "robust_", "rho_", "bandwidth_octaves", "centre_cpi",
-                "peak_sensitivity", "noise_ceiling_", "clean_correct", "thresholds")
+                "peak_sensitivity", "noise_ceiling_", "rdm_ceiling_", "clean_correct", "thresholds")
 
 
 @pytest.mark.parametrize("name", ["sfhpc.report", "sfhpc.sweep", "sfhpc.cli", "sfhpc.launch", "sfhpc.status"])

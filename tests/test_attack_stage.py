@@ -57,6 +57,10 @@ def test_shards_expand_per_trained_point(write_sweep):
     ("      attack_eps: {Lmax: [0.1]}\n", ["norm 'Lmax' is not supported", "Linf, L2, L1"]),
     ("      attack_shards: 13\n", ["13 attack shards for a test set of 12 images"]),
     ("      attack_eps: {Linf: [8/zero]}\n", ["'8/zero' is not a number"]),
+    ("      attack_eps_unit: percent\n", ["'pixel'", "'normalized'"]),
+    ("      attack_eps_unit: normalized\n      attack_eps: {Linf: [0.001, 5]}\n",
+     ["Linf epsilon 5 in normalized units is 1.12 in pixel units (x SD 0.224)"]),
+    ("      attack_eps: {Linf: [0.5, 1]}\n", ["Linf epsilon 1 (pixel units of [0, 1] images) is 1 or more"]),
 ])
 def test_bad_attack_settings_fail_at_expand_time(write_sweep, attack, words):
     path = write_sweep(SWEEP.format(attack=attack))
@@ -93,6 +97,46 @@ def test_sharded_attack_runs_and_combines_exactly(write_sweep, awkward_dir: Path
     again = runner.invoke(app, ["sweep", "launch", str(sweep), "--output", str(run)])
     assert "attack: submitted 0 points (3 already done)" in again.stdout
     assert {p: p.read_bytes() for p in shard_files} == before
+
+
+NORMALIZED = """\
+      attack_version: custom
+      attack_names: [apgd-ce]
+      attack_apgd_iterations: 2
+      attack_apgd_restarts: 1
+      attack_eps_unit: normalized
+      attack_eps: {Linf: [0.01, 0.05]}
+      attack_images: 4
+      attack_shards: 1
+      attack_batch_size: 4
+"""
+
+
+def test_normalized_epsilons_run_as_eps_times_the_models_sd(write_sweep, awkward_dir: Path):
+    """AutoAttack gets eps x 0.224 (the smallest of the model's ImageNet SDs); the result and the report state both
+    units."""
+    sweep = write_sweep(SWEEP.format(attack=NORMALIZED))
+    run = awkward_dir / "run"
+    result = runner.invoke(app, ["sweep", "launch", str(sweep), "--output", str(run)])
+    assert result.exit_code == 0, result.output
+    (result_file,) = run.glob("attack/*/result.h5")
+    with h5py.File(result_file) as f:
+        assert f.attrs["eps_unit"] == "normalized" and f.attrs["eps_sd"] == 0.224
+        assert list(f.attrs["normalization_std"]) == [0.229, 0.224, 0.225]
+        settings = json.loads(f.attrs["settings"])
+        metrics = json.loads(f.attrs["metric_values"])
+    assert [s["eps"] for s in settings] == [0.01 * 0.224, 0.05 * 0.224]
+    assert [s["eps_normalized"] for s in settings] == pytest.approx([0.01, 0.05], rel=1e-12)
+    assert {"robust_accuracy_Linf_eps0.00224", "robust_accuracy_Linf_eps0.0112"} <= set(metrics)
+    # the settings AutoAttack was constructed with, as its resumable state recorded them
+    manifest = json.loads((result_file.parent / "attack_state" / "manifest.json").read_text())
+    assert sorted(entry["settings"]["eps"] for entry in manifest.values()) == [0.01 * 0.224, 0.05 * 0.224]
+
+    report = runner.invoke(app, ["aggregate", str(run)])
+    assert report.exit_code == 0, report.output
+    text = (run / "report.md").read_text()
+    assert "robust accuracy, L∞ ε=0.571/255 px (0.01 norm.)" in text
+    assert "robust accuracy, L∞ ε=2.86/255 px (0.05 norm.)" in text
 
 
 def test_quick_runs_shorten_apgd_as_its_constructor_would():

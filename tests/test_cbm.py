@@ -165,9 +165,10 @@ def test_fit_reproduces_the_human_reference_channel():
     assert set(fit.to_json()) == {"amplitude", "mu", "sigma", "bandwidth_octaves", "centre_cpi", "peak_sensitivity"}
 
 
-def test_fit_refuses_all_zero_thresholds():
-    with pytest.raises(ValueError, match="no band has a threshold above 0"):
-        cbm.fit_channel([0, 0, 0, 0, 0, 0, 0])
+@pytest.mark.parametrize("flat", [[0] * 7, [1] * 7, [4] * 4])
+def test_a_flat_profile_has_no_channel(flat):
+    with pytest.raises(cbm.NoChannel, match=f"flat threshold profile: all {len(flat)} bands have threshold {flat[0]}"):
+        cbm.fit_channel(flat)
 
 
 @pytest.mark.parametrize("text", ["0,0,x,2", "0,,1", "", "1,nan,2"])
@@ -191,7 +192,7 @@ def test_masking_criterion_is_fixed_or_midway_to_chance():
     from sfhpc.stages.cbm.run import masking_criterion
 
     assert masking_criterion(0.5, 0.9, 16) == 0.5
-    assert masking_criterion("midpoint", 0.625, 8) == pytest.approx((0.125 + 0.625) / 2)
+    assert masking_criterion("midpoint", 0.625, 8) == pytest.approx((0.125 + 0.625) / 2)  # chance: 1 / categories
 
 
 def test_criterion_must_be_an_accuracy_or_midpoint():
@@ -206,14 +207,15 @@ def test_criterion_must_be_an_accuracy_or_midpoint():
         CbmParams(cbm_criterion="median")
 
 
-def test_a_model_at_chance_on_the_stimulus_gets_no_channel():
+def test_the_stimulus_test_is_a_binomial_test_against_the_criterion():
     from scipy.stats import binomtest
 
-    from sfhpc.stages.cbm.run import READS_STIMULUS_P, stimulus_p_value
+    from sfhpc.stages.cbm import ABOVE_CRITERION_P
+    from sfhpc.stages.cbm.run import above_criterion_p_value
 
-    # The quickstart's unsteered models after 3 epochs: 29 of 200 right with 8 classes is chance; 79 is not.
-    for correct in (29, 40, 79):
-        expected = binomtest(correct, 200, 1 / 8, alternative="greater").pvalue
-        assert stimulus_p_value(correct / 200, 200, 8) == pytest.approx(expected, rel=1e-9)
-    assert stimulus_p_value(29 / 200, 200, 8) > READS_STIMULUS_P
-    assert stimulus_p_value(79 / 200, 200, 8) < 1e-10
+    for correct, criterion in ((29, 0.5), (112, 0.5), (130, 0.5), (79, 0.26)):
+        expected = binomtest(correct, 200, criterion, alternative="greater").pvalue
+        assert above_criterion_p_value(correct / 200, 200, criterion) == pytest.approx(expected, rel=1e-9)
+    # 200 images at the 50% criterion: 112 right (56%) is not well above it, 130 (65%) is.
+    assert above_criterion_p_value(112 / 200, 200, 0.5) > ABOVE_CRITERION_P
+    assert above_criterion_p_value(130 / 200, 200, 0.5) < 1e-4

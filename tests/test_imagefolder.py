@@ -313,6 +313,7 @@ def test_sweep_with_an_imagefolder_expands(tree, write_sweep):
     paths = f"  root: {json.dumps(str(tree.root))}\n  classes_file: {json.dumps(str(tree.classes_file))}\n"
     plan = expand_file(write_sweep(SWEEP.format(paths=paths)))
     assert plan.sweep.data.n_classes == len(LISTED) and plan.sweep.data.root == str(tree.root)
+    assert plan.sweep.data.categories == LISTED  # no category listed: each class its own, named by its folder
     assert len(plan.stage("train").points) == 2
 
 

@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
+from test_report_runs import make_run, write_point
 
 from sfhpc.report import baselines, build_report, headline_rows, write_report
 from sfhpc.report.stats import TEST_NAME, no_baseline_test
-from sfhpc.results import Provenance, now_iso, write_result
 from sfhpc.rundir import RunDir
 from sfhpc.stages.attack.report import ROBUST_FIGURE, accuracy_auc, merge_attack_shards
 from sfhpc.stages.cbm.report import CBM_FIGURE
-from sfhpc.stages.rsa import noise_ceiling_metric, rho_metric
+from sfhpc.stages.rsa import noise_ceiling_metric, rdm_ceiling_lower_metric, rdm_ceiling_upper_metric, rho_metric
 from sfhpc.stages.rsa.report import RSA_FIGURE
 from sfhpc.stages.train.report import REPORT as TRAIN_REPORT
-from sfhpc.sweep import Plan, expand_file
+from sfhpc.sweep import Plan
 
 NO_BASELINE = no_baseline_test(TRAIN_REPORT.baseline)
 
@@ -61,27 +61,6 @@ CORRUPT_CBM = ("none", 1)  # written for another point, with absurd numbers that
 CBM = {"none": [(4.0, 7.0, 0.5, [0, 1, 3, 2]), (99.0, 99.0, 99.0, [4, 4, 4, 4]), (5.0, 9.0, 0.25, [1, 2, 3, 1])],
        "lsf": [(math.nan, math.nan, math.nan, [0, 0, 0, 0]), (3.0, 3.5, 1.0, [3, 2, 1, 0]),
                (3.4, 4.0, 0.5, [2, 3, 1, 0])]}
-
-
-def make_run(folder: Path, sweep_text: str) -> tuple[RunDir, Plan]:
-    """A run folder with the manifest `sweep launch` writes, and no results yet."""
-    folder.mkdir(parents=True, exist_ok=True)
-    sweep = folder / "sweep.yaml"
-    sweep.write_text(sweep_text)
-    plan = expand_file(sweep)
-    run = RunDir(folder / "run")
-    run.path.mkdir()
-    run.write_manifest({"schema_version": 1, "name": plan.sweep.name, "sweep_file": str(sweep.resolve()),
-                        "fingerprint": plan.fingerprint(), "git_sha": "test", "executor": "local",
-                        "created": now_iso(), "plan": plan.to_json()})
-    return run, plan
-
-
-def write_point(run: RunDir, stage: str, point_id: str, metrics: dict, curves: dict | None = None,
-                attrs: dict | None = None, claims: str | None = None) -> None:
-    write_result(run.result_path(stage, point_id), stage=stage, point_id=claims or point_id, config={},
-                 provenance=Provenance("test", now_iso(), now_iso()), metrics=metrics, curves=curves or {},
-                 extra_attrs=attrs)
 
 
 def points(plan: Plan, stage: str, band: str, seed: int) -> list:
@@ -259,7 +238,7 @@ def test_report_markdown_has_tables_test_and_figures(full_run):
     assert text.count("| metric | condition | n | mean ± SEM | Δ vs baseline | p |") == 3
     assert text.count(f"Test: {TEST_NAME}.") == 3
     assert "divided by ε_max" in text and "in [0, 1]" in text
-    assert "| robust accuracy, L∞ ε=8/255 | band=none | 3 |" in text
+    assert "| robust accuracy, L∞ ε=8/255 px | band=none | 3 |" in text
     lsf_auc = next(r for r in files.report.rows if r.condition == "band=lsf" and r.metric == "auc_Linf")
     assert f"{lsf_auc.mean:.3f} ± {lsf_auc.sem:.3f} | {lsf_auc.delta:+.3f} | {lsf_auc.p_value:.3f} |" in text
     links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", text)
@@ -287,7 +266,7 @@ def test_conditions_csv_holds_every_row(full_run):
 def test_headline_rows(full_run):
     _, _, files = full_run
     header, rows = headline_rows(files.report)
-    assert header == ["condition", "n", "clean acc", "L∞ ε=8/255", "AUC L∞", "L2 ε=0.5", "AUC L2",
+    assert header == ["condition", "n", "clean acc", "L∞ ε=8/255 px", "AUC L∞", "L2 ε=0.5 px", "AUC L2",
                       "CBM bandwidth (octaves)", "CBM centre (c/img)"]
     assert [row[:2] for row in rows] == [["band=none", "3"], ["band=lsf", "3"]]
     assert rows[1][3] == f"{np.mean([3 / 8, 5 / 8]):.3f} ± {stats.sem([3 / 8, 5 / 8]):.3f}"
@@ -399,6 +378,7 @@ stages:
 """
 RHO = {"none": [0.10, 0.20], "lsf": [0.30, 0.50]}  # pooled layer, V1; TO is half of it, the neural head a third
 CEILING = {"V1": 40.0, "TO": 20.0}
+RDM_CEILING = {"V1": (0.3, 0.7), "TO": (0.2, 0.5)}  # lower and upper bound, in rho
 
 
 def write_rsa(run: RunDir, plan: Plan) -> None:
@@ -408,7 +388,8 @@ def write_rsa(run: RunDir, plan: Plan) -> None:
             metrics = {"n_subjects": 1, "n_images": 10}
             for roi, scale in (("V1", 1.0), ("TO", 0.5)):
                 metrics |= {rho_metric("pooled", roi): rho * scale, rho_metric("neural_head", roi): rho * scale / 3,
-                            noise_ceiling_metric(roi): CEILING[roi]}
+                            noise_ceiling_metric(roi): CEILING[roi], rdm_ceiling_lower_metric(roi): RDM_CEILING[roi][0],
+                            rdm_ceiling_upper_metric(roi): RDM_CEILING[roi][1]}
             write_point(run, "rsa", point.id, metrics, {}, {"upstream": point.upstream[0]})
 
 
@@ -421,8 +402,8 @@ def test_a_sweep_with_train_and_rsa_only_reports_rho_per_roi(tmp_path: Path):
     assert metrics_in(files) == ["test_accuracy", "rsa_rho_pooled_V1", "rsa_rho_pooled_TO", "rsa_rho_neural_head_V1",
                                  "rsa_rho_neural_head_TO"]
     assert "## Similarity to human neural geometry (RSA)" in text and "## CBM channel" not in text
-    assert "| RSA ρ V1, pooled layer (noise ceiling 40.0%) | band=none | 2 | 0.150 ± 0.050 | baseline |  |" in text
-    assert "RSA ρ TO, neural head (noise ceiling 20.0%)" in text
+    assert "| RSA ρ V1, pooled layer (RDM ceiling 0.300–0.700) | band=none | 2 | 0.150 ± 0.050 | baseline |  |" in text
+    assert "RSA ρ TO, neural head (RDM ceiling 0.200–0.500)" in text and "40.0%" not in text
     lsf = rows_of(files)[("band=lsf", "rsa_rho_pooled_V1")]
     assert lsf.pairs == 2 and lsf.delta == pytest.approx(0.25) and lsf.p_value == pytest.approx(
         stats.ttest_rel(RHO["lsf"], RHO["none"]).pvalue)

@@ -1,5 +1,6 @@
-"""Representational similarity analysis: RDMs, their rank comparison and the permutation test, checked against
-direct numpy/scipy computations on random data."""
+"""Representational similarity analysis: RDMs, their rank comparison, the permutation test and the RDM noise
+ceiling, checked against direct numpy/scipy computations on random data (tests/test_rsa_toolbox.py checks them
+against rsatoolbox itself)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from scipy.spatial.distance import squareform
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from sfhpc.evaluation import rsa
 
@@ -174,14 +175,22 @@ def test_planted_structure_is_found_and_independent_data_is_not():
     assert independent.p_value > 0.2
 
 
+def patterns_of(rng: np.random.Generator, signal: np.ndarray, noise: float = 1.0, repeats: int = 3
+                ) -> rsa.RoiPatterns:
+    """An ROI's patterns: `repeats` noisy single-repeat patterns of `signal` (n_images, n_units), and their mean."""
+    single = signal + noise * rng.standard_normal((repeats, *signal.shape))
+    return rsa.RoiPatterns(mean=single.mean(axis=0), repeats=single)
+
+
 def test_rsa_against_rois_matches_permutation_test_pair_by_pair():
     rng = np.random.default_rng(9)
-    responses = {"V1": rng.standard_normal((20, 30)), "LO": rng.standard_normal((20, 15))}
+    signals = {"V1": rng.standard_normal((20, 30)), "LO": rng.standard_normal((20, 15))}
+    rois = {roi: patterns_of(rng, signal) for roi, signal in signals.items()}
     features = {
-        "pooled": responses["V1"] + 0.5 * rng.standard_normal((20, 30)),
+        "pooled": signals["V1"] + 0.5 * rng.standard_normal((20, 30)),
         "neural_head": rng.standard_normal((20, 8)),
     }
-    rows = rsa.rsa_against_rois(features, responses, {"V1": 31.1, "LO": 29.3}, n_permutations=100, seed=3)
+    rows = rsa.rsa_against_rois(features, rois, n_permutations=100, seed=3)
     assert [(row.layer, row.roi) for row in rows] == [
         ("pooled", "V1"),
         ("pooled", "LO"),
@@ -189,30 +198,88 @@ def test_rsa_against_rois_matches_permutation_test_pair_by_pair():
         ("neural_head", "LO"),
     ]
     for row in rows:
-        expected = rsa.permutation_test(
-            rsa.rdm(features[row.layer]), rsa.rdm(responses[row.roi]), n_permutations=100, seed=3
-        )
+        model_rdm = rsa.rdm(features[row.layer])
+        expected = rsa.permutation_test(model_rdm, rsa.rdm(rois[row.roi].mean), n_permutations=100, seed=3)
         assert row.rho == pytest.approx(expected.rho, abs=1e-12)
         assert row.p_value == expected.p_value
         np.testing.assert_allclose(row.null, expected.null, atol=1e-12)
         assert (row.n_images, row.n_permutations) == (20, 100)
-    assert rows[0].noise_ceiling == 31.1 and rows[1].noise_ceiling == 29.3
+        repeat_rdms = [rsa.rdm(repeat) for repeat in rois[row.roi].repeats]
+        assert row.rho_repeats == pytest.approx(np.mean([rsa.compare_rdms(model_rdm, r) for r in repeat_rdms]),
+                                                abs=1e-12)
+        assert (row.ceiling_lower, row.ceiling_upper) == rsa.rdm_noise_ceiling(repeat_rdms)
     assert rows[0].p_value == 1 / 101
+    assert rows[0].ceiling_lower == rows[2].ceiling_lower  # the ceiling is the ROI's, whatever the layer
+
+
+def patterns(n_images: int, n_units: int = 4, repeats: int = 3) -> rsa.RoiPatterns:
+    rng = np.random.default_rng(0)
+    return patterns_of(rng, rng.standard_normal((n_images, n_units)), repeats=repeats)
 
 
 @pytest.mark.parametrize(
-    ("features", "responses", "ceilings", "message"),
+    ("features", "rois", "message"),
     [
-        ({}, {"V1": np.eye(5)}, {"V1": 1.0}, "no layers"),
-        ({"pooled": np.eye(5)}, {}, {}, "no ROIs"),
-        ({"pooled": np.eye(5)}, {"V1": np.eye(6)}, {"V1": 1.0}, r"same images.*'pooled': 5.*'V1': 6"),
-        ({"pooled": np.eye(5)}, {"V1": np.eye(5), "LO": np.eye(5)}, {"V1": 1.0}, r"noise ceiling.*\['LO'\]"),
-        ({"pooled": np.eye(2)}, {"V1": np.eye(2)}, {"V1": 1.0}, "at least 3 images"),
+        ({}, {"V1": patterns(5)}, "no layers"),
+        ({"pooled": np.eye(5)}, {}, "no ROIs"),
+        ({"pooled": np.eye(5)}, {"V1": patterns(6)}, r"same images.*'pooled': 5.*'V1': 6"),
+        ({"pooled": np.eye(2)}, {"V1": patterns(2)}, "at least 3 images"),
+        ({"pooled": np.eye(5)}, {"V1": patterns(5, repeats=1)}, r"ROI V1: single-repeat patterns must be \(n_repeats"),
+        ({"pooled": np.eye(5)}, {"V1": rsa.RoiPatterns(patterns(5).mean, patterns(5, n_units=3).repeats)},
+         r"like its mean patterns, got shape \(3, 5, 3\)"),
     ],
 )
-def test_rsa_against_rois_refuses_inconsistent_inputs(features, responses, ceilings, message):
+def test_rsa_against_rois_refuses_inconsistent_inputs(features, rois, message):
     with pytest.raises(ValueError, match=message):
-        rsa.rsa_against_rois(features, responses, ceilings, n_permutations=5, seed=0)
+        rsa.rsa_against_rois(features, rois, n_permutations=5, seed=0)
+
+
+def slow_noise_ceiling(repeat_rdms: list[np.ndarray]) -> tuple[float, float]:
+    """rsatoolbox's boot_noise_ceiling for method 'spearman', written out with scipy: pool RDMs by the mean of their
+    ranks, compare each repeat with the pool of the others (lower) and of all (upper), average."""
+    upper = np.triu_indices(len(repeat_rdms[0]), k=1)
+    vectors = [matrix[upper] for matrix in repeat_rdms]
+    ranks = [rankdata(vector) for vector in vectors]
+    lower_rhos = [spearmanr(np.mean([r for j, r in enumerate(ranks) if j != k], axis=0), vectors[k]).statistic
+                  for k in range(len(vectors))]
+    upper_rhos = [spearmanr(np.mean(ranks, axis=0), vector).statistic for vector in vectors]
+    return float(np.mean(lower_rhos)), float(np.mean(upper_rhos))
+
+
+@pytest.mark.parametrize("n_repeats", [2, 3, 5])
+def test_rdm_noise_ceiling_equals_a_slow_direct_implementation(n_repeats):
+    rng = np.random.default_rng(12)
+    single = patterns_of(rng, rng.standard_normal((25, 12)), noise=1.5, repeats=n_repeats).repeats
+    repeat_rdms = [rsa.rdm(repeat) for repeat in single]
+    ceiling = rsa.rdm_noise_ceiling(repeat_rdms)
+    assert ceiling == pytest.approx(slow_noise_ceiling(repeat_rdms), abs=1e-12)
+    assert 0 < ceiling.lower < ceiling.upper < 1  # noisy repeats of a shared signal
+
+
+def test_rdm_noise_ceiling_is_one_for_identical_repeats_and_near_zero_for_pure_noise():
+    rng = np.random.default_rng(13)
+    same = rsa.rdm(rng.standard_normal((20, 10)))
+    assert rsa.rdm_noise_ceiling([same, same, same]) == pytest.approx((1.0, 1.0), abs=1e-12)
+    noise = [random_rdm(rng, 60) for _ in range(3)]
+    ceiling = rsa.rdm_noise_ceiling(noise)
+    assert abs(ceiling.lower) < 0.05  # the other repeats predict nothing of this one's noise
+    assert ceiling.upper == pytest.approx(1 / np.sqrt(3), abs=0.05)  # the pool contains a third of each repeat
+
+
+@pytest.mark.parametrize(
+    ("repeat_rdms", "message"),
+    [
+        ([1 - np.eye(4)], "at least 2 single-repeat RDMs, got 1"),
+        ([np.zeros((4, 4)), np.zeros((5, 5))], r"same images, got shapes \[\(4, 4\), \(5, 5\)\]"),
+        ([np.zeros((2, 2)), np.zeros((2, 2))], "at least 3 images"),
+        ([np.zeros((4, 4)), np.full((4, 4), np.nan)], "RDM of repeat 2 contains non-finite"),
+        ([np.zeros((4, 4)), np.triu(np.ones((4, 4)), k=1)], "RDM of repeat 2 is not symmetric"),
+        ([1 - np.eye(4), 1 - np.eye(4)], "every dissimilarity in the RDM of repeat 1 is equal"),
+    ],
+)
+def test_rdm_noise_ceiling_refuses_bad_repeats(repeat_rdms, message):
+    with pytest.raises(ValueError, match=message):
+        rsa.rdm_noise_ceiling(repeat_rdms)
 
 
 def test_rows_to_arrays_round_trip_through_hdf5(tmp_path):
@@ -220,8 +287,8 @@ def test_rows_to_arrays_round_trip_through_hdf5(tmp_path):
     rng = np.random.default_rng(10)
     rows = rsa.rsa_against_rois(
         {"pooled": rng.standard_normal((10, 6))},
-        {"V1": rng.standard_normal((10, 4)), "hV4 (ventral)": rng.standard_normal((10, 4))},
-        {"V1": 31.1, "hV4 (ventral)": float("nan")},
+        {"V1": patterns_of(rng, rng.standard_normal((10, 4))),
+         "hV4 (ventral)": patterns_of(rng, rng.standard_normal((10, 4)))},
         n_permutations=20,
         seed=0,
     )
@@ -235,8 +302,8 @@ def test_rows_to_arrays_round_trip_through_hdf5(tmp_path):
         stored = {name: f[name][()] for name in f}
     assert np.char.decode(stored["roi"], "utf-8").tolist() == ["V1", "hV4 (ventral)"]
     assert np.char.decode(stored["layer"], "utf-8").tolist() == ["pooled", "pooled"]
-    np.testing.assert_array_equal(stored["rho"], [row.rho for row in rows])
-    np.testing.assert_array_equal(stored["noise_ceiling"], [31.1, np.nan])
+    for name in ("rho", "p_value", "rho_repeats", "ceiling_lower", "ceiling_upper"):
+        np.testing.assert_array_equal(stored[name], [getattr(row, name) for row in rows])
     np.testing.assert_array_equal(stored["null"], arrays["null"])
     assert stored["n_permutations"].tolist() == [20, 20]
 

@@ -1,12 +1,18 @@
 """ImageNet-style image folders (torchvision's ImageFolder layout), restricted to the classes of a class-list file.
 
 Layout: ``ROOT/train/<class folder>/<image>`` and ``ROOT/val/<class folder>/<image>``. The class-list file names
-the class folders to use, one per line (label = line order), each optionally followed by a readable name; ``#``
-starts a comment and blank lines are skipped::
+the class folders to use, one per line (label = line order), each optionally followed by a readable name and by
+``|`` and the class's critical-band-masking (CBM) category; ``#`` starts a comment and blank lines are skipped::
 
     # 50-class subset for co-training
+    n02123045  tabby          | cat
+    n02123159  tiger cat      | cat
+    n02085782  Japanese spaniel  | dog
     n01440764  tench
-    n02102040  English springer
+
+The readable name is the text between the folder and ``|`` (spaces allowed); the category is the text after ``|``.
+A class listed without a category is its own category, named by its folder (``n01440764`` above). CBM decides
+among the categories (SCIENCE.md section 4); training and everything else use the classes.
 
 Every image is decoded once and transformed as the test transform of SCIENCE.md section 2: shorter side resized to
 round(image_size * 256 / 224) (bilinear, antialiased: PIL's resize, as torchvision's Resize on PIL images), then a
@@ -60,12 +66,22 @@ class ImageFolderError(ValueError):
     """A problem with an image folder or its class list; the message names the file or folder."""
 
 
+CATEGORY_SEPARATOR = "|"  # a readable name may contain spaces, so the category needs a mark of its own
+
+
 @dataclass(frozen=True)
 class ClassEntry:
-    """One line of a class-list file: the class folder's name and a readable name (the folder's, if none)."""
+    """One line of a class-list file: the class folder's name, a readable name (the folder's, if none) and its CBM
+    category (None: the class is its own category)."""
 
     folder: str
     name: str
+    category: str | None = None
+
+    @property
+    def cbm_category(self) -> str:
+        """The category CBM counts this class in: the listed one, or the class itself (named by its folder)."""
+        return self.folder if self.category is None else self.category
 
 
 @dataclass(frozen=True)
@@ -91,9 +107,10 @@ class SplitFiles:
 
 
 def read_class_list(path: Path) -> tuple[ClassEntry, ...]:
-    """The classes of a class-list file in label order. The folder name is a line's first word, the rest of the line
-    its readable name; text after ``#`` is a comment. Raises ImageFolderError for a missing, unreadable or empty
-    file and for a class listed twice."""
+    """The classes of a class-list file in label order. The folder name is a line's first word; the rest of the line
+    is its readable name, up to a ``|`` after which comes its CBM category; text after ``#`` is a comment. Raises
+    ImageFolderError for a missing, unreadable or empty file, a class listed twice, a bad category field, and a
+    class without a category whose folder is also another class's category (it would silently join it)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -104,18 +121,55 @@ def read_class_list(path: Path) -> tuple[ClassEntry, ...]:
     entries: list[ClassEntry] = []
     first_line: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
-        words = line.split("#", 1)[0].split(maxsplit=1)
-        if not words:
+        entry = _class_entry(line.split("#", 1)[0], f"{path}:{number}")
+        if entry is None:
             continue
-        folder = words[0]
-        if folder in first_line:
-            raise ImageFolderError(f"{path}:{number}: class {folder!r} is listed twice (first on line "
-                                   f"{first_line[folder]})")
-        first_line[folder] = number
-        entries.append(ClassEntry(folder, words[1].strip() if len(words) > 1 else folder))
+        if entry.folder in first_line:
+            raise ImageFolderError(f"{path}:{number}: class {entry.folder!r} is listed twice (first on line "
+                                   f"{first_line[entry.folder]})")
+        first_line[entry.folder] = number
+        entries.append(entry)
     if not entries:
         raise ImageFolderError(f"class-list file {path} lists no classes (only blank or # comment lines)")
+    _check_own_categories_are_distinct(entries, path, first_line)
     return tuple(entries)
+
+
+def _class_entry(text: str, where: str) -> ClassEntry | None:
+    """The class of one line without its comment (None for a blank one): ``folder [name] [| category]``."""
+    described, separator, category = text.partition(CATEGORY_SEPARATOR)
+    words = described.split(maxsplit=1)
+    if not words:
+        if separator:
+            raise ImageFolderError(f"{where}: no class folder before {CATEGORY_SEPARATOR!r}; a line is "
+                                   f"'<class folder> [readable name] [{CATEGORY_SEPARATOR} CBM category]'")
+        return None
+    if not separator:
+        return ClassEntry(words[0], words[1].strip() if len(words) > 1 else words[0])
+    category = category.strip()
+    if not category or CATEGORY_SEPARATOR in category:
+        problem = "nothing" if not category else f"another {CATEGORY_SEPARATOR!r}"
+        raise ImageFolderError(f"{where}: {problem} after {CATEGORY_SEPARATOR!r}: the CBM category follows one "
+                               f"{CATEGORY_SEPARATOR!r} (leave out '{CATEGORY_SEPARATOR} category' for a class that "
+                               "is its own category)")
+    return ClassEntry(words[0], words[1].strip() if len(words) > 1 else words[0], " ".join(category.split()))
+
+
+def _check_own_categories_are_distinct(entries: Sequence[ClassEntry], path: Path, lines: dict[str, int]) -> None:
+    """A class without a category is its own category, named by its folder: refuse one whose folder is also listed
+    as a category, which would count the two as one category without saying so."""
+    listed = {entry.category: entry.folder for entry in entries if entry.category is not None}
+    for entry in entries:
+        if entry.category is None and entry.folder in listed:
+            raise ImageFolderError(f"{path}:{lines[entry.folder]}: class {entry.folder!r} has no category, so it is "
+                                   f"its own category {entry.folder!r}, but that is also the category of class "
+                                   f"{listed[entry.folder]!r} (line {lines[listed[entry.folder]]}); give it "
+                                   f"'{CATEGORY_SEPARATOR} {entry.folder}' to join them, or another category")
+
+
+def class_categories(entries: Sequence[ClassEntry]) -> tuple[str, ...]:
+    """The CBM category of each class, in label order (a class without one is its own category)."""
+    return tuple(entry.cbm_category for entry in entries)
 
 
 def check_root(root: Path) -> None:

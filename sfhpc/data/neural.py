@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -326,7 +326,8 @@ def write_canonical(path: Path | str, subject: str, kind: str, design: TrialDesi
 @dataclass(frozen=True)
 class RoiData:
     """One ROI of a neural-data file, ready for training and RSA. `mean` holds the z-scored repeat averages
-    (n_images, n_voxels), `scores` their PC scores (n_images, n_components): the predictor's targets."""
+    (n_images, n_voxels), `scores` their PC scores (n_images, n_components): the predictor's targets. `zscore_mean`
+    and `zscore_sd` (n_voxels,) are the training images' statistics that z-scored them."""
 
     name: str
     scores: np.ndarray
@@ -335,6 +336,8 @@ class RoiData:
     explained_variance: np.ndarray
     components: np.ndarray
     voxel_index: np.ndarray
+    zscore_mean: np.ndarray
+    zscore_sd: np.ndarray
 
     @property
     def n_components(self) -> int:
@@ -343,6 +346,16 @@ class RoiData:
     @property
     def n_voxels(self) -> int:
         return self.mean.shape[1]
+
+    def standardize(self, responses: np.ndarray) -> np.ndarray:
+        """Responses (..., n_voxels) in % signal change (repeat averages or single trials), z-scored per voxel with
+        the training images' statistics, as `mean` was."""
+        return (responses - self.zscore_mean) / self.zscore_sd
+
+    def pc_scores(self, standardized: np.ndarray) -> np.ndarray:
+        """float64 (..., n_components): z-scored responses projected on the PCA components, as `scores` were (in
+        float64, then stored as float32)."""
+        return np.asarray(standardized, dtype=np.float64) @ self.components.astype(np.float64).T
 
 
 @dataclass(frozen=True)
@@ -369,11 +382,39 @@ class NeuralData:
             raise NeuralDataError(f"{self.path}: no ROI {name!r}; this file has {', '.join(self.rois)}")
         with h5py.File(self.path, "r") as f:
             group = f["rois"][name]
-            standardized = (group["mean"][()] - group["zscore_mean"][()]) / group["zscore_sd"][()]
-            return RoiData(name=name, scores=group["scores"][()], mean=standardized.astype(np.float32),
-                           noise_ceiling=group["noise_ceiling"][()],
-                           explained_variance=group["pca_explained_variance"][()],
-                           components=group["pca_components"][()], voxel_index=group["voxel_index"][()])
+            roi = RoiData(name=name, scores=group["scores"][()], mean=group["mean"][()],
+                          noise_ceiling=group["noise_ceiling"][()],
+                          explained_variance=group["pca_explained_variance"][()],
+                          components=group["pca_components"][()], voxel_index=group["voxel_index"][()],
+                          zscore_mean=group["zscore_mean"][()], zscore_sd=group["zscore_sd"][()])
+        # z-scored by the very function that single trials go through (repeat_trials, for RSA's noise ceiling)
+        return replace(roi, mean=roi.standardize(roi.mean).astype(np.float32))
+
+    def images_with_repeats(self, index: Sequence[int] | np.ndarray, repeats: int = CEILING_REPEATS) -> np.ndarray:
+        """int64: the images of `index` (positions in the image list, e.g. val_index) shown exactly `repeats` times,
+        in the order given. NSD's shared images have 3 trials each in a subject who finished every session, fewer
+        in one who did not (or in a file prepared from some sessions only)."""
+        index = np.asarray(index, dtype=np.int64)
+        counts = np.bincount(self._trial_image(), minlength=self.n_images)
+        return index[counts[index] == repeats]
+
+    def repeat_trials(self, name: str, images: Sequence[int] | np.ndarray,
+                      repeats: int = CEILING_REPEATS) -> np.ndarray:
+        """float32 (repeats, n_images, n_voxels): the single-trial responses (% signal change) of ROI `name` to
+        `images` (positions in the image list), each shown exactly `repeats` times; [k] holds each image's (k+1)-th
+        trial in the order of the file's trials (NSD: session by session, in the order shown). NeuralDataError for
+        an ROI not in the file or an image with another number of trials."""
+        if name not in self.rois:
+            raise NeuralDataError(f"{self.path}: no ROI {name!r}; this file has {', '.join(self.rois)}")
+        rows = _repeat_trial_rows(self._trial_image(), np.asarray(images, dtype=np.int64), repeats, self.path)
+        with h5py.File(self.path, "r") as f:
+            trials = _read_rows(f["rois"][name]["trials"], rows.ravel())
+        return trials.reshape(*rows.shape, trials.shape[1])
+
+    def _trial_image(self) -> np.ndarray:
+        """int64 (n_trials,): the image (position in the image list) of each trial."""
+        with h5py.File(self.path, "r") as f:
+            return f["trials/image"][()]
 
     def images(self, index: Sequence[int] | np.ndarray, size: int) -> np.ndarray:
         """uint8 (n, 3, size, size): the images at `index` (positions in the image list), from the file's inline
@@ -394,6 +435,18 @@ class NeuralData:
                 chunk = slice(start, start + _IMAGES_AT_ONCE)
                 out[chunk] = resize_images(_read_rows(f[name], rows[chunk]), size)
         return out
+
+
+def _repeat_trial_rows(trial_image: np.ndarray, images: np.ndarray, repeats: int, path: Path) -> np.ndarray:
+    """int64 (repeats, n_images): the trial indices of each image's `repeats` trials, in trial order."""
+    counts = np.bincount(trial_image)
+    known = (images >= 0) & (images < len(counts))
+    wrong = images[~known | (counts[np.where(known, images, 0)] != repeats)]
+    if len(wrong):
+        raise NeuralDataError(f"{path}: {len(wrong)} of the {len(images)} images asked for do not have exactly "
+                              f"{repeats} trials (first: image index {wrong[0]})")
+    shown = np.flatnonzero(counts == repeats)
+    return trials_of_images_with(trial_image, repeats)[np.searchsorted(shown, images)].T
 
 
 def _plain(value: Any) -> Any:

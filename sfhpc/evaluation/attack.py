@@ -27,6 +27,10 @@ What pyautoattack 0.2.0 really does, and what this module builds on it:
   (:func:`check_model_for_attack` refuses what the first two would warn about, and pyautoattack's dynamic check
   runs once), and skips them inside its calls (:func:`_model_checked_once`).
 
+Epsilons reach AutoAttack in pixel units of [0, 1] images. A sweep may give them in the model's normalisation units
+instead, as the study did (SCIENCE.md section 5); :func:`pixel_epsilons` converts them with one SD
+(:func:`conversion_sd`, which says why the smallest channel SD and how large the approximation is).
+
 Only :func:`check_model_for_attack`, :func:`clean_correct` and :func:`attack_shard` need torch and import it when
 called, so the login node can validate a sweep's attack settings (:func:`validate_attack_settings`) without it.
 """
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")  # pyautoattack's AttackName literal
 NORMS = ("Linf", "L2", "L1")  # AutoAttack asserts norm in these
 VERSIONS = ("standard", "plus", "rand", "custom")
+EPS_UNITS = ("pixel", "normalized")  # epsilons in pixels of [0, 1] images, or in the model's normalisation units
 MANIFEST_NAME = "manifest.json"
 PROBABILITY_TOLERANCE = 1e-4
 DETERMINISM_TOLERANCE = 1e-6
@@ -73,10 +78,11 @@ def shard_bounds(n: int, n_shards: int, shard: int) -> tuple[int, int]:
 
 def validate_attack_settings(version: str, attacks: Sequence[str] | None, norms: Sequence[str],
                              epsilons: Mapping[str, Sequence[float]] | Sequence[float], n_shards: int,
-                             n_test: int) -> None:
+                             n_test: int, unit: str = "pixel", std: Sequence[float] = ()) -> None:
     """Raise ValueError with the reason if AutoAttack would reject these settings or they make no sense.
 
-    `epsilons` is either one list for every norm or a {norm: list} mapping with an entry per norm. Torch-free.
+    `epsilons` is either one list for every norm or a {norm: list} mapping with an entry per norm, in `unit`
+    (normalized: converted with the model's per-channel SDs `std`, see :func:`pixel_epsilons`). Torch-free.
     """
     _validate_version_and_attacks(version, attacks)
     if not norms:
@@ -84,13 +90,15 @@ def validate_attack_settings(version: str, attacks: Sequence[str] | None, norms:
     for norm in norms:
         if norm not in NORMS:
             raise ValueError(f"norm {norm!r} is not supported by AutoAttack; choose from " + ", ".join(NORMS))
-    for norm, values in _epsilons_per_norm(norms, epsilons).items():
+    per_norm = _epsilons_per_norm(norms, epsilons)
+    for norm, values in per_norm.items():
         if len(values) == 0:
             raise ValueError(f"empty epsilon list for norm {norm}; give at least one epsilon")
         for eps in values:
             if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
                 raise ValueError(f"epsilon {eps!r} for norm {norm} must be a finite number > 0 (clean accuracy "
                                  "is reported separately, so eps = 0 is not an attack setting)")
+    pixel_epsilons(per_norm, unit, std)  # an unknown unit, or a Linf ball that holds every image
     if n_shards < 1:
         raise ValueError(f"n_shards must be at least 1, got {n_shards}")
     if n_shards > n_test:
@@ -123,6 +131,68 @@ def _epsilons_per_norm(norms: Sequence[str], epsilons: Mapping[str, Sequence[flo
     if missing:
         raise ValueError(f"no epsilon list for norm(s) {missing}")
     return {norm: epsilons[norm] for norm in norms}
+
+
+def conversion_sd(std: Sequence[float]) -> float:
+    """The one SD that converts an epsilon between the model's normalisation units and AutoAttack's isotropic pixel
+    units (pixel = normalized x SD): the smallest of the per-channel SDs `std` the model divides its inputs by.
+
+    The study attacked normalised inputs, (x - mean[c]) / std[c], within an isotropic ball of radius eps; in pixels
+    that ball is stretched per channel, radius eps * std[c]. AutoAttack takes one pixel radius for all channels, so
+    one SD must stand for three. With the smallest, AutoAttack's ball lies inside the study's in every channel and
+    for every norm (|d[c]| / std[c] <= |d[c]| / min(std)): each adversarial image it finds is one the study's threat
+    model allows too, so the approximation can only make the attack weaker than the study's, never stronger. Its
+    size (:func:`conversion_error`): for ImageNet's SD (0.229, 0.224, 0.225) the largest relative difference between
+    a channel's exact pixel radius and the one used is 2.18% (red; blue 0.44%, green 0), under a fifth of the
+    study's finest step between epsilons (0.017 -> 0.019, 11.8%). The mean SD (0.226) would make it 1.31%, but its
+    ball would reach beyond the study's in green and blue. (A difference that is not the SD's: Foolbox's bounds,
+    (-3, 3) in normalised units, are about -0.27..-0.20 to 1.08..1.17 in pixels by channel, so the study's
+    adversarial pixels could leave [0, 1] by up to eps; AutoAttack clips them to [0, 1].)
+    """
+    values = _checked_std(std)
+    return min(values)
+
+
+def conversion_error(std: Sequence[float]) -> float:
+    """The largest relative difference between a channel's exact pixel epsilon (eps * std[c]) and the one AutoAttack
+    is run with (eps * conversion_sd(std)): max over channels of (std[c] - sd) / std[c]."""
+    sd = conversion_sd(std)
+    return max((value - sd) / value for value in std)
+
+
+def pixel_epsilons(epsilons: Mapping[str, Sequence[float]], unit: str, std: Sequence[float] = ()
+                   ) -> dict[str, tuple[float, ...]]:
+    """AutoAttack's pixel epsilons per norm for `epsilons` given in `unit`: pixel ones unchanged, normalized ones
+    times conversion_sd(std) (`std`: the model's per-channel SDs, needed for normalized only).
+
+    Raises ValueError for an unknown unit, and for a Linf epsilon that is 1 or more in pixels: a ball that holds
+    every image in [0, 1], so no model could be robust in it. Torch-free: the login node checks a sweep with it."""
+    if unit not in EPS_UNITS:
+        raise ValueError(f"unknown epsilon unit {unit!r}; choose from " + ", ".join(EPS_UNITS))
+    sd = conversion_sd(std) if unit == "normalized" else 1.0
+    converted = {norm: tuple(float(eps) * sd for eps in values) for norm, values in epsilons.items()}
+    for given, pixel in zip(epsilons.get("Linf", ()), converted.get("Linf", ()), strict=True):
+        if pixel < 1:
+            continue
+        if unit == "pixel":
+            raise ValueError(f"Linf epsilon {pixel:.4g} (pixel units of [0, 1] images) is 1 or more: a ball that "
+                             "holds every image, so no model could be robust in it")
+        raise ValueError(f"Linf epsilon {given:g} in normalized units is {pixel:.4g} in pixel units (x SD {sd:g}): "
+                         "1 or more, a ball that holds every image in [0, 1]; the study's normalized epsilons were "
+                         "0.001 to 0.019 (SCIENCE.md section 5)")
+    return converted
+
+
+def normalized_epsilon(pixel: float, std: Sequence[float]) -> float:
+    """A pixel epsilon in the model's normalisation units: the inverse of the normalized-to-pixel conversion."""
+    return pixel / conversion_sd(std)
+
+
+def _checked_std(std: Sequence[float]) -> list[float]:
+    values = [float(value) for value in std]
+    if not values or not all(math.isfinite(value) and value > 0 for value in values):
+        raise ValueError(f"normalisation SDs {list(std)} must be finite numbers > 0, one per channel")
+    return values
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,14 @@ Grayscale, contrast-reduced test images get Gaussian noise limited to one-octave
 (noise level, band) cell gives a threshold per band, and a Gaussian fitted over band index describes the
 classifier's "channel" (bandwidth, centre frequency, peak noise sensitivity).
 
+Decisions are among categories (:class:`Categories`): the classifier's softmax probabilities are averaged over each
+category's classes and the most probable category is its answer; accuracy is category accuracy. With every class
+its own category this is the argmax over classes. Thresholds that describe no channel (a flat profile, a fit wider
+than the bands tested or centred outside them) raise :class:`NoChannel`, never give a fit.
+
 The module imports numpy and scipy only: the channel fit runs on the login node (``sfhpc cbm fit``), where torch
-must not be imported. Only :func:`torch_predictor` needs torch, and imports it when called.
+must not be imported. Only :func:`torch_probabilities` (and :func:`torch_predictor`, which uses it) needs torch,
+and imports it when called.
 """
 
 from __future__ import annotations
@@ -26,11 +32,20 @@ CONTRAST = 0.2
 MEAN_LUMINANCE = 0.449
 LOWEST_CENTRE_CPI = 1.75
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
-MAX_AMPLITUDE = 4.0  # the fit's upper bound on A: thresholds count at most len(NOISE_SDS) - 1 = 4 noise levels
 PUBLISHED_START = (1.0, 0.0, 1.0)  # (A, mu, sigma) start of the published fit
 MIN_SIGMA = 1e-6  # keeps the Gaussian defined; a real channel is far wider than a millionth of a band
+MIN_BANDS = 3  # a Gaussian has 3 parameters
+# The most bands of any image size sfhpc measures: data.image_size is at most 1024 px, whose bands are centred at
+# 1.75 .. 448 c/img (9 bands; 224 px has 7). More thresholds than that describe no image of a sweep.
+MAX_IMAGE_SIZE = 1024
 
 Predictor = Callable[[np.ndarray], np.ndarray]
+Probabilities = Callable[[np.ndarray], np.ndarray]  # a float32 batch (B, 3, H, W) -> class probabilities (B, C)
+
+
+class NoChannel(ValueError):
+    """Thresholds that describe no channel: a flat profile, or a fit wider than the bands tested or centred outside
+    them. The message gives the reason."""
 
 
 def band_centres_cpi(image_size: int) -> list[float]:
@@ -50,6 +65,9 @@ def band_centres_cpi(image_size: int) -> list[float]:
         centres.append(centre)
         centre *= 2
     return centres
+
+
+MAX_BANDS = len(band_centres_cpi(MAX_IMAGE_SIZE))
 
 
 def _octave_band_mask(height: int, width: int, centre_cpi: float) -> np.ndarray:
@@ -105,6 +123,65 @@ def to_cbm_images(images: np.ndarray) -> np.ndarray:
     return (MEAN_LUMINANCE + CONTRAST * centred).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Categories:
+    """The categories CBM decides among and the category of each of a classifier's classes (label order)."""
+
+    names: tuple[str, ...]  # in order of first appearance among the classes
+    of_class: np.ndarray  # (classes,) int: the index into `names` of each class label's category
+
+    @classmethod
+    def of_classes(cls, class_categories: Sequence[str]) -> Categories:
+        """From the category name of each class label (DataConfig.categories); at least 2 distinct categories."""
+        names = tuple(dict.fromkeys(class_categories))
+        if len(names) < 2:
+            raise ValueError(f"CBM decides among at least 2 categories, got {list(names)}")
+        index = {name: position for position, name in enumerate(names)}
+        return cls(names, np.asarray([index[name] for name in class_categories], dtype=np.int64))
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.of_class)
+
+    @property
+    def chance(self) -> float:
+        """Chance accuracy of a decision among the categories (SCIENCE.md section 4: 1/16 for the study's)."""
+        return 1.0 / len(self.names)
+
+    @property
+    def decision_rule(self) -> str:
+        """The rule in words, as results and reports name it."""
+        if len(self.names) == self.n_classes:
+            return f"argmax over {self.n_classes} classes (each its own category)"
+        return f"mean probability over {len(self.names)} categories ({self.n_classes} classes)"
+
+    def labels(self, class_labels: np.ndarray) -> np.ndarray:
+        """The category index of each class label."""
+        return self.of_class[np.asarray(class_labels)]
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """Per image, the category with the highest mean probability over its classes (B,), from class
+        probabilities (B, classes). A tie goes to the category that appears first."""
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if probabilities.ndim != 2 or probabilities.shape[1] != self.n_classes:
+            raise ValueError(f"need class probabilities (B, {self.n_classes}) for {self.n_classes} classes in "
+                             f"{len(self.names)} categories, got shape {probabilities.shape}")
+        membership = np.zeros((self.n_classes, len(self.names)))
+        membership[np.arange(self.n_classes), self.of_class] = 1.0
+        return (probabilities @ (membership / membership.sum(axis=0))).argmax(axis=1)
+
+
+def category_predictor(probabilities: Probabilities, categories: Categories) -> Predictor:
+    """A ``predict`` for :func:`accuracy_grid` that answers with categories: ``probabilities`` gives each image's
+    class probabilities, and the answer is the category of highest mean probability (:meth:`Categories.decide`).
+    Pass category labels (:meth:`Categories.labels`) to :func:`accuracy_grid` with it."""
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return categories.decide(probabilities(batch))
+
+    return predict
+
+
 def _cell_accuracy(
     predict: Predictor,
     images: np.ndarray,
@@ -143,7 +220,8 @@ def accuracy_grid(
     """Accuracy per (noise level, band) cell, shape (len(noise_sds), number of bands).
 
     ``images`` are CBM images (N, H, W) from :func:`to_cbm_images`. ``predict`` takes a float32 batch
-    (B, 3, H, W) in [0, 1] and returns predicted labels (B,); see :func:`torch_predictor`. Each cell's noise comes
+    (B, 3, H, W) in [0, 1] and returns predicted labels (B,), compared with ``labels``: categories with
+    :func:`category_predictor` and :meth:`Categories.labels` (see :func:`torch_predictor`). Each cell's noise comes
     from its own generator seeded by (seed, level, band), so a cell is reproducible on its own.
     """
     if images.ndim != 3 or images.shape[1:] != (image_size, image_size):
@@ -162,8 +240,9 @@ def accuracy_grid(
     return grid
 
 
-def torch_predictor(model: torch.nn.Module, device: str = "cpu") -> Predictor:
-    """Wrap a classifier that returns logits (B, classes) as a ``predict`` for :func:`accuracy_grid`.
+def torch_probabilities(model: torch.nn.Module, device: str = "cpu") -> Probabilities:
+    """Wrap a classifier that returns logits (B, classes) as a function from a float32 batch to its softmax
+    probabilities (B, classes), for :func:`category_predictor`.
 
     The model is put in eval mode (batch norm statistics frozen, dropout off) and any input normalisation must
     be part of it, since CBM images are in [0, 1].
@@ -172,14 +251,24 @@ def torch_predictor(model: torch.nn.Module, device: str = "cpu") -> Predictor:
 
     model.eval()
 
-    def predict(batch: np.ndarray) -> np.ndarray:
+    def probabilities(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             logits = model(torch.from_numpy(batch).to(device))
         if logits.ndim != 2:
             raise ValueError(f"model must return logits (B, classes), got shape {tuple(logits.shape)}")
-        return logits.argmax(dim=1).cpu().numpy()
+        return torch.softmax(logits.double(), dim=1).cpu().numpy()
 
-    return predict
+    return probabilities
+
+
+def torch_predictor(model: torch.nn.Module, categories: Categories | None = None, device: str = "cpu") -> Predictor:
+    """A ``predict`` for :func:`accuracy_grid` from a classifier that returns logits: its category by mean softmax
+    probability over each category's classes (SCIENCE.md section 4), or, without ``categories``, its class (argmax
+    over classes: every class its own category)."""
+    probabilities = torch_probabilities(model, device)
+    if categories is not None:
+        return category_predictor(probabilities, categories)
+    return lambda batch: probabilities(batch).argmax(axis=1)
 
 
 def thresholds(accuracy: np.ndarray, chance_level: float = 0.5) -> np.ndarray:
@@ -218,9 +307,10 @@ def _gaussian(x: np.ndarray, amplitude: float, mu: float, sigma: float) -> np.nd
     return amplitude * np.exp(-((x - mu) ** 2) / (2 * sigma**2))
 
 
-def _least_squares(x: np.ndarray, y: np.ndarray, start: Sequence[float]) -> tuple[np.ndarray, float] | None:
+def _least_squares(x: np.ndarray, y: np.ndarray, start: Sequence[float], max_amplitude: float
+                   ) -> tuple[np.ndarray, float] | None:
     """Bounded least-squares Gaussian fit from ``start``: (parameters, residual sum of squares), or None."""
-    bounds = ([0.0, -np.inf, MIN_SIGMA], [MAX_AMPLITUDE, np.inf, np.inf])
+    bounds = ([0.0, -np.inf, MIN_SIGMA], [max_amplitude, np.inf, np.inf])
     try:
         params, _ = curve_fit(_gaussian, x, y, p0=start, bounds=bounds)
     except RuntimeError:  # no convergence from this start; the other start may converge
@@ -228,35 +318,89 @@ def _least_squares(x: np.ndarray, y: np.ndarray, start: Sequence[float]) -> tupl
     return params, float(((_gaussian(x, *params) - y) ** 2).sum())
 
 
-def fit_channel(thresholds: Sequence[float] | np.ndarray) -> ChannelFit:
+def fit_channel(thresholds: Sequence[float] | np.ndarray, levels: int = len(NOISE_SDS)) -> ChannelFit:
     """Fit A * exp(-(x - mu)^2 / (2 sigma^2)) to per-band thresholds over band index x = 0 .. n-1.
 
-    Least squares with 0 <= A <= 4, from the published start (A, mu, sigma) = (1, 0, 1) and from a start at the
-    data's peak (its height, its first argmax, 1); the better fit is kept. The published start alone lands in a
+    ``levels``: the noise levels of the measurement (the noise-free one included), so thresholds lie in
+    0 .. levels-1 and bound A; peak sensitivity is 2 ** (A - (levels-1)) (SCIENCE.md: 2 ** (A - 4) for 5 levels).
+    Least squares with 0 <= A <= levels-1, from the published start (A, mu, sigma) = (1, 0, 1) and from a start at
+    the data's peak (its height, its first argmax, 1); the better fit is kept. The published start alone lands in a
     poor local optimum when the channel sits far from band 0 (for the human thresholds 0,0,0,0,2,2,0 it gives a
     3.1 octave channel at 0.04 c/img instead of 1.00 octave at 39.6 c/img).
+
+    Raises ValueError for input that is not a threshold profile (fewer than 3 or more than MAX_BANDS bands, values
+    outside 0 .. levels-1, no convergence) and :class:`NoChannel` for one that describes no channel: a flat profile
+    (all thresholds equal, all zero included: the Gaussian's width and centre are then undetermined, and least
+    squares returns whatever it drifts to, thousands of octaves), or a fit wider than the bands tested (n bands
+    span n octaves) or centred outside them (beyond the outer bands' edges, half a band past their centres).
     """
-    y = np.asarray(thresholds, dtype=float)
-    if y.ndim != 1 or len(y) < 3:
-        raise ValueError(f"need thresholds for at least 3 bands to fit 3 parameters, got {list(y)}")
-    if not np.isfinite(y).all() or (y < 0).any():
-        raise ValueError(f"thresholds must be finite and >= 0, got {list(y)}")
-    if not (y > 0).any():
-        raise ValueError("no band has a threshold above 0: the channel cannot be fitted")
+    y = _checked_profile(thresholds, levels)
+    if np.all(y == y[0]):
+        raise NoChannel(f"flat threshold profile: all {len(y)} bands have threshold {y[0]:g}, so no band is masked "
+                        "more than another and there is no channel to fit")
     x = np.arange(len(y), dtype=float)
-    data_start = (min(y.max(), MAX_AMPLITUDE), float(np.argmax(y)), 1.0)
-    fits = [fit for start in (PUBLISHED_START, data_start) if (fit := _least_squares(x, y, start)) is not None]
+    max_amplitude = float(levels - 1)
+    data_start = (min(y.max(), max_amplitude), float(np.argmax(y)), 1.0)
+    fits = [found for start in (PUBLISHED_START, data_start)
+            if (found := _least_squares(x, y, start, max_amplitude)) is not None]
     if not fits:
-        raise ValueError(f"the Gaussian fit did not converge for thresholds {list(y)}")
-    (amplitude, mu, sigma), _ = min(fits, key=lambda fit: fit[1])
-    return ChannelFit(
+        raise ValueError(f"the Gaussian fit did not converge for thresholds {_profile_text(y)}")
+    (amplitude, mu, sigma), _ = min(fits, key=lambda found: found[1])
+    fit = ChannelFit(
         amplitude=float(amplitude),
         mu=float(mu),
         sigma=float(sigma),
         bandwidth_octaves=float(2 * math.sqrt(math.log(4)) * sigma),
         centre_cpi=float(LOWEST_CENTRE_CPI * 2**mu),
-        peak_sensitivity=float(2 ** (amplitude - 4)),
+        peak_sensitivity=float(2 ** (amplitude - max_amplitude)),
     )
+    _check_within_tested_bands(fit, len(y))
+    return fit
+
+
+def _checked_profile(thresholds: Sequence[float] | np.ndarray, levels: int) -> np.ndarray:
+    """The thresholds as floats, or a ValueError that says what is wrong with them."""
+    if levels < 2:
+        raise ValueError(f"a measurement has at least 2 noise levels (the noise-free one and one more), got {levels}")
+    y = np.asarray(thresholds, dtype=float)
+    if y.ndim != 1 or not MIN_BANDS <= len(y) <= MAX_BANDS:
+        count = len(y) if y.ndim == 1 else y.size
+        raise ValueError(f"need thresholds for {MIN_BANDS} to {MAX_BANDS} bands (a Gaussian has 3 parameters; "
+                         f"{MAX_IMAGE_SIZE} px images, the largest a sweep takes, have {MAX_BANDS} bands, 224 px "
+                         f"have 7), got {count}")
+    if not np.isfinite(y).all() or (y < 0).any() or (y > levels - 1).any():
+        bad = next(value for value in y if not (math.isfinite(value) and 0 <= value <= levels - 1))
+        raise ValueError(f"thresholds count noise levels, 0 to {levels - 1} with {levels} levels, got {bad:g} in "
+                         f"{_profile_text(y)}")
+    return y
+
+
+def _check_within_tested_bands(fit: ChannelFit, n_bands: int) -> None:
+    """NoChannel when the fitted Gaussian is wider than the bands tested or centred outside them."""
+    if fit.bandwidth_octaves > n_bands:
+        raise NoChannel(f"the fitted bandwidth, {fit.bandwidth_octaves:.3g} octaves, is wider than the {n_bands} "
+                        f"octaves the {n_bands} bands span: the thresholds do not bound a channel")
+    lowest, highest = LOWEST_CENTRE_CPI * 2**-0.5, LOWEST_CENTRE_CPI * 2 ** (n_bands - 0.5)
+    if not -0.5 <= fit.mu <= n_bands - 0.5:
+        raise NoChannel(f"the fitted centre, {fit.centre_cpi:.3g} c/img, lies outside the bands tested "
+                        f"({lowest:.3g} to {highest:.3g} c/img): the thresholds do not locate a channel")
+
+
+def _profile_text(values: np.ndarray, most: int = 12) -> str:
+    """Thresholds as a message shows them: comma-separated, the first `most` of a long list."""
+    shown = ",".join(f"{value:g}" for value in values[:most])
+    return shown + (f",... ({len(values)} values)" if len(values) > most else "")
+
+
+def check_threshold_counts(thresholds: Sequence[float], levels: int = len(NOISE_SDS)) -> list[int]:
+    """Thresholds as a measurement gives them (``sfhpc cbm fit``): 3 to MAX_BANDS bands, each a whole number of
+    noise levels 0 .. levels-1. Returns them as ints; a ValueError says what is wrong."""
+    y = _checked_profile(thresholds, levels)
+    fractional = [position for position, value in enumerate(y, start=1) if value != round(value)]
+    if fractional:
+        raise ValueError(f"threshold {fractional[0]} of {_profile_text(y)} is {y[fractional[0] - 1]:g}: a threshold "
+                         "counts noise levels, a whole number")
+    return [int(value) for value in y]
 
 
 def parse_thresholds(text: str) -> list[float]:

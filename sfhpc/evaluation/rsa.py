@@ -6,6 +6,12 @@ vectors); two RDMs are compared by the Spearman rho of their upper triangles, an
 permuting the images of one RDM (rows and columns together), which keeps each RDM's internal structure intact and
 breaks only the image correspondence between them.
 
+Beside each rho stands the ROI RDM's noise ceiling in rho's own units, computed as rsatoolbox 0.3.2's
+``rsatoolbox.inference.boot_noise_ceiling(rdms, method="spearman")`` computes it over the single-repeat RDMs (one
+RDM per repeat of the images): the lower bound is the mean Spearman rho of each single-repeat RDM with the pooled RDM
+of the other repeats, the upper bound the mean rho of each with the pooled RDM of all repeats, where "pooled" means
+the mean of the RDMs' ranks (rsatoolbox's ``pool_rdm`` for Spearman).
+
 The module imports numpy and scipy only, so that it runs anywhere (login node, aggregation, tests) without torch.
 """
 
@@ -19,6 +25,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 MIN_IMAGES = 3  # three images give three pairs: the fewest for which a rank correlation can be anything but +-1
+MIN_REPEATS = 2  # an RDM noise ceiling's lower bound compares each repeat with the pool of the others
 # A null rho that equals the observed one in exact arithmetic (an image permutation that maps the RDM onto itself)
 # can differ from it in the last bits; counting it as "at least as large" keeps the p-value conservative.
 TIE_TOLERANCE = 1e-12
@@ -79,16 +86,21 @@ def upper_triangle(dissimilarity: np.ndarray) -> np.ndarray:
     return dissimilarity[rows, columns]
 
 
+def _check_rdm(name: str, matrix: np.ndarray) -> None:
+    """Raise ValueError unless ``matrix`` is a finite, symmetric, square RDM."""
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"{name} must be a square matrix, got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    # Comparisons read only the upper triangle; an asymmetric matrix would mean another one.
+    if not np.allclose(matrix, matrix.T, rtol=0, atol=1e-12):
+        raise ValueError(f"{name} is not symmetric")
+
+
 def _check_rdm_pair(model_rdm: np.ndarray, roi_rdm: np.ndarray) -> None:
     """Raise ValueError unless both are finite, symmetric, square RDMs over the same (>= 3) images."""
-    for name, matrix in (("model RDM", model_rdm), ("ROI RDM", roi_rdm)):
-        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-            raise ValueError(f"{name} must be a square matrix, got shape {matrix.shape}")
-        if not np.isfinite(matrix).all():
-            raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-        # The permutation test reads only the upper triangle; an asymmetric matrix would mean another one.
-        if not np.allclose(matrix, matrix.T, rtol=0, atol=1e-12):
-            raise ValueError(f"{name} is not symmetric")
+    _check_rdm("model RDM", model_rdm)
+    _check_rdm("ROI RDM", roi_rdm)
     if model_rdm.shape != roi_rdm.shape:
         raise ValueError(f"RDMs must cover the same images: model RDM {model_rdm.shape}, ROI RDM {roi_rdm.shape}")
     if len(model_rdm) < MIN_IMAGES:
@@ -98,7 +110,11 @@ def _check_rdm_pair(model_rdm: np.ndarray, roi_rdm: np.ndarray) -> None:
 def _unit_ranks(values: np.ndarray, name: str) -> np.ndarray:
     """Average ranks of ``values``, centred and scaled to unit length: the Pearson r of two such vectors is their
     dot product, which is the Spearman rho of the original values."""
-    ranks = rankdata(values)
+    return _unit_length(rankdata(values), name)
+
+
+def _unit_length(ranks: np.ndarray, name: str) -> np.ndarray:
+    """Ranks centred and scaled to unit length (see :func:`_unit_ranks`)."""
     centred = ranks - ranks.mean()
     length = np.linalg.norm(centred)
     if length == 0:
@@ -188,6 +204,74 @@ def permutation_test(model_rdm: np.ndarray, roi_rdm: np.ndarray, n_permutations:
     return PermutationResult(float(observed[0]), float(_p_values(observed, null)[0]), null[:, 0])
 
 
+class RdmCeiling(NamedTuple):
+    """An RDM noise ceiling in Spearman rho: the range in which the rho of the true model against the single-repeat
+    RDMs is expected to lie (lower: pooled from the other repeats, so not fitted to the noise of the one compared;
+    upper: pooled from all repeats, the one compared included)."""
+
+    lower: float
+    upper: float
+
+
+def _repeat_rdms(repeat_rdms: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    """The single-repeat RDMs as float64 matrices, checked: at least MIN_REPEATS finite, symmetric, square RDMs of
+    the same (>= MIN_IMAGES) images."""
+    matrices = [np.asarray(matrix, dtype=np.float64) for matrix in repeat_rdms]
+    if len(matrices) < MIN_REPEATS:
+        raise ValueError(f"an RDM noise ceiling needs at least {MIN_REPEATS} single-repeat RDMs, got {len(matrices)}")
+    for repeat, matrix in enumerate(matrices, start=1):
+        _check_rdm(f"RDM of repeat {repeat}", matrix)
+    shapes = {matrix.shape for matrix in matrices}
+    if len(shapes) != 1:
+        raise ValueError(f"single-repeat RDMs must cover the same images, got shapes {sorted(shapes)}")
+    if len(matrices[0]) < MIN_IMAGES:
+        raise ValueError(f"need at least {MIN_IMAGES} images for an RDM noise ceiling, got {len(matrices[0])}")
+    return matrices
+
+
+def rdm_noise_ceiling(repeat_rdms: Sequence[np.ndarray] | np.ndarray) -> RdmCeiling:
+    """Lower and upper bound of the RDM noise ceiling over single-repeat RDMs (n_repeats RDMs over the same images),
+    in Spearman rho, as ``rsatoolbox.inference.boot_noise_ceiling(RDMs(vectors), method="spearman")`` computes them.
+
+    rsatoolbox pools RDMs for a Spearman comparison by averaging their ranks (``pool_rdm``); each single-repeat RDM
+    is then compared by Spearman rho (average ranks for ties, as :func:`compare_rdms`) with the pooled RDM of the
+    other repeats (lower bound) and of all repeats (upper bound), and each bound is the mean over repeats.
+    """
+    return _ceiling_of_ranks(_repeat_ranks(_repeat_rdms(repeat_rdms)))
+
+
+def _repeat_ranks(repeat_rdms: list[np.ndarray]) -> np.ndarray:
+    """(n_repeats, n_pairs): the average ranks of each single-repeat RDM's upper triangle."""
+    return np.stack([rankdata(upper_triangle(matrix)) for matrix in repeat_rdms])
+
+
+def _repeat_unit_ranks(ranks: np.ndarray) -> np.ndarray:
+    """(n_repeats, n_pairs): each single-repeat RDM's ranks at unit length, for Spearman rhos as dot products."""
+    return np.stack([_unit_length(r, f"RDM of repeat {k}") for k, r in enumerate(ranks, start=1)])
+
+
+def _ceiling_of_ranks(ranks: np.ndarray) -> RdmCeiling:
+    """rdm_noise_ceiling from the single-repeat RDMs' ranks (n_repeats, n_pairs). Ranking is the costly step (NSD's
+    1000 shared images make 499,500 dissimilarities), so each RDM is ranked once, and each pool once."""
+    unit_ranks = _repeat_unit_ranks(ranks)
+    pooled_all = _unit_ranks(ranks.mean(axis=0), "pooled RDM of all repeats")
+    lower = [_unit_ranks(np.delete(ranks, k, axis=0).mean(axis=0), f"pooled RDM of the repeats but {k + 1}")
+             @ unit_ranks[k] for k in range(len(ranks))]
+    return RdmCeiling(lower=float(np.mean(lower)), upper=float(np.mean(unit_ranks @ pooled_all)))
+
+
+@dataclass(frozen=True)
+class RoiPatterns:
+    """One ROI's response patterns over the compared images, rows in the order of the model's images.
+
+    ``mean`` (n_images, n_units): the patterns the ROI RDM is made from (e.g. the z-scored PCA scores of the repeat
+    averages); ``repeats`` (n_repeats, n_images, n_units): each repeat's single-trial patterns put through the same
+    pipeline, for the RDM noise ceiling."""
+
+    mean: np.ndarray
+    repeats: np.ndarray
+
+
 @dataclass(frozen=True)
 class RsaRow:
     """One (model layer, ROI) comparison: the RSA result table has one row per pair."""
@@ -196,7 +280,9 @@ class RsaRow:
     roi: str
     rho: float  # Spearman rho between the layer's and the ROI's RDM upper triangles
     p_value: float  # one-sided, from permuting images
-    noise_ceiling: float  # the ROI's noise ceiling, as the caller gave it (stored beside rho, not applied to it)
+    rho_repeats: float  # mean Spearman rho of the layer's RDM with each single-repeat RDM: what the ceiling bounds
+    ceiling_lower: float  # the ROI RDM's noise ceiling (rdm_noise_ceiling), the same for every layer
+    ceiling_upper: float
     n_images: int
     n_permutations: int
     null: np.ndarray = field(repr=False, compare=False)  # (n_permutations,) rhos under permuted images
@@ -209,28 +295,56 @@ def _n_images(arrays: dict[str, np.ndarray], kind: str) -> set[int]:
     return {len(array) for array in arrays.values()}
 
 
+def _check_repeats(roi: str, patterns: RoiPatterns) -> None:
+    """Raise ValueError unless the ROI's single-repeat patterns are (>= MIN_REPEATS, n_images, n_units) like its
+    mean patterns."""
+    repeats, mean = np.asarray(patterns.repeats), np.asarray(patterns.mean)
+    if repeats.ndim != 3 or repeats.shape[1:] != mean.shape or len(repeats) < MIN_REPEATS:
+        raise ValueError(f"ROI {roi}: single-repeat patterns must be (n_repeats >= {MIN_REPEATS}, *{mean.shape}) like "
+                         f"its mean patterns, got shape {repeats.shape}")
+
+
+class _RoiComparison(NamedTuple):
+    """Every layer against one ROI: observed rhos, p-values and nulls per layer (columns), and the ROI's ceiling."""
+
+    observed: np.ndarray
+    p_values: np.ndarray
+    null: np.ndarray
+    rho_repeats: np.ndarray
+    ceiling: RdmCeiling
+
+
+def _compare_roi(layer_unit_ranks: np.ndarray, patterns: RoiPatterns, permutations: np.ndarray) -> _RoiComparison:
+    """Every layer (columns of ``layer_unit_ranks``) against one ROI's RDM, its single-repeat RDMs and ceiling."""
+    observed, null = _observed_and_null(layer_unit_ranks, rdm(patterns.mean), permutations)
+    ranks = _repeat_ranks(_repeat_rdms([rdm(repeat) for repeat in patterns.repeats]))
+    # rsatoolbox's eval_fixed: a model's mean rho against the data RDMs, the quantity its noise ceiling bounds.
+    rho_repeats = (_repeat_unit_ranks(ranks) @ layer_unit_ranks).mean(axis=0)
+    return _RoiComparison(observed, _p_values(observed, null), null, rho_repeats, _ceiling_of_ranks(ranks))
+
+
 def rsa_against_rois(
     features_by_layer: dict[str, np.ndarray],
-    roi_responses: dict[str, np.ndarray],
-    noise_ceilings: dict[str, float],
+    roi_patterns: dict[str, RoiPatterns],
     n_permutations: int,
     seed: int,
 ) -> list[RsaRow]:
-    """Compare every layer's RDM with every ROI's RDM of the same subject over the same images.
+    """Compare every layer's RDM with every ROI's RDM of the same subject over the same images, and give each ROI's
+    RDM noise ceiling beside it.
 
-    ``features_by_layer`` maps a layer name to (n_images, n_features); ``roi_responses`` maps an ROI name to
-    (n_images, n_units) (voxels or PC scores), the images in the same order on both sides, which only the caller
-    can ensure. Rows come layer by layer, ROIs in the given order. Every pair uses the same image permutations
+    ``features_by_layer`` maps a layer name to (n_images, n_features); ``roi_patterns`` maps an ROI name to its
+    patterns (:class:`RoiPatterns`: voxels or PC scores), the images in the same order on both sides, which only the
+    caller can ensure. Rows come layer by layer, ROIs in the given order. Every pair uses the same image permutations
     (from ``seed``), so null distributions are paired across layers and ROIs.
     """
-    counts = _n_images(features_by_layer, "layers") | _n_images(roi_responses, "ROIs")
+    counts = _n_images(features_by_layer, "layers") | _n_images(
+        {roi: patterns.mean for roi, patterns in roi_patterns.items()}, "ROIs")
     if len(counts) != 1:
         layer_sizes = {layer: len(features) for layer, features in features_by_layer.items()}
-        roi_sizes = {roi: len(responses) for roi, responses in roi_responses.items()}
+        roi_sizes = {roi: len(patterns.mean) for roi, patterns in roi_patterns.items()}
         raise ValueError(f"layers and ROIs must cover the same images, got image counts {layer_sizes} and {roi_sizes}")
-    missing = [roi for roi in roi_responses if roi not in noise_ceilings]
-    if missing:
-        raise ValueError(f"no noise ceiling given for ROI(s) {missing}")
+    for roi, patterns in roi_patterns.items():
+        _check_repeats(roi, patterns)
     (n_images,) = counts
     if n_images < MIN_IMAGES:
         raise ValueError(f"need at least {MIN_IMAGES} images to compare RDMs, got {n_images}")
@@ -240,23 +354,22 @@ def rsa_against_rois(
         [_unit_ranks(upper_triangle(matrix), f"RDM of layer {layer}") for layer, matrix in layer_rdms.items()], axis=1
     )
     permutations = image_permutations(n_images, n_permutations, seed)
-    by_roi = {}
-    for roi, responses in roi_responses.items():
-        observed, null = _observed_and_null(layer_unit_ranks, rdm(responses), permutations)
-        by_roi[roi] = observed, _p_values(observed, null), null
+    by_roi = {roi: _compare_roi(layer_unit_ranks, patterns, permutations) for roi, patterns in roi_patterns.items()}
     return [
         RsaRow(
             layer=layer,
             roi=roi,
-            rho=float(observed[column]),
-            p_value=float(p_values[column]),
-            noise_ceiling=float(noise_ceilings[roi]),
+            rho=float(compared.observed[column]),
+            p_value=float(compared.p_values[column]),
+            rho_repeats=float(compared.rho_repeats[column]),
+            ceiling_lower=compared.ceiling.lower,
+            ceiling_upper=compared.ceiling.upper,
             n_images=n_images,
             n_permutations=n_permutations,
-            null=null[:, column].copy(),
+            null=compared.null[:, column].copy(),
         )
         for column, layer in enumerate(layer_rdms)
-        for roi, (observed, p_values, null) in by_roi.items()
+        for roi, compared in by_roi.items()
     ]
 
 
@@ -275,7 +388,9 @@ def rows_to_arrays(rows: Sequence[RsaRow]) -> dict[str, np.ndarray]:
         "roi": np.array([row.roi.encode("utf-8") for row in rows], dtype=np.bytes_),
         "rho": np.array([row.rho for row in rows], dtype=np.float64),
         "p_value": np.array([row.p_value for row in rows], dtype=np.float64),
-        "noise_ceiling": np.array([row.noise_ceiling for row in rows], dtype=np.float64),
+        "rho_repeats": np.array([row.rho_repeats for row in rows], dtype=np.float64),
+        "ceiling_lower": np.array([row.ceiling_lower for row in rows], dtype=np.float64),
+        "ceiling_upper": np.array([row.ceiling_upper for row in rows], dtype=np.float64),
         "n_images": np.array([row.n_images for row in rows], dtype=np.int64),
         "n_permutations": np.array([row.n_permutations for row in rows], dtype=np.int64),
         "null": np.stack([row.null for row in rows]).astype(np.float64),

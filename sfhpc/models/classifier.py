@@ -6,7 +6,8 @@ it). The spectral filter sits before normalisation so that it acts on the images
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torchvision
@@ -19,6 +20,8 @@ from sfhpc.models.spectral import build_filter
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHS = ("resnet18", "small_resnet")
+IMAGENET_HEAD = "fc."  # torchvision's 1000-class head in its ResNet state dicts: the model's own head replaces it
+SHOWN_KEYS = 5  # keys named per kind of mismatch in an error (then the count)
 
 
 class Classifier(nn.Module):
@@ -151,3 +154,68 @@ def build_classifier(
     dc_gain = 1.0 if spectral is None else spectral.dc_gain
     mean = tuple(m * dc_gain for m in IMAGENET_MEAN)
     return Classifier(trunk, feature_dim, n_classes, spectral, mean, IMAGENET_STD, neural_dim)
+
+
+# ------------------------------------------------------------------------------------ pretrained weights
+class PretrainedWeightsError(ValueError):
+    """A pretrained weights file that is missing, is not a state dict, or does not fit the trunk."""
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict (parameter and buffer names -> tensors) saved in `path` with torch.save, read with
+    weights_only (a file runs no code when it is read)."""
+    if not path.is_file():
+        raise PretrainedWeightsError(f"pretrained weights {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PretrainedWeightsError(f"pretrained weights {path}: not a file torch.load reads ({reason})") from None
+    if not isinstance(state, Mapping):
+        raise _not_a_state_dict(path, f"a {type(state).__name__}")
+    not_tensors = [str(key) for key, value in state.items()
+                   if not isinstance(key, str) or not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise _not_a_state_dict(path, f"{len(not_tensors)} entries that are not tensors ({_some(not_tensors)}): a "
+                                      "training checkpoint? Save its model's state_dict() alone")
+    return dict(state)
+
+
+def _not_a_state_dict(path: Path, holds: str) -> PretrainedWeightsError:
+    return PretrainedWeightsError(f"pretrained weights {path}: not a state dict (names -> tensors, as "
+                                  f"model.state_dict() gives); it holds {holds}")
+
+
+def load_pretrained_trunk(model: Classifier, path: Path) -> None:
+    """Load the torchvision ResNet-18 state dict saved in `path` into the model's resnet18 trunk (the same key
+    names: conv1.weight, bn1.*, layer1.0.conv1.weight, ...). Its ImageNet head (fc.*) is dropped: the model's own
+    head, of its own classes, stays as built. A missing file, a file that is not a state dict, and missing,
+    unexpected or wrongly shaped tensors are a PretrainedWeightsError naming them. The model's normalisation
+    (ImageNet's mean and std, after the spectral front-end) is the one such weights were trained with."""
+    if not isinstance(model.trunk, torchvision.models.ResNet):
+        raise PretrainedWeightsError(f"pretrained weights {path} are a torchvision ResNet-18's; the model's trunk is "
+                                     f"a {type(model.trunk).__name__} (arch must be resnet18)")
+    state = read_state_dict(path)
+    trunk_state = {key: value for key, value in state.items() if not key.startswith(IMAGENET_HEAD)}
+    problems = _state_mismatches(model.trunk.state_dict(), trunk_state)
+    if problems:
+        raise PretrainedWeightsError(f"pretrained weights {path} do not fit torchvision's ResNet-18 trunk: "
+                                     + "; ".join(problems))
+    model.trunk.load_state_dict(trunk_state)
+
+
+def _state_mismatches(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> list[str]:
+    """Missing, unexpected and wrongly shaped entries of `given`, a few named of each, with their counts. A missing
+    BatchNorm counter (num_batches_tracked) is not one: torchvision's published files predate it, and BatchNorm
+    fills it in when loading."""
+    missing = [key for key in expected if key not in given and not key.endswith("num_batches_tracked")]
+    unexpected = [key for key in given if key not in expected]
+    shapes = [f"{key} {tuple(given[key].shape)} in the file, {tuple(value.shape)} in the model"
+              for key, value in expected.items() if key in given and given[key].shape != value.shape]
+    kinds = (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes))
+    return [f"{len(keys)} {kind}: {_some(keys)}" for kind, keys in kinds if keys]
+
+
+def _some(items: list[str]) -> str:
+    shown = ", ".join(items[:SHOWN_KEYS])
+    return f"{shown}, ... ({len(items) - SHOWN_KEYS} more)" if len(items) > SHOWN_KEYS else shown

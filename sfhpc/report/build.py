@@ -1,5 +1,5 @@
-"""A run's report from its result files: the models and their numbers, per-condition statistics, report.md,
-conditions.csv and the figures (SCIENCE.md sections 4 to 7).
+"""A run's report from its result files: the models and their numbers, per-condition statistics, the comparisons
+with controls, report.md, conditions.csv, controls.csv and the figures (SCIENCE.md sections 2 and 4 to 7).
 
 The report iterates the stage registry (sfhpc.stages.registry), in its order, over the stages the run's manifest
 plans, and asks each for its StageReport (spec.load_report()). The stage whose StageReport says `models` makes the
@@ -7,7 +7,9 @@ models, one per point, with its reported metrics; a sweep without it has no mode
 are in summary.md). Every other stage that reads the models' stage adds its numbers to the models it evaluates: its
 `metrics` from each point's valid result scalars (the generic way), then whatever its `collect` hook adds (merged
 shards, curves for its figures). The stages' families make report.md's tables, their figures follow their
-family's table, and their headline columns make the terminal's conditions table.
+family's table, and their headline columns make the terminal's conditions table. The models' stage's baseline rule
+gives each condition its baseline (conditions.csv); its controls, the control conditions of the conditions it
+compares with them (controls.csv, a section of report.md).
 
 Only valid result files are read. Points without one are listed with the reason, and so is what a stage's hook
 leaves out (a model whose attack shards are not all valid gets no attack numbers, never a partial merge).
@@ -35,8 +37,8 @@ from sfhpc.report.model import (
     condition_name,
     metric_columns,
 )
-from sfhpc.report.render import conditions_csv, report_markdown
-from sfhpc.report.stats import condition_statistics
+from sfhpc.report.render import conditions_csv, controls_csv, report_markdown
+from sfhpc.report.stats import condition_statistics, control_pairs, control_statistics
 from sfhpc.report.summary import Summary, summarize
 from sfhpc.results import atomic_write
 from sfhpc.rundir import RunDir
@@ -51,6 +53,7 @@ class ReportFiles:
     conditions_csv: Path
     figures: list[Path]
     report: Report
+    controls_csv: Path
 
 
 def build_report(run: RunDir, summary: Summary | None = None) -> Report:
@@ -67,7 +70,7 @@ def build_report(run: RunDir, summary: Summary | None = None) -> Report:
     extras: dict[str, Any] = {}
     if models_stage is not None:
         models_part = parts[models_stage]
-        models = _models(models_stage, planned[models_stage]["points"], summary, models_part.metrics)
+        models = _models(models_stage, planned, summary, models_part.metrics)
         if models:
             metrics.update({m.name: Metric(m.name, m.label, m.family, m.fmt) for m in models_part.metrics})
         for name, part in parts.items():
@@ -78,23 +81,31 @@ def build_report(run: RunDir, summary: Summary | None = None) -> Report:
                 problems += collection.problems
     conditions = list(dict.fromkeys(model.condition for model in models.values()))
     baseline = parts[models_stage].baseline if models_stage is not None else None
+    controls = parts[models_stage].controls if models_stage is not None else None
     rows = condition_statistics(list(models.values()), conditions, list(metrics), baseline)
+    pairs = control_pairs(list(models.values()), controls)
     report = Report(run, manifest, list(models.values()), conditions, metrics, rows, problems, baseline, extras,
                     families=_families(parts, metrics),
-                    figures=[(name, figure) for name, part in every_part.items() for figure in part.figures])
+                    figures=[(name, figure) for name, part in every_part.items() for figure in part.figures],
+                    controls=controls, control_pairs=pairs,
+                    control_rows=control_statistics(list(models.values()), conditions, list(metrics), pairs))
     report.headline = _headline(parts, report)
     return report
 
 
 def write_report(run: RunDir, summary: Summary | None = None) -> ReportFiles:
-    """Write conditions.csv, report.md and the figures (under figures/) into the run folder. A figure without data
-    is not written (a stale one is removed) and report.md says which stage would provide it."""
+    """Write conditions.csv, controls.csv, report.md and the figures (under figures/) into the run folder. A figure
+    without data is not written (a stale one is removed) and report.md says which stage would provide it.
+    controls.csv is written on every run, with its header alone when there is no comparison, so that it is never a
+    stale file of an earlier aggregate."""
     report = build_report(run, summary)
     csv_path, md_path = run.path / "conditions.csv", run.path / "report.md"
+    controls_path = run.path / "controls.csv"
     atomic_write(csv_path, lambda tmp: tmp.write_text(conditions_csv(report.rows)))
+    atomic_write(controls_path, lambda tmp: tmp.write_text(controls_csv(report.control_rows)))
     figures = _draw_figures(report, run.path / FIGURES_DIR)
     atomic_write(md_path, lambda tmp: tmp.write_text(report_markdown(report, {p.name for p in figures})))
-    return ReportFiles(md_path, csv_path, figures, report)
+    return ReportFiles(md_path, csv_path, figures, report, controls_path)
 
 
 def _stage_reports(planned: dict[str, Any]) -> dict[str, StageReport]:
@@ -114,14 +125,19 @@ def _stage_reports(planned: dict[str, Any]) -> dict[str, StageReport]:
     return parts
 
 
-def _models(stage: str, points: list[dict[str, Any]], summary: Summary, reported: tuple[ReportedMetric, ...]
+def _models(stage: str, planned: dict[str, Any], summary: Summary, reported: tuple[ReportedMetric, ...]
             ) -> dict[str, Model]:
-    """One model per point of the models' stage, with its reported metrics when it has a valid result."""
+    """One model per point of the models' stage, with the parameters of the points it reads (what its control rules
+    may ask: a guided model's predictor) and its reported metrics when it has a valid result."""
+    params_of = {f"{name}/{point['id']}": point["params"] for name, planned_stage in planned.items()
+                 for point in planned_stage["points"]}
     models = {}
-    for point in points:
+    for point in planned[stage]["points"]:
         labels = point["labels"]
         model = Model(point["id"], labels, point["params"], condition_name(labels),
-                      labels.get("seed", point["params"].get("seed")))
+                      labels.get("seed", point["params"].get("seed")),
+                      upstream_params={name: value for key in point["upstream"] if key in params_of
+                                       for name, value in params_of[key].items()})
         scalars = summary.metrics.get((stage, point["id"]))
         if scalars is not None:
             model.has_result = True
@@ -163,7 +179,8 @@ def _families(parts: dict[str, StageReport], metrics: dict[str, Metric]) -> list
         for family in part.families:
             known = merged.get(family.key)
             merged[family.key] = family if known is None else Family(
-                known.key, known.title, " ".join(caption for caption in (known.caption, family.caption) if caption))
+                known.key, known.title, " ".join(caption for caption in (known.caption, family.caption) if caption),
+                known.notes or family.notes)
     for metric in metrics.values():
         merged.setdefault(metric.family, Family(metric.family, metric.family, ""))
     return list(merged.values())

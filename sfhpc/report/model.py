@@ -3,7 +3,8 @@
 A *model* is a point of the stage whose points the report compares (the train stage); a *condition* is a model's
 sweep labels without the seed (`band=lsf`). A stage adds to the report through the `StageReport` of its spec: the
 metric rows it fills in for each model, the table sections (families) they belong to, its figures, and its columns
-of the terminal's headline table. This module names no stage and no metric.
+of the terminal's headline table. The models' stage also says what each condition is compared with: its baseline
+(`Baseline`) and, for some conditions, their controls (`Controls`). This module names no stage and no metric.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 SHARD_LABEL_SUFFIX = "_shard"  # a sharded stage's shard axis (attack_shard) tells shards apart, not variants
 
 Problem = dict[str, str]  # stage, point, state (missing | failed | corrupt | incomplete), reason
+# A model's parameters over those of the points it reads (a guided model: its predictor's), by name: what a control
+# rule reads, since what makes a model a control can be a parameter of its upstream point (the predictor's kind).
+Settings = dict[str, Any]
 
 
 def problem(stage: str, point: str, state: str, reason: str) -> Problem:
@@ -39,6 +43,9 @@ class Family:
     key: str
     title: str
     caption: str
+    # Markdown report.md shows after the family's table (e.g. a stage's table of the data it compared with), made
+    # from the report; "" shows nothing.
+    notes: Callable[[Report], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,11 @@ class Model:
     values: dict[str, float] = field(default_factory=dict)  # metric key -> value (NaN allowed)
     # stage -> variant -> what a stage keeps per model for its figures (cbm: band centres and thresholds)
     curves: dict[str, dict[str, Any]] = field(default_factory=dict)
+    upstream_params: dict[str, Any] = field(default_factory=dict)  # the parameters of the points it reads, merged
+
+    def settings(self) -> Settings:
+        """The model's parameters over its upstream points' (its own win a name both have)."""
+        return {**self.upstream_params, **self.params}
 
 
 @dataclass(frozen=True)
@@ -107,9 +119,56 @@ class Baseline:
     description: str
 
 
+@dataclass(frozen=True)
+class Control:
+    """One kind of control condition (a same-alpha model guided by a shuffled predictor, a model with only more
+    weight decay). `is_control(settings)` tells a model of this kind; `matches(compared, control)`, when given, says
+    whether a control model fits a compared model (both as Settings); `free_axes` are the axes the two may differ
+    in (the seed, which pairs them, among them): every other axis is equal, or has no value in the control (an
+    unguided model's ROI), as with the baseline. `name` titles it in tables ("shuffled-predictor"); `description`
+    says it in words."""
+
+    name: str
+    description: str
+    is_control: Callable[[Settings], bool]
+    free_axes: tuple[str, ...]
+    matches: Callable[[Settings, Settings], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The models' stage's control comparisons: each condition whose models `compared(settings)` accepts is tested
+    against every condition of each `kinds` that fits it, as against its baseline. `description` names the
+    compared models ("guided models (...)"); `title` heads report.md's section."""
+
+    title: str
+    description: str
+    compared: Callable[[Settings], bool]
+    kinds: tuple[Control, ...]
+
+
+@dataclass(frozen=True)
+class ControlRow:
+    """One compared condition against one of its control conditions, for one metric: a line of controls.csv."""
+
+    condition: str
+    metric: str
+    kind: str  # the Control's name
+    control: str  # the control condition
+    control_mean: float  # over the control's seeds with a finite value
+    pairs: int  # seeds with a finite value in both
+    delta: float  # mean over those seeds of (condition - control)
+    p_value: float  # NaN with fewer than 2 pairs
+    test: str
+
+
+# compared condition -> control kind -> its control conditions (empty: the sweep has none that fits)
+ControlPairs = dict[str, dict[str, list[str]]]
+
+
 @dataclass
 class Report:
-    """Everything report.md, conditions.csv and the figures show."""
+    """Everything report.md, conditions.csv, controls.csv and the figures show."""
 
     run: RunDir
     manifest: dict[str, Any]
@@ -125,6 +184,9 @@ class Report:
     # (stage, figure) for every figure of the registry's stages, present or not: report.md says why one is absent
     figures: list[tuple[str, FigureSpec]] = field(default_factory=list)
     headline: list[Column] = field(default_factory=list)  # the terminal's columns after condition and n
+    controls: Controls | None = None  # what the models' stage compares some conditions with, besides the baseline
+    control_pairs: ControlPairs = field(default_factory=dict)
+    control_rows: list[ControlRow] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rows_by_key = {(r.condition, r.metric): r for r in self.rows}
@@ -237,7 +299,8 @@ class StageReport:
     """What a stage adds to the report. `models`: its points are the report's models (one stage, the train stage);
     `baseline`: then, what each condition is compared with. `metrics`: scalars reported as they are (per model, per
     variant); `collect`: a hook for what needs more (merging shards, curves for a figure); it returns nothing and
-    adds to its Collection. `headline(report)`: columns for the terminal (default: the metrics with a column)."""
+    adds to its Collection. `headline(report)`: columns for the terminal (default: the metrics with a column).
+    `controls`: the models' stage's control comparisons, besides the baseline."""
 
     families: tuple[Family, ...] = ()
     metrics: tuple[ReportedMetric, ...] = ()
@@ -246,3 +309,4 @@ class StageReport:
     headline: Callable[[Report], list[Column]] | None = None
     models: bool = False
     baseline: Baseline | None = None
+    controls: Controls | None = None

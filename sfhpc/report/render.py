@@ -1,7 +1,8 @@
 """Everything the report package writes or prints, as text: summary.csv and summary.md (one row per point),
-conditions.csv and report.md (per condition), and the tables the terminal shows (`sfhpc aggregate`'s headline and
-point tables). Pure functions of a Summary or a Report; no stage's or metric's name: titles, captions, labels and
-formats come from the stages' StageReports through the Report.
+conditions.csv and report.md (per condition), controls.csv (conditions against their controls), the controls as
+JSON, and the tables the terminal shows (`sfhpc aggregate`'s headline and point tables). Pure functions of a Summary
+or a Report; no stage's or metric's name: titles, captions, labels and formats come from the stages' StageReports
+through the Report.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfhpc.report.figures import FIGURES_DIR
-from sfhpc.report.model import Baseline, ConditionRow, FigureSpec, Problem, Report
+from sfhpc.report.model import Baseline, ConditionRow, ControlRow, Controls, FigureSpec, Metric, Problem, Report
 from sfhpc.report.stats import TEST_NAME
 
 if TYPE_CHECKING:
@@ -86,15 +87,31 @@ CONDITIONS_CSV_COLUMNS = ["condition", "metric", "n", "mean", "sem", "baseline",
                           "p_value", "test"]
 
 
+CONTROLS_CSV_COLUMNS = ["condition", "metric", "kind", "control", "control_mean", "pairs", "delta", "p_value", "test"]
+
+
 def conditions_csv(rows: list[ConditionRow]) -> str:
     """conditions.csv: full precision; an empty cell for NaN or no baseline."""
+    return _rows_csv(CONDITIONS_CSV_COLUMNS, rows)
+
+
+def controls_csv(rows: list[ControlRow]) -> str:
+    """controls.csv: one row per compared condition, control condition and metric; full precision, an empty cell
+    for NaN."""
+    return _rows_csv(CONTROLS_CSV_COLUMNS, rows)
+
+
+def _rows_csv(columns: list[str], rows: list[ConditionRow] | list[ControlRow]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(CONDITIONS_CSV_COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow(["" if v is None or (isinstance(v, float) and math.isnan(v)) else v
-                         for v in (getattr(row, c) for c in CONDITIONS_CSV_COLUMNS)])
+        writer.writerow([_cell(getattr(row, c)) for c in columns])
     return out.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 def _mean_sem(row: ConditionRow | None, fmt: str) -> str:
@@ -110,10 +127,15 @@ def _delta_and_p(row: ConditionRow | None, fmt: str) -> tuple[str, str]:
         return "no baseline", "n/a"
     if row.baseline == row.condition:
         return "baseline", ""
-    if row.pairs == 0:
+    return _paired_cells(row.pairs, row.delta, row.p_value, fmt)
+
+
+def _paired_cells(pairs: int, delta: float, p_value: float, fmt: str) -> tuple[str, str]:
+    """Δ and p of a paired comparison, as report.md shows them."""
+    if pairs == 0:
         return "no paired seeds", "n/a"
-    p = "n/a" if math.isnan(row.p_value) else ("< 0.001" if row.p_value < 0.001 else f"{row.p_value:.3f}")
-    return f"{row.delta:+{fmt}}", p
+    p = "n/a" if math.isnan(p_value) else ("< 0.001" if p_value < 0.001 else f"{p_value:.3f}")
+    return f"{delta:+{fmt}}", p
 
 
 def family_table(report: Report, family: str) -> str:
@@ -141,13 +163,106 @@ def report_markdown(report: Report, figures: set[str]) -> str:
             continue
         caption = " ".join(part for part in (family.caption, test) if part)
         parts.append(f"## {family.title}\n\n*{caption}*\n\n{family_table(report, family.key)}")
+        notes = family.notes(report) if family.notes is not None else ""
+        parts += [notes] if notes else []
         links = [figure for _, figure in report.figures if figure.name in figures and figure.family == family.key]
         parts += [_figure_link(figure) for figure in links]
         shown |= {figure.name for figure in links}
     parts += [_figure_link(figure) for _, figure in report.figures if figure.name in figures - shown]
+    controls = controls_markdown(report)
+    parts += [controls] if controls else []
     parts += [_figure_missing(report, stage, figure) for stage, figure in report.figures if figure.name not in figures]
     parts.append(problems_markdown(report.problems))
     return "\n\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------------------ against the controls
+MOST_NAMED_CONDITIONS = 10  # report.md names this many conditions that lack a control, then counts the rest
+
+
+def controls_markdown(report: Report) -> str | None:
+    """report.md's part on the controls, after the baseline tables: a section with one table per family of the
+    comparisons the sweep has, naming the controls it lacks; a line when it has none of them, or nothing to compare
+    with them; None when the models' stage declares no controls."""
+    controls = report.controls
+    if controls is None:
+        return None
+    if not report.control_pairs:
+        return f"*No control comparisons: this sweep has no {controls.description}.*"
+    missing = missing_controls(report)
+    absent = [kind.name for kind in controls.kinds if len(missing[kind.name]) == len(report.control_pairs)]
+    if len(absent) == len(controls.kinds):
+        return (f"*No control comparisons: this sweep has none of the controls ({', '.join(absent)}) of the "
+                f"{controls.description}, so they are tested against the baseline only.*")
+    parts = [f"## {controls.title}", f"*{_controls_caption(controls)}*"]
+    parts += [_missing_sentence(report, kind, conditions) for kind, conditions in missing.items() if conditions]
+    for family in report.families:
+        table = _control_table(report, [m for m in report.metrics.values() if m.family == family.key])
+        if table:
+            parts.append(f"### {family.title}\n\n{table}")
+    return "\n\n".join(parts)
+
+
+def missing_controls(report: Report) -> dict[str, list[str]]:
+    """Per control kind, the compared conditions the sweep has no control of that kind for."""
+    kinds = [kind.name for kind in report.controls.kinds] if report.controls else []
+    return {kind: [c for c, found in report.control_pairs.items() if not found[kind]] for kind in kinds}
+
+
+def _controls_caption(controls: Controls) -> str:
+    kinds = "; ".join(f"{kind.name}: {kind.description}" for kind in controls.kinds)
+    return (f"Each condition of the {controls.description} against each of its control conditions in this sweep, "
+            f"by kind — {kinds}. "
+            f"Test: {TEST_NAME}; Δ is the mean seed-paired difference (condition − control), p is n/a with fewer "
+            "than 2 pairs. The control column names the control's kind and the axes in which it differs.")
+
+
+def _missing_sentence(report: Report, kind: str, conditions: list[str]) -> str:
+    if len(conditions) == len(report.control_pairs):
+        return f"This sweep has no {kind} control."
+    named = "; ".join(f"`{c}`" for c in conditions[:MOST_NAMED_CONDITIONS])
+    more = len(conditions) - MOST_NAMED_CONDITIONS
+    return (f"No {kind} control for {len(conditions)} of the {len(report.control_pairs)} compared conditions: "
+            f"{named}" + (f" and {more} more." if more > 0 else "."))
+
+
+def _control_table(report: Report, metrics: list[Metric]) -> str | None:
+    """metric | condition | control | pairs | Δ vs control | p, for these metrics; None without a comparison."""
+    labels = {model.condition: model.labels for model in report.models}  # a condition's models differ in the seed
+    by_metric: dict[str, list[ControlRow]] = {}
+    for row in report.control_rows:
+        by_metric.setdefault(row.metric, []).append(row)
+    lines = []
+    for metric in metrics:
+        for i, row in enumerate(by_metric.get(metric.key, [])):
+            delta, p = _paired_cells(row.pairs, row.delta, row.p_value, metric.fmt)
+            differences = _differences(labels[row.condition], labels[row.control])
+            control = f"{row.kind} ({differences})" if differences else row.kind
+            lines.append([metric.label if i == 0 else "", row.condition, control, str(row.pairs), delta, p])
+    return markdown_table(["metric", "condition", "control", "pairs", "Δ vs control", "p"], lines) if lines else None
+
+
+def _differences(labels: dict[str, Any], control: dict[str, Any]) -> str:
+    """The control's axes that differ from the condition's, with a value (not the seed): `predictor=shuffled`."""
+    return ", ".join(f"{axis}={value}" for axis, value in control.items()
+                     if axis != "seed" and value is not None and value != labels.get(axis))
+
+
+def controls_json(report: Report) -> dict[str, Any] | None:
+    """The controls for `aggregate --json`: the compared models, each kind's description, per kind the compared
+    conditions without such a control, and every comparison (NaN as null); None when the models' stage declares no
+    controls."""
+    if report.controls is None:
+        return None
+    return {"compared": report.controls.description,
+            "kinds": {kind.name: kind.description for kind in report.controls.kinds},
+            "missing": missing_controls(report),
+            "comparisons": [{column: _json_number(getattr(row, column)) for column in CONTROLS_CSV_COLUMNS}
+                            for row in report.control_rows]}
+
+
+def _json_number(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _introduction(report: Report, any_baseline: bool) -> str:

@@ -1,6 +1,7 @@
 """Per-condition statistics: n, mean and SEM over seeds, and each condition against its baseline condition by a
-paired t-test over the seeds present in both. What a baseline is comes from the models' stage (its StageReport's
-`Baseline`); this module names no stage and no metric: metrics are rows keyed by name.
+paired t-test over the seeds present in both; some conditions also against each of their control conditions, by the
+same test. What a baseline and a control are comes from the models' stage (its StageReport's `Baseline` and
+`Controls`); this module names no stage and no metric: metrics are rows keyed by name.
 
 Login-node code: numpy, and scipy's Student t distribution when there is a test to run.
 """
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sfhpc.report.model import Baseline, ConditionRow, Model
+from sfhpc.report.model import Baseline, ConditionRow, ControlPairs, ControlRow, Controls, Model
 
 TEST_NAME = "paired t-test over seeds"
 BASELINE_ROW = "(baseline)"
@@ -62,12 +63,12 @@ def paired_t_p_value(differences: np.ndarray) -> float:
     return float(2 * stdtr(n - 1, -abs(t)))
 
 
-def _compares_with(model: Model, baseline_model: Model, paired_axes: tuple[str, ...]) -> bool:
-    """Equal on every other axis; an axis the baseline has no value for (an unguided model's subject and ROI)
-    matches any value, so every guided condition is compared with the one unguided model of its band and seed."""
-    axes = (set(model.labels) | set(baseline_model.labels)) - set(paired_axes)
-    return all(baseline_model.labels.get(k) is None or baseline_model.labels.get(k) == model.labels.get(k)
-               for k in axes)
+def _compares_with(model: Model, reference: Model, paired_axes: tuple[str, ...]) -> bool:
+    """Equal on every other axis; an axis the reference (a baseline or a control) has no value for (an unguided
+    model's subject and ROI) matches any value, so every guided condition is compared with the one unguided model of
+    its band and seed."""
+    axes = (set(model.labels) | set(reference.labels)) - set(paired_axes)
+    return all(reference.labels.get(k) is None or reference.labels.get(k) == model.labels.get(k) for k in axes)
 
 
 def baselines(models: list[Model], baseline: Baseline | None) -> dict[str, str | None]:
@@ -84,6 +85,14 @@ def baselines(models: list[Model], baseline: Baseline | None) -> dict[str, str |
             for c, m in first.items()}
 
 
+def values_by_condition(models: list[Model], conditions: list[str], metric: str) -> dict[str, dict[Any, float]]:
+    """Each condition's value of `metric` per seed (NaN where a model lacks it)."""
+    per_condition: dict[str, dict[Any, float]] = {c: {} for c in conditions}
+    for m in models:  # one pass (not one per condition: 1,000 conditions of 10,000 models took a second)
+        per_condition[m.condition][m.seed] = m.values.get(metric, math.nan)
+    return per_condition
+
+
 def condition_statistics(models: list[Model], conditions: list[str], metrics: list[str], baseline: Baseline | None
                          ) -> list[ConditionRow]:
     """n, mean, SEM per condition and metric, and the paired test against the condition's baseline."""
@@ -91,9 +100,7 @@ def condition_statistics(models: list[Model], conditions: list[str], metrics: li
     no_baseline = no_baseline_test(baseline)
     rows = []
     for metric in metrics:
-        per_condition: dict[str, dict[Any, float]] = {c: {} for c in conditions}
-        for m in models:  # one pass (not one per condition: 1,000 conditions of 10,000 models took a second)
-            per_condition[m.condition][m.seed] = m.values.get(metric, math.nan)
+        per_condition = values_by_condition(models, conditions, metric)
         for condition in conditions:
             values = per_condition[condition]
             n, mean, sem = describe(list(values.values()))
@@ -109,4 +116,47 @@ def condition_statistics(models: list[Model], conditions: list[str], metrics: li
                 continue
             pairs, delta, p = paired_test(values, per_condition[base])
             rows.append(ConditionRow(condition, metric, n, mean, sem, base, base_mean, pairs, delta, p, TEST_NAME))
+    return rows
+
+
+def control_pairs(models: list[Model], controls: Controls | None) -> ControlPairs:
+    """Each compared condition's control conditions of each kind: those whose models the kind calls controls, that
+    fit the compared models (its `matches`) and are equal to them on every axis but its free ones (an axis the
+    control has no value for matches any). Conditions are judged by their first model: a condition's models differ
+    only in the seed."""
+    if controls is None:
+        return {}
+    first: dict[str, Model] = {}
+    for model in models:
+        first.setdefault(model.condition, model)
+    settings = {condition: model.settings() for condition, model in first.items()}
+    candidates = {kind.name: [c for c in first if kind.is_control(settings[c])] for kind in controls.kinds}
+    pairs: ControlPairs = {}
+    for condition, model in first.items():
+        if not controls.compared(settings[condition]):
+            continue
+        pairs[condition] = {
+            kind.name: [c for c in candidates[kind.name] if c != condition
+                        and _compares_with(model, first[c], kind.free_axes)
+                        and (kind.matches is None or kind.matches(settings[condition], settings[c]))]
+            for kind in controls.kinds}
+    return pairs
+
+
+def control_statistics(models: list[Model], conditions: list[str], metrics: list[str], pairs: ControlPairs
+                       ) -> list[ControlRow]:
+    """Each compared condition against each of its control conditions, per metric: the paired test over the seeds
+    present in both, as against the baseline. Rows in metric, condition, kind, control order."""
+    used = list(dict.fromkeys(c for kinds in pairs.values() for controls in kinds.values() for c in controls))
+    rows = []
+    for metric in metrics:
+        per_condition = values_by_condition(models, conditions, metric)
+        # once per control, not once per comparison: a weight-decay control serves every guided condition
+        mean_of = {control: describe(list(per_condition[control].values()))[1] for control in used}
+        for condition, kinds in pairs.items():
+            for kind, controls in kinds.items():
+                for control in controls:
+                    n_pairs, delta, p = paired_test(per_condition[condition], per_condition[control])
+                    rows.append(ControlRow(condition, metric, kind, control, mean_of[control], n_pairs, delta, p,
+                                           TEST_NAME))
     return rows

@@ -68,12 +68,18 @@ class History:
     seconds: list[float] = field(default_factory=list)
 
 
-def training_identity(params: Closed, data: DataConfig, *, extendable: str) -> str:
+def training_identity(params: Closed, data: DataConfig, *, extendable: str,
+                      resolved: dict[str, str | None] | None = None) -> str:
     """What a checkpoint must match to be resumed: every setting except the number of epochs (the parameter
     `extendable`, so that a finished run can be extended). Only settings that differ from their defaults count, so
-    that a new setting with a default keeps existing checkpoints resumable (as it keeps point ids)."""
-    settings = {"params": params.model_dump(mode="json", exclude={extendable}, exclude_defaults=True),
-                "data": data.model_dump(mode="json", exclude_defaults=True)}
+    that a new setting with a default keeps existing checkpoints resumable (as it keeps point ids). `resolved`:
+    what settings resolve to on the node (a default that depends on the data, a file's hash); a None value is left
+    out, for what sfhpc did before the setting existed."""
+    settings: dict[str, Any] = {"params": params.model_dump(mode="json", exclude={extendable}, exclude_defaults=True),
+                                "data": data.model_dump(mode="json", exclude_defaults=True)}
+    facts = {key: value for key, value in (resolved or {}).items() if value is not None}
+    if facts:
+        settings["resolved"] = facts
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -35,6 +35,11 @@ class ParamError(ValueError):
         self.key = key
 
 
+class DataAbsent(ParamError):
+    """An expand-time check that could not run because the data it reads is not here (no ImageNet copy, no prepared
+    NSD file, no weights file yet): `sweep expand` plans without it and lists it; `sweep launch` refuses."""
+
+
 @dataclass(frozen=True)
 class Shards:
     """A sharded stage: each point of its upstream is split into `count` points (array tasks), numbered by the

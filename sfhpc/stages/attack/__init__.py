@@ -1,6 +1,11 @@
 """The attack stage's spec: AutoAttack on one shard of a trained model's test images (SCIENCE.md section 5); the
 shards of a model merge exactly (robust accuracy = robust count / N). Torch-free; the attack itself is
 sfhpc.stages.attack.run.
+
+Epsilons are given in `attack_eps_unit`: pixel units of [0, 1] images, or the model's normalisation units, as the
+study's were; AutoAttack runs in pixels, with normalized epsilons times the smallest of the model's per-channel SDs
+(sfhpc.evaluation.attack.conversion_sd says why, and how large the approximation is). Every result records both
+units; metric and curve names carry the pixel epsilon, the one AutoAttack ran with.
 """
 
 from __future__ import annotations
@@ -16,17 +21,27 @@ from sfhpc.stages.spec import Shards, StageSpec
 SHARDS = Shards(index="attack_shard", count="attack_shards")
 CLEAN_CORRECT_CURVE = "clean_correct"  # per image: correctly classified without attack
 SETTINGS_ATTR = "settings"  # JSON list of the (norm, eps, ...) settings a shard was attacked with
+# In each entry of SETTINGS_ATTR: "eps" is AutoAttack's epsilon (pixel units), this key the same in normalized units.
+EPS_NORMALIZED_KEY = "eps_normalized"
+EPS_UNIT_ATTR = "eps_unit"  # the unit the sweep gave the epsilons in: pixel or normalized
+NORMALIZATION_STD_ATTR = "normalization_std"  # the per-channel SDs the attacked model divides its inputs by
+EPS_SD_ATTR = "eps_sd"  # the one SD that converted between the units (pixel = normalized x SD)
 SHARD_ATTR = "shard"  # the shard's index, which the merge checks against the shard count
 SHARD_COUNT_ATTR = "shards"  # how many shards the model's images were split into
+# The SDs every sfhpc classifier divides its [0, 1] inputs by: ImageNet's, for every dataset (synthetic too), arch,
+# band and predictor (sfhpc.models.classifier.build_classifier). The node converts with the attacked model's own
+# buffer; this copy lets the login node check a sweep's epsilons without torch (a test keeps the two equal).
+MODEL_INPUT_STD = (0.229, 0.224, 0.225)
 
 
 def robust_accuracy_metric(norm: str, eps: float) -> str:
-    """The result scalar of one shard's robust accuracy at (norm, eps)."""
+    """The result scalar of one shard's robust accuracy at (norm, eps), eps in pixel units whatever the unit the
+    sweep gave it in (the epsilon AutoAttack ran with)."""
     return f"robust_accuracy_{norm}_eps{eps:.6g}"
 
 
 def robust_curve_name(norm: str, eps: float) -> str:
-    """The result curve of one shard's per-image robust flags at (norm, eps)."""
+    """The result curve of one shard's per-image robust flags at (norm, eps), eps in pixel units."""
     return f"robust_{norm}_eps{eps:.6g}"
 
 
@@ -48,8 +63,12 @@ class AttackParams(Closed):
                                                  description="attacks of version custom, e.g. [apgd-ce]")
     attack_eps: dict[str, Annotated[tuple[Epsilon, ...], Field(max_length=64)]] = Field(
         {"Linf": ("1/255", "2/255", "4/255", "8/255")},
-        description="epsilons per norm (Linf, L2, L1) in pixel units of [0, 1] images; '8/255' is allowed",
+        description="epsilons per norm (Linf, L2, L1) in attack_eps_unit; '8/255' is allowed",
         validate_default=True)
+    attack_eps_unit: Literal["pixel", "normalized"] = Field(
+        "pixel", description="pixel: attack_eps in pixel units of [0, 1] images; normalized: in the model's input "
+                             "normalisation units, as the study's (SCIENCE.md section 5), run as eps x the smallest "
+                             "channel SD")
     attack_shards: Int | None = Field(None, ge=1, le=MAX_SHARDS, description="shards per model (default: the job "
                                                                           "file's)")
     attack_images: Int | None = Field(None, ge=1, description="test images attacked (default: all)")
@@ -65,6 +84,7 @@ class AttackParams(Closed):
         return {norm: tuple(parse_epsilon(value) for value in values) for norm, values in eps.items()}
 
     def epsilons(self) -> dict[str, tuple[float, ...]]:
+        """The epsilons per norm as the sweep gave them, in attack_eps_unit."""
         return {norm: tuple(float(value) for value in values) for norm, values in self.attack_eps.items()}
 
 
@@ -88,7 +108,8 @@ def check_attack_settings(params: AttackParams, data: DataConfig, job: JobSpec) 
 
     images = min(params.attack_images or data.n_test, data.n_test)
     validate_attack_settings(params.attack_version, params.attack_names, list(params.attack_eps),
-                             params.epsilons(), SPEC.n_shards(params.model_dump(), job), images)
+                             params.epsilons(), SPEC.n_shards(params.model_dump(), job), images,
+                             params.attack_eps_unit, MODEL_INPUT_STD)
 
 
 SPEC = StageSpec(name="attack", entry=__name__, params=AttackParams, runner="sfhpc.stages.attack.run:run",

@@ -2,22 +2,39 @@
 
 Each shard writes per-sample clean correctness and robust flags for every (norm, eps); shards of one model combine
 exactly (robust accuracy = robust count / N). Finished (norm, eps) pairs are kept in the point folder and never
-redone when a shard is requeued or relaunched.
+redone when a shard is requeued or relaunched. Epsilons given in normalized units are converted with the SDs the
+trained model itself divides its inputs by (its `std` buffer, saved with its weights), and every result records
+both units.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from sfhpc.data import load_dataset
-from sfhpc.evaluation.attack import AttackSettings, attack_shard, clean_correct, shard_bounds
+from sfhpc.evaluation.attack import (
+    AttackSettings,
+    attack_shard,
+    clean_correct,
+    conversion_sd,
+    normalized_epsilon,
+    pixel_epsilons,
+    shard_bounds,
+)
 from sfhpc.job import PointRun
+from sfhpc.models.classifier import Classifier
 from sfhpc.results import package_version
 from sfhpc.stages.attack import (
     CLEAN_CORRECT_CURVE,
+    EPS_NORMALIZED_KEY,
+    EPS_SD_ATTR,
+    EPS_UNIT_ATTR,
+    NORMALIZATION_STD_ATTR,
     SETTINGS_ATTR,
     SPEC,
     AttackParams,
@@ -29,12 +46,28 @@ from sfhpc.stages.common import load_upstream_model
 STATE_DIR = "attack_state"
 
 
-def settings_of(params: AttackParams) -> list[AttackSettings]:
-    """One AutoAttack configuration per (norm, eps), in the sweep's order."""
+def normalization_std(model: Classifier) -> tuple[float, ...]:
+    """The per-channel SDs `model` divides its inputs by, as the decimals they were built from: the buffer is
+    float32, and its shortest round-tripping decimal (0.224, not 0.2240000069) is the value it holds."""
+    return tuple(float(np.format_float_positional(value)) for value in model.std.detach().cpu().numpy().ravel())
+
+
+def settings_of(params: AttackParams, std: tuple[float, ...]) -> list[AttackSettings]:
+    """One AutoAttack configuration per (norm, eps), in the sweep's order, with eps in pixel units (converted with
+    the model's SDs `std` when the sweep gave normalized ones)."""
     names = tuple(params.attack_names) if params.attack_names else None
     return [AttackSettings(params.attack_version, names, norm, eps, params.attack_seed, params.attack_batch_size,
                            params.attack_apgd_iterations, params.attack_apgd_restarts)
-            for norm, values in params.epsilons().items() for eps in values]
+            for norm, values in pixel_epsilons(params.epsilons(), params.attack_eps_unit, std).items()
+            for eps in values]
+
+
+def epsilon_record(params: AttackParams, settings: list[AttackSettings], std: tuple[float, ...]) -> dict[str, Any]:
+    """The result attributes that state the unit of every epsilon: the sweep's unit, the model's SDs, the one SD
+    that converted, and each setting's epsilon in pixel units (its "eps") and in normalized units."""
+    return {EPS_UNIT_ATTR: params.attack_eps_unit, NORMALIZATION_STD_ATTR: list(std), EPS_SD_ATTR: conversion_sd(std),
+            SETTINGS_ATTR: json.dumps([{**s.__dict__, EPS_NORMALIZED_KEY: normalized_epsilon(s.eps, std)}
+                                       for s in settings])}
 
 
 def run(point: PointRun[AttackParams]) -> Path:
@@ -48,7 +81,8 @@ def run(point: PointRun[AttackParams]) -> Path:
     start, stop = shard_bounds(total, shards, params.attack_shard)
     x = torch.from_numpy(test.images[start:stop]).float().div_(255.0)
     y = torch.from_numpy(test.labels[start:stop])
-    settings = settings_of(params)
+    std = normalization_std(model)
+    settings = settings_of(params, std)
     flags = attack_shard(model, x, y, settings, point.dir / STATE_DIR, device)
     clean = clean_correct(model, x, y, params.attack_batch_size, device)
     return point.write_result(
@@ -56,6 +90,6 @@ def run(point: PointRun[AttackParams]) -> Path:
                  **{robust_accuracy_metric(s.norm, s.eps): float(flags[s.key()].mean()) for s in settings}},
         curves={CLEAN_CORRECT_CURVE: clean, **{robust_curve_name(s.norm, s.eps): flags[s.key()] for s in settings}},
         attrs={"upstream": point.only_upstream(), "shard": params.attack_shard, "shards": shards,
-               "shard_start": start, "shard_stop": stop, SETTINGS_ATTR: json.dumps([s.__dict__ for s in settings]),
+               "shard_start": start, "shard_stop": stop, **epsilon_record(params, settings, std),
                "pyautoattack_version": package_version("pyautoattack")},
     )

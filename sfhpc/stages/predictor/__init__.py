@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from sfhpc.config import ROIS, SUBJECTS, Closed, DataConfig, Float, Int, JobSpec, Seed, known_subject
-from sfhpc.stages.spec import ParamError, StageSpec
+from sfhpc.stages.spec import DataAbsent, ParamError, StageSpec
 
 
 class PredictorParams(Closed):
@@ -39,12 +39,14 @@ class PredictorParams(Closed):
 
 def check_neural_data(params: PredictorParams, data: DataConfig, job: JobSpec) -> None:
     """The subject's neural data has the ROI: settings of the simulated brain, or a prepared NSD file's ROIs."""
-    from sfhpc.data.neural import NeuralSubjectMismatch, check_neural  # h5py attributes only
+    from sfhpc.data.neural import NeuralFileNotFound, NeuralSubjectMismatch, check_neural  # h5py attributes only
 
     try:
         check_neural(data.neural, [params.subject], [params.roi])
     except NeuralSubjectMismatch as err:
         raise ParamError("subject", str(err)) from None
+    except NeuralFileNotFound as err:  # planning before the subject's file is prepared
+        raise DataAbsent("subject", str(err)) from None
 
 
 SPEC = StageSpec(name="predictor", entry=__name__, params=PredictorParams, runner="sfhpc.stages.predictor.run:run",

@@ -2,8 +2,16 @@
 section 6).
 
 Features at the pooled penultimate layer (and the neural head of a guided model) on the subject's shared
-validation images; RDM = 1 - Pearson r; Spearman rho against each ROI's RDM (from its z-scored repeat averages);
-the ROI's mean noise ceiling beside it; one-sided p-values from permuting images.
+validation images; RDM = 1 - Pearson r; Spearman rho against each ROI's RDM, built by default from the ROI's
+z-scored PCA scores (the study's ROI RDM; `rsa_roi_patterns: voxels` builds it from the z-scored voxel patterns);
+one-sided p-values from permuting images. Beside each rho the ROI RDM's noise ceiling in rho's units, over the
+single-repeat RDMs (sfhpc.evaluation.rsa.rdm_noise_ceiling): a single-repeat RDM takes each shared image's k-th
+trial through the same pipeline as the averages (z-scored with the training statistics, projected on the PCA
+components for PCA scores).
+
+Images: the shared images shown exactly 3 times, for the RDMs and their ceiling alike, so that the ceiling bounds
+the very comparison beside it (every shared image of the simulated subjects and of NSD subjects who finished all
+sessions; fewer for the others, and the result says how many).
 """
 
 from __future__ import annotations
@@ -14,14 +22,27 @@ import numpy as np
 import torch
 
 from sfhpc.data import neural_file
-from sfhpc.data.neural import open_neural
-from sfhpc.evaluation.rsa import RsaRow, rows_to_arrays, rsa_against_rois
+from sfhpc.data.neural import CEILING_REPEATS, NeuralData, NeuralDataError, RoiData, open_neural
+from sfhpc.evaluation.rsa import MIN_IMAGES, RoiPatterns, RsaRow, rows_to_arrays, rsa_against_rois
 from sfhpc.job import PointConfig, PointRun
 from sfhpc.models.classifier import Classifier
 from sfhpc.rundir import RunDir, manifest_points
 from sfhpc.stages.common import EVAL_BATCH, load_upstream_model, read_point_config, to_float, upstream_run_dir
 from sfhpc.stages.predictor import PredictorParams
-from sfhpc.stages.rsa import POOLED_LAYER, RsaParams, noise_ceiling_metric, rho_metric
+from sfhpc.stages.rsa import (
+    IMAGES_ATTR,
+    POOLED_LAYER,
+    ROI_PATTERNS,
+    ROI_PATTERNS_ATTR,
+    RoiDataRow,
+    RsaParams,
+    data_rows_to_curves,
+    noise_ceiling_metric,
+    rdm_ceiling_lower_metric,
+    rdm_ceiling_upper_metric,
+    rho_metric,
+    rho_repeats_metric,
+)
 
 DEFAULT_SUBJECT = "subj01"
 
@@ -33,24 +54,30 @@ def run(point: PointRun[RsaParams]) -> Path:
     data_cfg = trained.data
     subjects = compared_subjects(params, trained, upstream_run_dir(point))
     rows: list[tuple[str, RsaRow]] = []
+    data_rows: list[RoiDataRow] = []
     for subject in subjects:
         neural = open_neural(neural_file(data_cfg.neural, subject, point.data_cache or point.dir,
                                          data_cfg.image_size))
-        val = np.asarray(neural.val_index)
-        features = layer_features(model, neural.images(val, data_cfg.image_size))
-        rois = {name: neural.roi(name) for name in neural.rois}
-        compared = rsa_against_rois(features, {name: np.asarray(roi.mean)[val] for name, roi in rois.items()},
-                                    {name: float(np.nanmean(roi.noise_ceiling)) for name, roi in rois.items()},
-                                    params.rsa_permutations, params.rsa_seed)
+        compared, data = compare_subject(model, neural, params, data_cfg.image_size)
         rows += [(subject, row) for row in compared]
+        data_rows += data
 
     arrays = rows_to_arrays([row for _, row in rows])
     arrays["subject"] = np.array([subject.encode() for subject, _ in rows], dtype=np.bytes_)
+    images = ", ".join(f"{row.subject} {row.images} of {row.shared_images}"
+                       for row in data_rows if row.roi == data_rows[0].roi)
     return point.write_result(
-        metrics={**mean_rho_per_roi(rows), "n_subjects": len(subjects), "n_images": rows[0][1].n_images},
-        curves=arrays,
+        metrics={**means_over_subjects(rows, data_rows), "n_subjects": len(subjects),
+                 "n_images": rows[0][1].n_images},
+        curves={**arrays, **data_rows_to_curves(data_rows)},
         attrs={"upstream": point.only_upstream(), "subjects": ",".join(subjects), "rdm": "1 - Pearson r",
-               "comparison": "Spearman rho of upper triangles", "test": "one-sided image permutation"},
+               ROI_PATTERNS_ATTR: params.rsa_roi_patterns,
+               "roi_rdm": f"from {ROI_PATTERNS[params.rsa_roi_patterns]}",
+               IMAGES_ATTR: f"shared images shown exactly {CEILING_REPEATS} times, for the RDMs and their noise "
+                            f"ceiling alike: {images}",
+               "comparison": "Spearman rho of upper triangles", "test": "one-sided image permutation",
+               "rdm_noise_ceiling": f"lower and upper bound over the {CEILING_REPEATS} single-repeat RDMs, as "
+                                    "rsatoolbox.inference.boot_noise_ceiling(method='spearman') computes them"},
     )
 
 
@@ -67,6 +94,37 @@ def compared_subjects(params: RsaParams, trained: PointConfig, run_dir: Path) ->
     return tuple(dict.fromkeys(subjects)) or (DEFAULT_SUBJECT,)
 
 
+def compare_subject(model: Classifier, neural: NeuralData, params: RsaParams, image_size: int
+                    ) -> tuple[list[RsaRow], list[RoiDataRow]]:
+    """The model against every ROI of one subject over the shared images shown CEILING_REPEATS times, and the
+    table of the data compared with (one row per ROI)."""
+    shared = np.asarray(neural.val_index)
+    images = neural.images_with_repeats(shared, CEILING_REPEATS)
+    if len(images) < MIN_IMAGES:
+        raise NeuralDataError(f"{neural.path}: {len(images)} of the {len(shared)} shared images were shown "
+                              f"{CEILING_REPEATS} times; RSA and its noise ceiling need at least {MIN_IMAGES}")
+    features = layer_features(model, neural.images(images, image_size))
+    rois = {name: neural.roi(name) for name in neural.rois}
+    patterns = {name: roi_patterns(neural, roi, images, params.rsa_roi_patterns) for name, roi in rois.items()}
+    compared = rsa_against_rois(features, patterns, params.rsa_permutations, params.rsa_seed)
+    ceilings = {row.roi: (row.ceiling_lower, row.ceiling_upper) for row in compared}
+    data = [RoiDataRow(subject=neural.subject, roi=name, voxels=roi.n_voxels, components=roi.n_components,
+                       voxel_noise_ceiling=float(np.nanmean(roi.noise_ceiling)), images=len(images),
+                       shared_images=len(shared), ceiling_lower=ceilings[name][0], ceiling_upper=ceilings[name][1])
+            for name, roi in rois.items()]
+    return compared, data
+
+
+def roi_patterns(neural: NeuralData, roi: RoiData, images: np.ndarray, kind: str) -> RoiPatterns:
+    """The ROI's patterns over `images`: the averages the ROI RDM is built from and each repeat's single trials
+    through the same pipeline (z-scored with the training statistics; for PCA scores, projected on the
+    components)."""
+    repeats = roi.standardize(neural.repeat_trials(roi.name, images, CEILING_REPEATS))
+    if kind == "pca_scores":
+        return RoiPatterns(mean=roi.scores[images], repeats=roi.pc_scores(repeats))
+    return RoiPatterns(mean=roi.mean[images], repeats=repeats)
+
+
 @torch.no_grad()
 def layer_features(model: Classifier, images: np.ndarray) -> dict[str, np.ndarray]:
     """Pooled penultimate features of every image, and the neural head's outputs when the model has one."""
@@ -81,10 +139,16 @@ def layer_features(model: Classifier, images: np.ndarray) -> dict[str, np.ndarra
     return layers
 
 
-def mean_rho_per_roi(rows: list[tuple[str, RsaRow]]) -> dict[str, float]:
-    """Scalar metrics for tables: rho and noise ceiling per (layer, ROI), averaged over the compared subjects."""
+def means_over_subjects(rows: list[tuple[str, RsaRow]], data_rows: list[RoiDataRow]) -> dict[str, float]:
+    """Scalar metrics for tables, averaged over the compared subjects: rho and rho against the single-repeat RDMs
+    per (layer, ROI); the RDM noise ceiling's bounds and the voxel noise ceiling (%) per ROI."""
     metrics: dict[str, list[float]] = {}
     for _, row in rows:
         metrics.setdefault(rho_metric(row.layer, row.roi), []).append(row.rho)
-        metrics.setdefault(noise_ceiling_metric(row.roi), []).append(row.noise_ceiling)
+    for _, row in rows:
+        metrics.setdefault(rho_repeats_metric(row.layer, row.roi), []).append(row.rho_repeats)
+    for data in data_rows:
+        metrics.setdefault(rdm_ceiling_lower_metric(data.roi), []).append(data.ceiling_lower)
+        metrics.setdefault(rdm_ceiling_upper_metric(data.roi), []).append(data.ceiling_upper)
+        metrics.setdefault(noise_ceiling_metric(data.roi), []).append(data.voxel_noise_ceiling)
     return {name: float(np.mean(values)) for name, values in metrics.items()}

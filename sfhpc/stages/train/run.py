@@ -7,6 +7,7 @@ atomically after every epoch and resumes from the last one, so a requeued or rel
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from torch import nn
 
 from sfhpc import distributed
 from sfhpc.data import load_dataset
+from sfhpc.data.augment import pad_crop_flip, random_resized_crop_flip
 from sfhpc.job import PointRun
-from sfhpc.models.classifier import Classifier
+from sfhpc.models.classifier import Classifier, load_pretrained_trunk
 from sfhpc.results import RESULT_NAME
 from sfhpc.rundir import CHECKPOINT_NAME
 from sfhpc.stages.common import (
@@ -37,7 +39,7 @@ from sfhpc.stages.common import (
     upstream_run_dir,
     use_threads,
 )
-from sfhpc.stages.train import TEST_ACCURACY, TrainParams
+from sfhpc.stages.train import TEST_ACCURACY, ResolvedCrop, TrainParams, resolve_crop
 
 
 def run(point: PointRun[TrainParams]) -> Path:
@@ -84,13 +86,21 @@ def _train_and_evaluate(point: PointRun[TrainParams], env: distributed.DistEnv, 
     dataset = load_dataset(data_cfg, point.data_cache)
     guide = neural_guide(point, device)
     neural_dim = guide.n_outputs if guide else None
-    model = build_model(params, len(dataset.class_names), data_cfg.image_size, neural_dim).to(device)
+    model = build_model(params, len(dataset.class_names), data_cfg.image_size, neural_dim)
+    weights_sha256 = start_from_pretrained(model, params.pretrained)
+    model = model.to(device)
     ddp_model = _wrap_ddp(model, env, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
                                 weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=params.lr_step, gamma=params.lr_gamma)
     checkpoint = point_dir / CHECKPOINT_NAME
-    identity = training_identity(params, data_cfg, extendable="epochs")
+    crop = resolve_crop(params, data_cfg.kind)
+    # A checkpoint must also match what the settings resolve to on the node: the crop that `auto` means (only the
+    # random_resized crop is new: a checkpoint trained with the padded crop before it existed stays resumable) and
+    # the weights file's contents (the same path may hold other weights by the time a job requeues).
+    identity = training_identity(params, data_cfg, extendable="epochs",
+                                 resolved={"augment_crop": crop if crop == "random_resized" else None,
+                                           "pretrained_sha256": weights_sha256})
     history, start_epoch = load_checkpoint(checkpoint, identity, model, optimizer, scheduler)
     attempt = max(history.attempt, default=-1) + 1
     per_rank = distributed.per_rank_batch(params.batch_size, env.world_size)
@@ -98,7 +108,7 @@ def _train_and_evaluate(point: PointRun[TrainParams], env: distributed.DistEnv, 
     for epoch in range(start_epoch, params.epochs):
         tic = time.perf_counter()
         loss = train_epoch(ddp_model, optimizer, dataset.train.images, dataset.train.labels, params, epoch,
-                           env, per_rank, device, guide)
+                           env, per_rank, device, guide, data_kind=data_cfg.kind)
         scheduler.step()
         accuracy = evaluate(model, dataset.val.images, dataset.val.labels, env, device)
         history.train_loss.append(loss)
@@ -129,10 +139,38 @@ def _train_and_evaluate(point: PointRun[TrainParams], env: distributed.DistEnv, 
             curves={"train_loss": history.train_loss, "val_accuracy": history.val_score,
                     "attempt": history.attempt, "epoch_seconds": history.seconds},
             attrs={"hosts": json.dumps(hosts), "world_size": env.world_size, "dist_source": env.source,
-                   "device": str(device), "resumed_from_epoch": start_epoch, "attempts": attempt + 1},
+                   "device": str(device), "resumed_from_epoch": start_epoch, "attempts": attempt + 1,
+                   **recipe_attrs(params, crop, weights_sha256)},
         )
     _barrier(env)
     return result_path
+
+
+def start_from_pretrained(model: Classifier, pretrained: str | None) -> str | None:
+    """Load the `pretrained` weights file (a torchvision ResNet-18 state dict) into the model's trunk; returns the
+    file's sha256 (None without a file). The model's own head stays as built (its fc is replaced)."""
+    if pretrained is None:
+        return None
+    path = Path(pretrained)
+    load_pretrained_trunk(model, path)
+    return file_sha256(path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def recipe_attrs(params: TrainParams, crop: ResolvedCrop, weights_sha256: str | None) -> dict[str, str]:
+    """What the result records of the recipe beyond its config: the crop `auto` resolved to, and which weights file
+    (path and contents) the trunk started from."""
+    attrs: dict[str, str] = {"augment_crop": crop}
+    if params.pretrained is not None and weights_sha256 is not None:  # the one implies the other
+        attrs |= {"pretrained": params.pretrained, "pretrained_sha256": weights_sha256}
+    return attrs
 
 
 def _wrap_ddp(model: nn.Module, env: distributed.DistEnv, device: torch.device) -> nn.Module:
@@ -156,16 +194,16 @@ def rank_batches(order: torch.Tensor, batch_size: int, env: distributed.DistEnv,
     return [order[b * batch_size + start: b * batch_size + start + per_rank] for b in range(n_batches)]
 
 
-def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (reflect padding of 1/16 of the size) and horizontal flip, per image."""
-    size = batch.shape[-1]
-    pad = max(1, size // 16)
-    padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
-    offsets = torch.randint(0, 2 * pad + 1, (len(batch), 2), generator=generator)
-    flips = torch.rand(len(batch), generator=generator) < 0.5
-    out = torch.stack([padded[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(offsets.tolist())])
-    out[flips] = out[flips].flip(-1)
-    return out
+def augment(batch: torch.Tensor, params: TrainParams, crop: ResolvedCrop, generator: torch.Generator
+            ) -> torch.Tensor:
+    """A training batch's random crop (of kind `crop`, resolve_crop's) and flip, then its contrast scaling."""
+    if crop == "pad":
+        batch = pad_crop_flip(batch, generator)
+    elif crop == "random_resized":
+        batch = random_resized_crop_flip(batch, generator, params.augment_scale, params.augment_ratio)
+    if params.augment_contrast_min < 1:
+        batch = scale_contrast(batch, params.augment_contrast_min, generator)
+    return batch
 
 
 def scale_contrast(batch: torch.Tensor, lowest: float, generator: torch.Generator) -> torch.Tensor:
@@ -189,18 +227,16 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray, labels: np.ndarray,
                 params: TrainParams, epoch: int, env: distributed.DistEnv, per_rank: int,
-                device: torch.device, guide: NeuralGuide | None = None) -> float:
-    """One epoch; returns the mean training loss over all ranks' batches."""
+                device: torch.device, guide: NeuralGuide | None = None, data_kind: str = "synthetic") -> float:
+    """One epoch; returns the mean training loss over all ranks' batches. `data_kind` (the data config's kind)
+    resolves augment_crop auto."""
     model.train()
     generator = torch.Generator().manual_seed(distributed.rank_seed(params.seed, env.rank) * 1_000 + epoch)
+    crop = resolve_crop(params, data_kind)
     label_tensor = torch.from_numpy(labels)
     losses = []
     for index in rank_batches(epoch_order(len(labels), params.seed, epoch), params.batch_size, env, per_rank):
-        batch = to_float(images, index, device)
-        if params.augment:
-            batch = augment(batch, generator)
-        if params.augment_contrast_min < 1:
-            batch = scale_contrast(batch, params.augment_contrast_min, generator)
+        batch = augment(to_float(images, index, device), params, crop, generator)
         losses.append(train_step(model, optimizer, batch, label_tensor[index].to(device), guide))
     return _mean_over_ranks(float(np.mean(losses)) if losses else float("nan"), env, device)
 
