@@ -301,7 +301,8 @@ def problems_markdown(problems: list[Problem]) -> str:
     if not problems:
         return "## Problems\n\nNone: every planned point has a valid result."
     lines = [f"- **{p['stage']}** `{p['point']}`: {p['state']} — {p['reason']}" for p in problems]
-    return f"## Problems ({len(problems)})\n\nNot used in any number above.\n\n" + "\n".join(lines)
+    return (f"## Problems ({len(problems)})\n\nEach keeps its point out of the numbers it concerns; the point's other "
+            "metrics are still used above.\n\n" + "\n".join(lines))
 
 
 def headline_rows(report: Report) -> tuple[list[str], list[list[str]]]:
