@@ -555,7 +555,7 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
     (per condition: mean +- SEM over seeds, each against the band=none, alpha=0 baseline by a paired test);
     guided models also against their controls (same-alpha shuffled and random predictors, weight decay alone):
     controls.csv."""
-    from sfhpc.report import controls_json, headline_rows, summarize, write_report, write_summary
+    from sfhpc.report import controls_json, findings_json, headline_rows, summarize, write_report, write_summary
     from sfhpc.rundir import RunDir
 
     with _user_errors(as_json):
@@ -569,7 +569,8 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
     if as_json:
         _print_json({"tables": [t.__dict__ for t in summary.tables], "problems": summary.problems,
                      "conditions": [dict(zip(header, row, strict=True)) for row in rows],
-                     "controls": controls_json(files.report), "files": written})
+                     "controls": controls_json(files.report), "findings": findings_json(files.report.findings),
+                     "files": written})
     else:
         _print_aggregate(summary, header, rows, written)
     if strict and summary.problems:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sfhpc.report.figures import FIGURES_DIR
+from sfhpc.report.findings import evaluate_claims
 from sfhpc.report.model import (
     Collection,
     Column,
@@ -90,6 +91,9 @@ def build_report(run: RunDir, summary: Summary | None = None) -> Report:
                     controls=controls, control_pairs=pairs,
                     control_rows=control_statistics(list(models.values()), conditions, list(metrics), pairs))
     report.headline = _headline(parts, report)
+    declared = parts[models_stage].findings if models_stage is not None else None
+    if declared is not None:
+        report.findings = evaluate_claims(report.models, declared(report), report.metrics)
     return report
 
 

@@ -187,6 +187,7 @@ class Report:
     controls: Controls | None = None  # what the models' stage compares some conditions with, besides the baseline
     control_pairs: ControlPairs = field(default_factory=dict)
     control_rows: list[ControlRow] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)  # the declared claims, tested on this run's numbers
 
     def __post_init__(self) -> None:
         self._rows_by_key = {(r.condition, r.metric): r for r in self.rows}
@@ -295,12 +296,62 @@ def metric_columns(report: Report, metrics: tuple[ReportedMetric, ...]) -> list[
 
 
 @dataclass(frozen=True)
+class Contrast:
+    """Models that `compared(settings)` accepts, each against the models `reference(settings)` accepts that are
+    equal to it on every axis but `free_axes` (an axis the reference has no value for matches any, as with the
+    baseline), seed-paired. `words` says it for a table ("TO-guided − same-alpha shuffled control")."""
+
+    compared: Callable[[Settings], bool]
+    reference: Callable[[Settings], bool]
+    free_axes: tuple[str, ...]
+    words: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of a study, tested on a run's own numbers: per seed, the mean difference of `metric` (through
+    `transform`, when given) over the pairs of `contrast`, less that of `minus` when given (a difference of
+    differences: a shift against another shift); `direction` +1 when the claim says that effect is positive, -1
+    negative. `needs` names what the sweep must have for it ("the attack stage and alpha = 0 models"); `unit` is the
+    effect's. Verdicts come from the numbers only (sfhpc.report.findings)."""
+
+    section: str  # the study's claim it belongs to: "premise", "(a)", ...
+    text: str  # the claim in words
+    metric: str  # a metric key of the report (with its variant)
+    unit: str
+    direction: int
+    contrast: Contrast
+    needs: str
+    minus: Contrast | None = None
+    transform: Callable[[float], float] | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A claim tested: the effect (mean over seeds of the per-seed differences), its 95% CI, the test, the pairs and
+    degrees of freedom, and the verdict (`verdict`: consistent, contradicts, inconclusive, or not in this sweep;
+    `why` says the reason in words)."""
+
+    claim: Claim
+    effect: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    pairs: int  # seeds with a value on every side of the contrast(s)
+    df: int  # pairs - 1 (0 without pairs)
+    test: str
+    verdict: str
+    why: str
+
+
+@dataclass(frozen=True)
 class StageReport:
     """What a stage adds to the report. `models`: its points are the report's models (one stage, the train stage);
     `baseline`: then, what each condition is compared with. `metrics`: scalars reported as they are (per model, per
     variant); `collect`: a hook for what needs more (merging shards, curves for a figure); it returns nothing and
     adds to its Collection. `headline(report)`: columns for the terminal (default: the metrics with a column).
-    `controls`: the models' stage's control comparisons, besides the baseline."""
+    `controls`: the models' stage's control comparisons, besides the baseline. `findings(report)`: the models'
+    stage's claims of the study, tested on the run's numbers (the report renders whatever it declares)."""
 
     families: tuple[Family, ...] = ()
     metrics: tuple[ReportedMetric, ...] = ()
@@ -310,3 +361,4 @@ class StageReport:
     models: bool = False
     baseline: Baseline | None = None
     controls: Controls | None = None
+    findings: Callable[[Report], list[Claim]] | None = None

@@ -14,7 +14,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfhpc.report.figures import FIGURES_DIR
-from sfhpc.report.model import Baseline, ConditionRow, ControlRow, Controls, FigureSpec, Metric, Problem, Report
+from sfhpc.report.findings import NOT_IN_SWEEP, RULE
+from sfhpc.report.model import (
+    Baseline,
+    ConditionRow,
+    ControlRow,
+    Controls,
+    FigureSpec,
+    Finding,
+    Metric,
+    Problem,
+    Report,
+)
 from sfhpc.report.stats import TEST_NAME
 
 if TYPE_CHECKING:
@@ -171,6 +182,7 @@ def report_markdown(report: Report, figures: set[str]) -> str:
     parts += [_figure_link(figure) for _, figure in report.figures if figure.name in figures - shown]
     controls = controls_markdown(report)
     parts += [controls] if controls else []
+    parts += [findings_markdown(report.findings)] if report.findings else []
     parts += [_figure_missing(report, stage, figure) for stage, figure in report.figures if figure.name not in figures]
     parts.append(problems_markdown(report.problems))
     return "\n\n".join(parts) + "\n"
@@ -259,6 +271,49 @@ def controls_json(report: Report) -> dict[str, Any] | None:
             "missing": missing_controls(report),
             "comparisons": [{column: _json_number(getattr(row, column)) for column in CONTROLS_CSV_COLUMNS}
                             for row in report.control_rows]}
+
+
+# ------------------------------------------------------------------------------------------------ findings
+FINDINGS_COLUMNS = ["claim", "metric", "contrast", "effect", "95% CI", "unit", "test", "n (pairs)", "df", "p",
+                    "verdict"]
+
+
+def findings_markdown(findings: list[Finding]) -> str:
+    """report.md's Findings: the claims the sweep can test, each with its numbers and verdict, then those whose
+    conditions it lacks, with what they need."""
+    tested = [f for f in findings if f.verdict != NOT_IN_SWEEP]
+    missing = [f for f in findings if f.verdict == NOT_IN_SWEEP]
+    parts = ["## Findings", f"*The study's claims tested on this run's numbers. {RULE}*"]
+    if tested:
+        parts.append(markdown_table(FINDINGS_COLUMNS, [_finding_cells(f) for f in tested]))
+    else:
+        parts.append("*This sweep has the conditions of none of the study's claims.*")
+    if missing:
+        parts.append(f"{NOT_IN_SWEEP.capitalize()}:\n\n" + "\n".join(
+            f"- {f.claim.section} {f.claim.text} ({f.claim.metric}): {f.why}" for f in missing))
+    return "\n\n".join(parts)
+
+
+def _finding_cells(finding: Finding) -> list[str]:
+    claim = finding.claim
+    contrast = claim.contrast.words + (f" vs ({claim.minus.words})" if claim.minus is not None else "")
+    ci = "–" if math.isnan(finding.ci_low) else f"[{finding.ci_low:+.3g}, {finding.ci_high:+.3g}]"
+    effect = "–" if math.isnan(finding.effect) else f"{finding.effect:+.3g}"
+    p = "–" if math.isnan(finding.p_value) else f"{finding.p_value:.3g}"
+    direction = "> 0" if claim.direction > 0 else "< 0"
+    return [f"{claim.section} {claim.text} (claimed {direction})", claim.metric, contrast, effect, ci, claim.unit,
+            finding.test, str(finding.pairs), str(finding.df), p, f"**{finding.verdict}** ({finding.why})"]
+
+
+def findings_json(findings: list[Finding]) -> dict[str, Any]:
+    """The Findings for `aggregate --json`: the rule and one entry per claim (NaN as null)."""
+    return {"rule": RULE, "claims": [
+        {"section": f.claim.section, "claim": f.claim.text, "metric": f.claim.metric, "unit": f.claim.unit,
+         "claimed_direction": f.claim.direction, "contrast": f.claim.contrast.words,
+         "minus": f.claim.minus.words if f.claim.minus is not None else None, "needs": f.claim.needs,
+         "effect": _json_number(f.effect), "ci95": [_json_number(f.ci_low), _json_number(f.ci_high)],
+         "p_value": _json_number(f.p_value), "pairs": f.pairs, "df": f.df, "test": f.test, "verdict": f.verdict,
+         "why": f.why} for f in findings]}
 
 
 def _json_number(value: Any) -> Any:

@@ -63,7 +63,7 @@ def paired_t_p_value(differences: np.ndarray) -> float:
     return float(2 * stdtr(n - 1, -abs(t)))
 
 
-def _compares_with(model: Model, reference: Model, paired_axes: tuple[str, ...]) -> bool:
+def compares_with(model: Model, reference: Model, paired_axes: tuple[str, ...]) -> bool:
     """Equal on every other axis; an axis the reference (a baseline or a control) has no value for (an unguided
     model's subject and ROI) matches any value, so every guided condition is compared with the one unguided model of
     its band and seed."""
@@ -81,7 +81,7 @@ def baselines(models: list[Model], baseline: Baseline | None) -> dict[str, str |
         return dict.fromkeys(first)
     candidates = sorted((m for m in first.values() if baseline.is_baseline(m.params)),
                         key=lambda m: sum(v is None for v in m.labels.values()))
-    return {c: next((b.condition for b in candidates if _compares_with(m, b, baseline.paired_axes)), None)
+    return {c: next((b.condition for b in candidates if compares_with(m, b, baseline.paired_axes)), None)
             for c, m in first.items()}
 
 
@@ -137,7 +137,7 @@ def control_pairs(models: list[Model], controls: Controls | None) -> ControlPair
             continue
         pairs[condition] = {
             kind.name: [c for c in candidates[kind.name] if c != condition
-                        and _compares_with(model, first[c], kind.free_axes)
+                        and compares_with(model, first[c], kind.free_axes)
                         and (kind.matches is None or kind.matches(settings[condition], settings[c]))]
             for kind in controls.kinds}
     return pairs

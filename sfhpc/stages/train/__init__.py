@@ -140,6 +140,22 @@ def check_pretrained(params: TrainParams) -> None:
         raise ParamError("pretrained", f"not a file: {params.pretrained}")
 
 
+PREDICTOR = "predictor"  # the predictor stage's parameter (and sweep axis): trained, or a control of it
+TRAINED, SHUFFLED, RANDOM = "trained", "shuffled", "random"
+ALPHA, BAND, ROI = "alpha", "band", "roi"
+
+
+def is_guided_by(kind: str, settings: dict[str, Any]) -> bool:
+    """Co-trained (alpha > 0) with the outputs of a predictor of this kind (a guided model's settings hold its
+    predictor's parameters)."""
+    return float(settings.get(ALPHA, 0.0)) > 0 and settings.get(PREDICTOR) == kind
+
+
+def is_guided(settings: dict[str, Any]) -> bool:
+    """Guided by a trained predictor: the models compared with the controls and tested by the study's claims."""
+    return is_guided_by(TRAINED, settings)
+
+
 def is_baseline(params: dict[str, Any]) -> bool:
     """Unguided and unsteered: band none and alpha 0 (a sweep without an alpha axis has alpha 0)."""
     return params.get("band", "none") == "none" and float(params.get("alpha", 0.0)) == 0.0

@@ -9,24 +9,26 @@ only more weight decay (guidance might act as a plain regulariser).
 from __future__ import annotations
 
 from sfhpc.report.model import Baseline, Control, Controls, Family, ReportedMetric, Settings, StageReport
-from sfhpc.stages.train import TEST_ACCURACY, TrainParams, is_baseline
+from sfhpc.stages.train import (
+    ALPHA,
+    BAND,
+    PREDICTOR,
+    RANDOM,
+    SHUFFLED,
+    TEST_ACCURACY,
+    TRAINED,
+    TrainParams,
+    is_baseline,
+    is_guided,
+    is_guided_by,
+)
+from sfhpc.stages.train.findings import study_claims
 
-PREDICTOR = "predictor"  # the predictor stage's parameter (and sweep axis): trained, or a control of it
-TRAINED, SHUFFLED, RANDOM = "trained", "shuffled", "random"
-ALPHA, BAND = "alpha", "band"
+__all__ = ["CONTROLS", "RANDOM", "REPORT", "SHUFFLED", "TRAINED", "has_more_weight_decay", "is_guided",
+           "predictor_control"]
+
 WEIGHT_DECAY = "weight_decay"
 DEFAULT_WEIGHT_DECAY = TrainParams.model_fields[WEIGHT_DECAY].default
-
-
-def is_guided_by(kind: str, settings: Settings) -> bool:
-    """Co-trained (alpha > 0) with the outputs of a predictor of this kind (a guided model's settings hold its
-    predictor's parameters)."""
-    return float(settings.get(ALPHA, 0.0)) > 0 and settings.get(PREDICTOR) == kind
-
-
-def is_guided(settings: Settings) -> bool:
-    """Guided by a trained predictor: the models compared with the controls."""
-    return is_guided_by(TRAINED, settings)
 
 
 def has_more_weight_decay(guided: Settings, control: Settings) -> bool:
@@ -63,4 +65,5 @@ REPORT = StageReport(
     controls=CONTROLS,
     families=(Family("accuracy", "Accuracy and robust accuracy", "Clean test accuracy (train stage)."),),
     metrics=(ReportedMetric(TEST_ACCURACY, "clean test accuracy", "accuracy", column="clean acc"),),
+    findings=study_claims,
 )
