@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from sfhpc.cli import app
 from sfhpc.report import write_report
-from sfhpc.report.findings import CONSISTENT, CONTRADICTS, INCONCLUSIVE, NOT_IN_SWEEP
+from sfhpc.report.findings import CONSISTENT, CONTRADICTS, INCONCLUSIVE, NOT_IN_SWEEP, verdict
+from sfhpc.report.model import Claim, Contrast
 from sfhpc.stages.attack import CLEAN_CORRECT_CURVE, robust_curve_name
 from sfhpc.stages.attack.report import auc_metric
 from sfhpc.stages.cbm import (
@@ -218,3 +219,29 @@ def test_report_md_and_aggregate_json_carry_the_findings(consistent):
     assert [c["verdict"] for c in payload["claims"]] == [f.verdict for f in findings]
     first = payload["claims"][0]
     assert {"claim", "effect", "ci95", "unit", "test", "pairs", "df", "p_value", "verdict", "needs"} <= set(first)
+
+
+def _claim(direction: int) -> Claim:
+    everything = Contrast(lambda settings: True, lambda settings: True, ("seed",), "a − b")
+    return Claim("premise", "a claim", AUC, "AUC", direction, everything, "nothing")
+
+
+@pytest.mark.parametrize(("differences", "direction", "expected"), [
+    ([0.02, -0.05, 0.04, -0.01, 0.03], +1, INCONCLUSIVE),  # noise: p well above 0.05
+    ([0.10, 0.12, 0.09, 0.11], +1, CONSISTENT),
+    ([0.10, 0.12, 0.09, 0.11], -1, CONTRADICTS),
+    ([0.10, 0.12], +1, INCONCLUSIVE),  # df 1: too few seeds, however large the effect
+    ([0.10], +1, INCONCLUSIVE),
+    ([0.0, 0.0, 0.0], +1, INCONCLUSIVE),  # no variation and no effect: no p
+])
+def test_the_verdict_rule(differences, direction, expected):
+    found = verdict(_claim(direction), np.array(differences))
+    assert found.verdict == expected
+    assert (found.pairs, found.df) == (len(differences), len(differences) - 1)
+    if len(differences) < 3:
+        assert "too few seeds" in found.why
+    if len(differences) >= 2 and np.std(differences) > 0:
+        sample = np.array(differences)
+        half = stats.t.ppf(0.975, len(sample) - 1) * sample.std(ddof=1) / math.sqrt(len(sample))
+        assert (found.ci_low, found.ci_high) == pytest.approx((sample.mean() - half, sample.mean() + half))
+        assert found.p_value == pytest.approx(stats.ttest_1samp(sample, 0).pvalue)
