@@ -296,7 +296,8 @@ def findings_markdown(findings: list[Finding]) -> str:
 
 def _finding_cells(finding: Finding) -> list[str]:
     claim = finding.claim
-    contrast = claim.contrast.words + (f" vs ({claim.minus.words})" if claim.minus is not None else "")
+    contrast = (f"({claim.contrast.words}) − ({claim.minus.words})" if claim.minus is not None
+                else claim.contrast.words)
     ci = "–" if math.isnan(finding.ci_low) else f"[{finding.ci_low:+.3g}, {finding.ci_high:+.3g}]"
     effect = "–" if math.isnan(finding.effect) else f"{finding.effect:+.3g}"
     p = "–" if math.isnan(finding.p_value) else f"{finding.p_value:.3g}"
