@@ -547,15 +547,16 @@ def data_nsd_prepare(
 @app.command("aggregate")
 def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
               as_json: bool = typer.Option(False, "--json",
-                                           help="Print rows, conditions, controls and problems as JSON."),
+                                           help="Print rows, conditions, controls, findings and problems as JSON."),
               strict: bool = typer.Option(False, "--strict", help="Exit 1 when a point is missing, failed, "
                                                                   "corrupt or incomplete (the files are written "
                                                                   "all the same).")) -> None:
     """Collect the result files: summary.csv/.md (one row per point), conditions.csv, report.md and figures/
     (per condition: mean +- SEM over seeds, each against the band=none, alpha=0 baseline by a paired test);
     guided models also against their controls (same-alpha shuffled and random predictors, weight decay alone):
-    controls.csv."""
+    controls.csv; the study's claims tested on the run's numbers: report.md's Findings."""
     from sfhpc.report import controls_json, findings_json, headline_rows, summarize, write_report, write_summary
+    from sfhpc.report.render import findings_line
     from sfhpc.rundir import RunDir
 
     with _user_errors(as_json):
@@ -572,13 +573,14 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
                      "controls": controls_json(files.report), "findings": findings_json(files.report.findings),
                      "files": written})
     else:
-        _print_aggregate(summary, header, rows, written)
+        _print_aggregate(summary, header, rows, written, findings_line(files.report.findings))
     if strict and summary.problems:
         raise typer.Exit(1)
 
 
-def _print_aggregate(summary: Summary, header: list[str], rows: list[list[str]], written: list[str]) -> None:
-    """The point tables, the conditions table, the problems and the files written."""
+def _print_aggregate(summary: Summary, header: list[str], rows: list[list[str]], written: list[str],
+                     findings: str | None = None) -> None:
+    """The point tables, the conditions table, the findings' verdicts, the problems and the files written."""
     from rich.table import Table
 
     _print_point_tables(summary)
@@ -593,6 +595,8 @@ def _print_aggregate(summary: Summary, header: list[str], rows: list[list[str]],
         console.print(view)
         if len(rows) > MOST_CONDITION_ROWS:
             console.print(f"{len(rows) - MOST_CONDITION_ROWS} more conditions in conditions.csv and report.md")
+    if findings:
+        console.print(findings, soft_wrap=True)
     for problem in summary.problems:
         console.print(_styled((f"{problem['state']:>8}", "red"),
                               f" {problem['stage']}/{problem['point']}: {problem['reason']}"), soft_wrap=True)

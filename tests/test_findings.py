@@ -218,6 +218,8 @@ def test_report_md_and_aggregate_json_carry_the_findings(consistent):
     assert "Verdict rule" in payload["rule"]
     assert [c["verdict"] for c in payload["claims"]] == [f.verdict for f in findings]
     first = payload["claims"][0]
+    terminal = CliRunner().invoke(app, ["aggregate", str(run.path)])
+    assert f"findings (report.md): {len(findings)} consistent" in terminal.stdout
     assert {"claim", "effect", "ci95", "unit", "test", "pairs", "df", "p_value", "verdict", "needs"} <= set(first)
 
 

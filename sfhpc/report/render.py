@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -292,6 +293,15 @@ def findings_markdown(findings: list[Finding]) -> str:
         parts.append(f"{NOT_IN_SWEEP.capitalize()}:\n\n" + "\n".join(
             f"- {f.claim.section} {f.claim.text} ({f.claim.metric}): {f.why}" for f in missing))
     return "\n\n".join(parts)
+
+
+def findings_line(findings: list[Finding]) -> str | None:
+    """The terminal's count of verdicts ("findings (report.md): 3 consistent, 1 inconclusive, 9 not in this
+    sweep"); None without claims."""
+    if not findings:
+        return None
+    counts = Counter(finding.verdict for finding in findings)
+    return "findings (report.md): " + ", ".join(f"{n} {verdict}" for verdict, n in counts.items())
 
 
 def _finding_cells(finding: Finding) -> list[str]:
