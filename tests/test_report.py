@@ -240,7 +240,10 @@ def test_report_markdown_has_tables_test_and_figures(full_run):
     assert "divided by ε_max" in text and "in [0, 1]" in text
     assert "| robust accuracy, L∞ ε=8/255 px | band=none | 3 |" in text
     lsf_auc = next(r for r in files.report.rows if r.condition == "band=lsf" and r.metric == "auc_Linf")
-    assert f"{lsf_auc.mean:.3f} ± {lsf_auc.sem:.3f} | {lsf_auc.delta:+.3f} | {lsf_auc.p_value:.3f} |" in text
+    assert (f"{lsf_auc.mean:.3f} ± {lsf_auc.sem:.3f} | {lsf_auc.delta:+.3f} | {lsf_auc.p_value:.3f} "
+            f"(df {lsf_auc.pairs - 1}) |") in text
+    # two paired seeds: df 1, and the report says that is too few for a test to inform
+    assert lsf_auc.pairs == 2 and "tests have df below 3" in text and "too few seeds for such a test to inform" in text
     links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", text)
     assert sorted(links) == [f"figures/{CBM_FIGURE}", f"figures/{ROBUST_FIGURE}"]
     assert sorted(files.figures) == sorted(run.path / link for link in links)

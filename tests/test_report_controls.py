@@ -181,9 +181,10 @@ def test_report_md_compares_with_the_controls_after_the_baseline_tables_and_name
     row = next(r for r in files.report.control_rows if r.kind == "shuffled-predictor" and r.metric == "test_accuracy"
                and r.pairs == 3)
     assert (f" | {row.condition} | shuffled-predictor (predictor=shuffled) | 3 | {row.delta:+.3f} | "
-            f"{row.p_value:.3f} |") in text
+            f"{row.p_value:.3f} (df 2) |") in text
     one = next(r for r in files.report.control_rows if r.pairs == 1)
-    assert f" | {one.condition} | shuffled-predictor (predictor=shuffled) | 1 | {one.delta:+.3f} | n/a |" in text
+    assert (f" | {one.condition} | shuffled-predictor (predictor=shuffled) | 1 | {one.delta:+.3f} | n/a (1 pair) |"
+            in text)
     first = files.report.control_rows[0]
     assert f"| clean test accuracy | {first.condition} | {first.kind} (" in text  # the metric on its first row
     assert "| weight-decay-only (alpha=0.0, weight_decay=0.01) | 3 |" in text

@@ -146,8 +146,10 @@ def _paired_cells(pairs: int, delta: float, p_value: float, fmt: str) -> tuple[s
     """Δ and p of a paired comparison, as report.md shows them."""
     if pairs == 0:
         return "no paired seeds", "n/a"
+    if pairs < 2:
+        return f"{delta:+{fmt}}", "n/a (1 pair)"
     p = "n/a" if math.isnan(p_value) else ("< 0.001" if p_value < 0.001 else f"{p_value:.3f}")
-    return f"{delta:+{fmt}}", p
+    return f"{delta:+{fmt}}", f"{p} (df {pairs - 1})"
 
 
 def family_table(report: Report, family: str) -> str:
@@ -340,7 +342,23 @@ def _introduction(report: Report, any_baseline: bool) -> str:
             f"`{manifest.get('git_sha', '?')}`, stages {', '.join(report.stages())}). {with_result} trained models "
             f"with a valid result, of {len(report.models)} planned, in {len(report.conditions)} conditions (seeds "
             f"{', '.join(seeds)}). Values are mean ± SEM over seeds (SEM with ddof=1; n counts the seeds with a "
-            "finite value). " + _test_sentence(report.baseline, any_baseline))
+            "finite value). " + _test_sentence(report.baseline, any_baseline) + _few_seeds_sentence(report))
+
+
+# Below this many degrees of freedom a paired t-test's p says little: its critical t at 0.05 is 12.7 at df 1 and
+# 4.3 at df 2 (against 2.0 at large df), so only an effect many times its seed-to-seed spread can reach p < 0.05.
+INFORMATIVE_DF = 3
+
+
+def _few_seeds_sentence(report: Report) -> str:
+    """Says, when it applies, that the tests have too few seeds to inform: the degrees of freedom are beside each p."""
+    tested = [row.pairs - 1 for row in report.rows if row.pairs >= 2]
+    if not tested or min(tested) >= INFORMATIVE_DF:
+        return ""
+    few = sum(df < INFORMATIVE_DF for df in tested)
+    return (f" Degrees of freedom (df = paired seeds - 1) are beside each p. {few} of {len(tested)} tests have df "
+            f"below {INFORMATIVE_DF} (critical t at 0.05: 12.7 at df 1, 4.3 at df 2): too few seeds for such a test "
+            "to inform; a p above 0.05 there is inconclusive, not evidence of no effect.")
 
 
 def _test_sentence(baseline: Baseline | None, any_baseline: bool) -> str:
