@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_report_runs import make_run as make_plain_run
+from test_report_runs import write_point
 
 from sfhpc.evaluation.attack import (
     EPS_UNITS,
@@ -22,11 +24,10 @@ from sfhpc.evaluation.attack import (
 )
 from sfhpc.report import build_report
 from sfhpc.report.render import headline_rows
-from sfhpc.results import Provenance, now_iso, write_result
 from sfhpc.rundir import RunDir
 from sfhpc.stages.attack import MODEL_INPUT_STD, AttackParams, robust_curve_name
 from sfhpc.stages.attack.report import draw_robust_accuracy, eps_label, format_eps, merge_attack_shards
-from sfhpc.sweep import Plan, expand_file
+from sfhpc.sweep import Plan
 
 IMAGENET_SD = (0.229, 0.224, 0.225)
 STUDY_LINF = [0.001 + 0.002 * i for i in range(10)]  # SCIENCE.md section 5, normalized units
@@ -152,33 +153,19 @@ def make_run(folder: Path) -> tuple[RunDir, Plan]:
     own record of the epsilons (4 images each; robust counts chosen)."""
     from sfhpc.stages.attack.run import epsilon_record, settings_of
 
-    sweep = folder / "sweep.yaml"
-    sweep.write_text(SWEEP)
-    plan = expand_file(sweep)
-    run = RunDir(folder / "run")
-    run.path.mkdir()
-    run.write_manifest({"schema_version": 1, "name": plan.sweep.name, "sweep_file": str(sweep.resolve()),
-                        "fingerprint": plan.fingerprint(), "git_sha": "test", "executor": "local",
-                        "created": now_iso(), "plan": plan.to_json()})
+    run, plan = make_plain_run(folder, SWEEP)
     for point in plan.stage("train").points:
-        write(run, "train", point.id, {"test_accuracy": 0.8, "val_accuracy": 0.8, "chance": 0.25})
+        write_point(run, "train", point.id, {"test_accuracy": 0.8, "val_accuracy": 0.8, "chance": 0.25})
     for point in plan.stage("attack").points:
         params = AttackParams.model_validate(point.params)
         settings = settings_of(params, IMAGENET_SD)
         curves = {"clean_correct": np.array([True, True, True, False]),
                   **{robust_curve_name(s.norm, s.eps): np.array([True, i == 0, False, False])
                      for i, s in enumerate(settings)}}
-        write(run, "attack", point.id, {"images": 4}, curves,
-              {"upstream": point.upstream[0], "shard": params.attack_shard, "shards": 2,
-               **epsilon_record(params, settings, IMAGENET_SD)})
+        write_point(run, "attack", point.id, {"images": 4}, curves,
+                    {"upstream": point.upstream[0], "shard": params.attack_shard, "shards": 2,
+                     **epsilon_record(params, settings, IMAGENET_SD)})
     return run, plan
-
-
-def write(run: RunDir, stage: str, point_id: str, metrics: dict, curves: dict | None = None,
-          attrs: dict | None = None) -> None:
-    write_result(run.result_path(stage, point_id), stage=stage, point_id=point_id, config={},
-                 provenance=Provenance("test", now_iso(), now_iso()), metrics=metrics, curves=curves or {},
-                 extra_attrs=attrs)
 
 
 @pytest.fixture(scope="module")
