@@ -404,14 +404,11 @@ def _validate_params(spec: StageSpec[Any], values: dict[str, Any], point: SweepP
     if spec.check is not None:
         try:
             spec.check(params, data, job)
-        except DataAbsent as err:
-            if skipped is None:
-                raise doc.error(point.origins.get(err.key) or ("stages", spec.name, "params", err.key),
-                                str(err)) from None
-            note = f"{spec.name}: {err}"
-            if note not in skipped:
-                skipped.append(note)
         except ValueError as err:
+            if isinstance(err, DataAbsent) and skipped is not None:  # planning: the data is not here yet
+                if (note := f"{spec.name}: {err}") not in skipped:
+                    skipped.append(note)
+                return params.model_dump(mode="json")
             key = err.key if isinstance(err, ParamError) else spec.check_key
             origin = point.origins.get(key) if key else None
             raise doc.error(origin or ("stages", spec.name, "params", *((key,) if key else ())), str(err)) from None
