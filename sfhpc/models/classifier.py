@@ -15,10 +15,9 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from sfhpc.models.bands import BandParams
+from sfhpc.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from sfhpc.models.spectral import build_filter
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHS = ("resnet18", "small_resnet")
 IMAGENET_HEAD = "fc."  # torchvision's 1000-class head in its ResNet state dicts: the model's own head replaces it
 SHOWN_KEYS = 5  # keys named per kind of mismatch in an error (then the count)

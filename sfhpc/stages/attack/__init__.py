@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator
 
 from sfhpc.config import MAX_SHARDS, Closed, DataConfig, Float, Int, JobSpec, Seed, describe
+from sfhpc.models.normalization import IMAGENET_STD
 from sfhpc.stages.spec import Shards, StageSpec
 
 SHARDS = Shards(index="attack_shard", count="attack_shards")
@@ -28,10 +29,9 @@ NORMALIZATION_STD_ATTR = "normalization_std"  # the per-channel SDs the attacked
 EPS_SD_ATTR = "eps_sd"  # the one SD that converted between the units (pixel = normalized x SD)
 SHARD_ATTR = "shard"  # the shard's index, which the merge checks against the shard count
 SHARD_COUNT_ATTR = "shards"  # how many shards the model's images were split into
-# The SDs every sfhpc classifier divides its [0, 1] inputs by: ImageNet's, for every dataset (synthetic too), arch,
-# band and predictor (sfhpc.models.classifier.build_classifier). The node converts with the attacked model's own
-# buffer; this copy lets the login node check a sweep's epsilons without torch (a test keeps the two equal).
-MODEL_INPUT_STD = (0.229, 0.224, 0.225)
+# The SDs every sfhpc classifier divides its [0, 1] inputs by, for the login node's check of a sweep's epsilons; the
+# node converts with the attacked model's own buffer (a test keeps the two equal).
+MODEL_INPUT_STD = IMAGENET_STD
 
 
 def robust_accuracy_metric(norm: str, eps: float) -> str:
