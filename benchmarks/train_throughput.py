@@ -68,14 +68,14 @@ def main() -> None:
     with_augment = params.model_copy(update={"augment": True})
 
     def stage_epoch(epoch: int) -> float:
-        return train_epoch(*ours, images, labels, params, epoch, env, BATCH, torch.device("cpu"))
+        return train_epoch(*ours, images, labels, params, epoch, env, BATCH, torch.device("cpu")).total
 
     def hand_epoch(epoch: int) -> float:
         batches = rank_batches(epoch_order(len(labels), params.seed, epoch), BATCH, env, BATCH)  # the same batches
         return hand_written_epoch(*theirs, images, labels, batches)
 
     def augmented_epoch(epoch: int) -> float:
-        return train_epoch(*augmented, images, labels, with_augment, epoch, env, BATCH, torch.device("cpu"))
+        return train_epoch(*augmented, images, labels, with_augment, epoch, env, BATCH, torch.device("cpu")).total
 
     sides = {"sfhpc train_epoch": stage_epoch, "hand-written loop": hand_epoch,
              "sfhpc train_epoch, augmented": augmented_epoch}

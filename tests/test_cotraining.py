@@ -63,6 +63,9 @@ def test_predictor_learns_the_roi_and_records_its_fit(run_dir: Path):
     assert -1 <= found["val_pearson_mean"] <= 1 and np.isfinite(found["val_r2_mean"])
     assert 0 < found["noise_ceiling_mean"] < 100
     assert found["train_pearson_mean"] > 0.3  # 20 epochs fit the training images' PC patterns
+    # what a perfect predictor could expect, from the shared images' repeats: a correlation, and the ratio beside it
+    assert 0 < found["val_pearson_ceiling"] <= 1
+    assert found["val_pearson_of_ceiling"] == pytest.approx(found["val_pearson_mean"] / found["val_pearson_ceiling"])
     with h5py.File(run_dir / "predictor" / "p" / "result.h5") as f:
         assert f["curves/val_pearson"].shape == (20,) and f["curves/val_r2"].shape == (found["n_components"],)
 
@@ -103,7 +106,61 @@ def test_guided_training_resumes_exactly(run_dir: Path):
 def test_unguided_training_needs_no_predictor(tmp_path: Path):
     config = {**guided_config(tmp_path, epochs=1, alpha=0.0), "upstream": []}
     found = metrics(run_point(config, tmp_path / "train" / "u"))
-    assert np.isnan(found["neural_fit_r"])
+    assert np.isnan(found["neural_fit_r"]) and np.isnan(found["neural_loss_share"])
+
+
+def test_guided_results_keep_both_loss_terms_per_epoch(run_dir: Path):
+    result = run_point(guided_config(run_dir, epochs=2, alpha=0.5), run_dir / "train" / "terms")
+    with h5py.File(result) as f:
+        total, ce, neural = (f["curves"][name][()] for name in ("train_loss", "loss_ce", "loss_neural"))
+        share = f["metrics/neural_loss_share"][()]
+    assert total.shape == ce.shape == neural.shape == (2,) and (ce > 0).all() and (neural > 0).all()
+    # the recorded loss is the weighted sum of its terms (epoch means of per-step values, so exactly)
+    np.testing.assert_allclose(total, 0.5 * ce + 0.5 * neural, rtol=1e-6)
+    assert share == pytest.approx(float(np.mean(0.5 * neural / total)))
+
+
+def test_a_normalized_loss_is_the_studys_divided_by_the_cross_entropys_weight(run_dir: Path):
+    predictor_model = load_predictor(run_dir, "predictor/p")
+    model = build_model(TrainParams(**TRAIN), 4, 32, predictor_model.head.out_features).eval()
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    study = train.NeuralGuide(predictor_model, 0.9).loss_terms(model, images, labels)
+    normalized = train.NeuralGuide(predictor_model, 0.9, normalized=True).loss_terms(model, images, labels)
+    assert normalized[0].item() == pytest.approx(study[0].item() / 0.1, rel=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(normalized[1:], study[1:], strict=True))  # the same two terms
+    result = run_point(guided_config(run_dir, epochs=1, loss_normalized=True), run_dir / "train" / "normalized")
+    with h5py.File(result) as f:
+        ce, neural, total = (f["curves"][name][()] for name in ("loss_ce", "loss_neural", "train_loss"))
+        # the share of the loss is that of the study's loss (normalization scales both terms alike)
+        share = f["metrics/neural_loss_share"][()]
+    assert share == pytest.approx(float(0.9 * neural[0] / (0.1 * ce[0] + 0.9 * neural[0])))
+    np.testing.assert_allclose(total, (0.1 * ce + 0.9 * neural) / 0.1, rtol=1e-5)
+
+
+def test_a_normalized_loss_needs_alpha_below_one():
+    with pytest.raises(ValueError, match="alpha below 1"):
+        TrainParams(**{**TRAIN, "alpha": 1.0, "loss_normalized": True})
+
+
+def test_standardized_targets_have_unit_scale_on_the_training_images(run_dir: Path):
+    guide_model = load_predictor(run_dir, "predictor/p")
+    images = (np.random.default_rng(0).random((40, 3, 32, 32)) * 255).astype(np.uint8)
+    mean, sd = train.target_scale(guide_model, images, torch.device("cpu"))
+    guide = train.NeuralGuide(guide_model, 0.9, (mean, sd))
+    pixels = torch.from_numpy(images).float() / 255
+    targets = guide.targets(pixels)
+    np.testing.assert_allclose(targets.mean(dim=0).numpy(), 0, atol=1e-4)
+    np.testing.assert_allclose(targets.std(dim=0, correction=0).numpy(), 1, atol=1e-3)
+    raw = train.NeuralGuide(guide_model, 0.9)  # neural_target raw: the predictor's outputs as they are
+    assert torch.equal(raw.targets(pixels), guide_model(pixels))
+
+
+def test_a_standardized_guided_point_records_its_setting_and_trains(run_dir: Path):
+    result = run_point(guided_config(run_dir, epochs=1, neural_target="standardized"), run_dir / "train" / "std")
+    with h5py.File(result) as f:
+        assert "neural_target: standardized" in f.attrs["config"]
+        assert f["metrics/neural_loss_share"][()] > 0.25  # unit-variance targets: a large share at alpha 0.9
 
 
 # ---------------------------------------------------------------------------------------------- DDP

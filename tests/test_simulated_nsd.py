@@ -13,7 +13,7 @@ from sfhpc.data import load_dataset
 from sfhpc.data.neural import NeuralDataError, noise_ceiling, open_neural
 from sfhpc.data.simulated_nsd import (
     N_VOXELS,
-    SHARED_REPEATS,
+    REPEATS,
     expected_ceiling,
     make_simulated_subject,
     simulated_images,
@@ -47,7 +47,7 @@ def test_the_file_has_every_roi_and_the_designed_trials(subjects):
     np.testing.assert_array_equal(data.val_index, np.arange(CONFIG.n_shared))
     with h5py.File(subjects["subj01"], "r") as f:
         counts = np.bincount(f["trials/image"][()])
-        assert (counts[: CONFIG.n_shared] == SHARED_REPEATS).all() and (counts[CONFIG.n_shared:] == 1).all()
+        assert (counts == REPEATS).all() and len(counts) == CONFIG.n_images
         assert len(np.unique(f["trials/session"][()])) == 4
         for roi in ROIS:
             assert f["rois"][roi]["trials"].shape == (counts.sum(), N_VOXELS[roi])

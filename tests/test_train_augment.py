@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sfhpc.config import DataConfig
-from sfhpc.data.augment import pad_crop_flip, random_resized_boxes, random_resized_crop_flip
+from sfhpc.data.augment import cbm_grey, pad_crop_flip, random_resized_boxes, random_resized_crop_flip
+from sfhpc.evaluation.cbm import LUMINANCE_WEIGHTS, MEAN_LUMINANCE, to_cbm_images
 from sfhpc.job import run_point
 from sfhpc.stages.train import RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, TrainParams, resolve_crop
 
@@ -201,3 +202,18 @@ def test_a_folder_dataset_trains_with_random_resized_crops_by_default(awkward_di
                       n_classes=2).model_dump(mode="json")
     params = {**PARAMS, "batch_size": 8}
     assert recorded_crop(run_point(point_config("train", params, data), awkward_dir / "point")) == "random_resized"
+
+
+def test_grey_augmentation_makes_some_images_the_cbm_stimulus_kind_and_leaves_the_others():
+    batch = torch.rand(200, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    out = cbm_grey(batch, 0.5, torch.Generator().manual_seed(1), MEAN_LUMINANCE, LUMINANCE_WEIGHTS)
+    grey = (out[:, 0] == out[:, 1]).all(dim=(1, 2)) & (out[:, 1] == out[:, 2]).all(dim=(1, 2))
+    assert 70 < int(grey.sum()) < 130  # about half, drawn per image
+    assert torch.equal(out[~grey], batch[~grey])
+    # a grey image is the CBM stimulus at full contrast: luminance deviations around the mean luminance 0.449
+    stimulus = to_cbm_images(batch[grey].numpy())  # contrast 0.2 of the same deviations
+    deviations = out[grey, 0].numpy() - MEAN_LUMINANCE
+    np.testing.assert_allclose(0.2 * deviations + MEAN_LUMINANCE, stimulus, atol=1e-5)
+    again = cbm_grey(batch, 0.5, torch.Generator().manual_seed(1), MEAN_LUMINANCE, LUMINANCE_WEIGHTS)
+    assert torch.equal(out, again)  # reproducible from the generator
+    assert torch.equal(cbm_grey(batch, 0.0, torch.Generator(), MEAN_LUMINANCE, LUMINANCE_WEIGHTS), batch)

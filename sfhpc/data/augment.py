@@ -96,3 +96,19 @@ def flip_half(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flips = torch.rand(len(batch), generator=generator) < 0.5
     batch[flips] = batch[flips].flip(-1)
     return batch
+
+
+def cbm_grey(batch: torch.Tensor, probability: float, generator: torch.Generator, mean_luminance: float,
+             luminance_weights: tuple[float, float, float]) -> torch.Tensor:
+    """A share `probability` of the images (drawn per image) turned into the CBM stimulus's kind of image: grey (the
+    luminance, in all three channels) around `mean_luminance`, its deviations kept. A classifier probed by critical
+    band masking (grey images at mean 0.449) then has seen grey images at that mean; contrast is another step."""
+    chosen = torch.rand(len(batch), generator=generator) < probability
+    if not chosen.any():
+        return batch
+    weights = torch.tensor(luminance_weights, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)
+    grey = (batch[chosen] * weights).sum(dim=1, keepdim=True)
+    grey = mean_luminance + grey - grey.mean(dim=(2, 3), keepdim=True)
+    batch = batch.clone()
+    batch[chosen.to(batch.device)] = grey.expand(-1, 3, -1, -1).clamp(0, 1)
+    return batch

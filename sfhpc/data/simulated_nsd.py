@@ -17,9 +17,11 @@ Encoding model, per ROI and voxel (a population-receptive-field energy model wit
   4. Each voxel's signal is scaled to a gain in % signal change (log-normal around 1%) over a baseline.
 Every subject's voxels differ (positions, tuning, gains, noise) by a seed derived from (NeuralConfig.seed, subject).
 
-Trials: every image once and the shared images 3 times, in random order, split into sessions of about 200 trials
-(at most 4). Gaussian trial noise is scaled per voxel so that the NSD noise ceiling is what the config asks for.
-With responses z-scored per session, a voxel with signal variance S and noise variance N has, in expectation,
+Trials: every image 3 times, as in NSD (whose subjects who finished all sessions saw each of their 10,000 images 3
+times), in random order, split into sessions of about 200 trials (at most 4). Averages over 3 trials are what the
+noise ceiling is defined for, on the training images as on the shared ones. Gaussian trial noise is scaled per
+voxel so that the NSD noise ceiling is what the config asks for. With responses z-scored per session, a voxel
+with signal variance S and noise variance N has, in expectation,
 sigma_noise^2 = N / (S + N), so ncsnr^2 = (1 - sigma_noise^2) / sigma_noise^2 = S / N = r and the 3-trial ceiling
 NC = 100 r / (r + 1/3). Hence r = (NC/100) / (3 (1 - NC/100)) and the noise SD is gain / sqrt(r). That is the
 ceiling of the true noise variance; the estimate from n_shared images is noisy and NC is concave in it, so the
@@ -58,9 +60,11 @@ from sfhpc.data.synthetic import CLASS_NAMES, SyntheticSpec, _fft_workers, make_
 if TYPE_CHECKING:
     from sfhpc.config import NeuralConfig
 
-SIMULATION_VERSION = 1  # bump when the model changes: cached files are named by a digest that includes it
+# Bump when the model changes: cached files are named by a digest that includes it.
+# 2: every image is shown 3 times (1: only the shared ones were).
+SIMULATION_VERSION = 2
 N_VOXELS: dict[str, int] = {"V1": 300, "V2": 260, "V4": 200, "VO": 140, "PHC": 120, "LO": 160, "TO": 130}
-SHARED_REPEATS = 3
+REPEATS = 3  # trials per image
 TRIALS_PER_SESSION = 200  # NSD has 750; at most MAX_SESSIONS sessions keep per-session z-scoring meaningful
 MAX_SESSIONS = 4
 POOL_GRID = 32  # energy maps are pooled on this grid, whatever the image size
@@ -257,11 +261,11 @@ def expected_ceiling(noise_fraction: np.ndarray, n_repeated: int) -> np.ndarray:
     noise_fraction * chi2(k) / k with k = 2 n_repeated degrees of freedom, and NC is concave in it, so the
     estimator is biased low (about 1 point at NC 30% with 100 images): averaged here over equal-probability
     quantiles of that distribution."""
-    dof = (SHARED_REPEATS - 1) * n_repeated
+    dof = (REPEATS - 1) * n_repeated
     spread = scipy.stats.chi2.ppf((np.arange(_QUANTILES) + 0.5) / _QUANTILES, dof) / dof
     estimate = np.asarray(noise_fraction)[..., None] * spread
     signal = np.maximum(1 - estimate, 0)
-    return (100 * signal / (signal + estimate / SHARED_REPEATS)).mean(axis=-1)
+    return (100 * signal / (signal + estimate / REPEATS)).mean(axis=-1)
 
 
 def noise_sd_for_ceiling(gain: np.ndarray, ceiling: np.ndarray, n_repeated: int) -> np.ndarray:
@@ -277,10 +281,10 @@ def noise_sd_for_ceiling(gain: np.ndarray, ceiling: np.ndarray, n_repeated: int)
 
 # ------------------------------------------------------------------------------------------ trials
 def simulated_design(rng: np.random.Generator, n_images: int, n_shared: int) -> TrialDesign:
-    """Each image once, the first `n_shared` images SHARED_REPEATS times, shuffled and split into sessions."""
+    """Each image REPEATS times, shuffled and split into sessions; the first `n_shared` images are the shared
+    (validation) ones."""
     shared = np.arange(n_images) < n_shared
-    trial_image = rng.permutation(np.concatenate([np.arange(n_images),
-                                                  np.repeat(np.arange(n_shared), SHARED_REPEATS - 1)]))
+    trial_image = rng.permutation(np.repeat(np.arange(n_images), REPEATS))
     n_sessions = int(np.clip(len(trial_image) // TRIALS_PER_SESSION, 1, MAX_SESSIONS))
     trial_session = np.repeat(np.arange(1, n_sessions + 1), np.diff(np.linspace(0, len(trial_image),
                                                                                 n_sessions + 1).astype(int)))
@@ -297,7 +301,8 @@ def simulated_roi_trials(config: NeuralConfig, subject: str, roi: str, spectra: 
     gain = rng.lognormal(np.log(1.0), 0.3, n_voxels)
     baseline = rng.normal(0.5, 0.5, n_voxels)
     ceilings = voxel_ceilings(rng, simulated_ceilings(config)[roi], n_voxels)
-    noise_sd = noise_sd_for_ceiling(gain, ceilings, int(design.shared.sum()))
+    # The NSD estimator uses every image with 3 trials: here all of them.
+    noise_sd = noise_sd_for_ceiling(gain, ceilings, int((np.bincount(design.trial_image) == REPEATS).sum()))
     noise = rng.standard_normal((design.n_trials, n_voxels)) * noise_sd
     trials = baseline + gain * signal[design.trial_image] + noise
     return RoiTrials(name=roi, trials=trials.astype(np.float32), voxel_index=np.arange(n_voxels, dtype=np.int64))

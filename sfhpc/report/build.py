@@ -72,8 +72,9 @@ def build_report(run: RunDir, summary: Summary | None = None) -> Report:
     if models_stage is not None:
         models_part = parts[models_stage]
         models = _models(models_stage, planned, summary, models_part.metrics)
-        if models:
-            metrics.update({m.name: Metric(m.name, m.label, m.family, m.fmt) for m in models_part.metrics})
+        if models:  # the metrics some model has (a sweep without guided models has no neural share)
+            metrics.update({m.name: Metric(m.name, m.label, m.family, m.fmt) for m in models_part.metrics
+                            if any(m.name in model.values for model in models.values())})
         for name, part in parts.items():
             if name == models_stage or models_stage in registry()[name].upstream_in(planned):
                 collection = Collection(run, name, planned[name]["points"], models_stage, models, summary, metrics,

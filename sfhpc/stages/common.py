@@ -60,12 +60,20 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 @dataclass
 class History:
     """Per-epoch record, saved in every checkpoint; `attempt` tells which run of the job trained each epoch.
-    `val_score` is a classifier's validation accuracy, or a predictor's mean per-image Pearson r."""
+    `val_score` is a classifier's validation accuracy, or a predictor's mean per-image Pearson r. `loss_ce` and
+    `loss_neural`: a classifier's mean cross-entropy and neural MSE (NaN unguided), unweighted; a checkpoint made
+    before they were recorded has NaN for its epochs."""
 
     train_loss: list[float] = field(default_factory=list)
     val_score: list[float] = field(default_factory=list)
     attempt: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    loss_ce: list[float] = field(default_factory=list)
+    loss_neural: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for terms in (self.loss_ce, self.loss_neural):
+            terms.extend([float("nan")] * (len(self.train_loss) - len(terms)))
 
 
 def training_identity(params: Closed, data: DataConfig, *, extendable: str,

@@ -18,8 +18,8 @@ from torch import nn
 
 from sfhpc import distributed
 from sfhpc.data import neural_file
-from sfhpc.data.neural import open_neural
-from sfhpc.evaluation.prediction import per_image_pearson, r2_per_component
+from sfhpc.data.neural import NeuralData, RoiData, open_neural
+from sfhpc.evaluation.prediction import per_image_pearson, r2_per_component, repeat_pearson_ceiling
 from sfhpc.job import PointRun
 from sfhpc.rundir import CHECKPOINT_NAME
 from sfhpc.stages.common import (
@@ -76,9 +76,13 @@ def run(point: PointRun[PredictorParams]) -> Path:
     val_r = per_image_pearson(val_predicted, scores[val_index])
     val_r2 = r2_per_component(val_predicted, scores[val_index])
     train_r = per_image_pearson(predict(model, train_images, device), scores[train_index])
+    ceiling = val_pearson_ceiling(neural, roi)
+    val_r_mean = float(np.nanmean(val_r))
     save_model(point_dir, model)
     return point.write_result(
-        metrics={"val_pearson_mean": float(np.nanmean(val_r)), "val_pearson_median": float(np.nanmedian(val_r)),
+        metrics={"val_pearson_mean": val_r_mean, "val_pearson_ceiling": ceiling,
+                 "val_pearson_of_ceiling": val_r_mean / ceiling if ceiling > 0 else float("nan"),
+                 "val_pearson_median": float(np.nanmedian(val_r)),
                  "train_pearson_mean": float(np.nanmean(train_r)), "val_r2_pc1": float(val_r2[0]),
                  "val_r2_mean": float(np.nanmean(val_r2)), "n_components": int(scores.shape[1]),
                  "n_train_images": len(train_index), "n_val_images": len(val_index),
@@ -88,6 +92,16 @@ def run(point: PointRun[PredictorParams]) -> Path:
         attrs={"subject": params.subject, "roi": params.roi, "control": params.predictor,
                "neural_file": str(neural.path), "device": str(device), "resumed_from_epoch": start_epoch},
     )
+
+
+def val_pearson_ceiling(neural: NeuralData, roi: RoiData) -> float:
+    """The validation r (mean per-image Pearson) a perfect predictor could expect: estimated from the single trials
+    of the validation images shown 3 times (repeat_pearson_ceiling); NaN when no validation image has 3."""
+    images = neural.images_with_repeats(neural.val_index)
+    if not len(images):
+        return float("nan")
+    repeats = roi.pc_scores(roi.standardize(neural.repeat_trials(roi.name, images)))
+    return repeat_pearson_ceiling(repeats)
 
 
 def control_targets(targets: np.ndarray, params: PredictorParams) -> np.ndarray:

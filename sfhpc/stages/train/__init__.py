@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from sfhpc.config import Bool, Closed, DataConfig, Float, Int, JobSpec, Seed, describe
 from sfhpc.stages.spec import DataAbsent, OptionalUpstream, ParamError, StageSpec
@@ -22,6 +22,9 @@ RESIZED_CROP_RATIO = (3 / 4, 4 / 3)
 PRETRAINED_ARCH = "resnet18"  # `pretrained` reads torchvision ResNet-18 weights
 
 TEST_ACCURACY = "test_accuracy"  # the metric the report compares models by first
+# A guided model's weighted neural term's share of its training loss, alpha * MSE / L, mean over epochs.
+NEURAL_SHARE = "neural_loss_share"
+NEGLIGIBLE_GUIDANCE = 0.10  # below this share, the report warns that guidance hardly entered training
 
 
 class TrainParams(Closed):
@@ -37,6 +40,15 @@ class TrainParams(Closed):
     human_s: Float = Field(0.4246, gt=0, description="human channel log2 SD")
     human_floor: Bool = Field(False, description="human channel with a gain floor instead of pure band-pass")
     alpha: Float = Field(0.0, ge=0.0, le=1.0, description="neural co-training weight: L = (1-a) CE + a MSE")
+    loss_normalized: Bool = Field(False, description="guided: train on L / (1 - alpha) = CE + alpha / (1 - alpha) "
+                                  "MSE, the study's loss divided by the cross-entropy's weight: the same balance "
+                                  "of the two terms, with cross-entropy at the unguided model's step size (at alpha "
+                                  "0.9 the study's loss trains cross-entropy at a tenth of it, which a short run "
+                                  "cannot make up for)")
+    neural_target: Literal["raw", "standardized"] = Field(
+        "raw", description="guided: the neural head's targets are the predictor's outputs as they are (raw: the "
+        "study's PC scores, whose scale, and so the neural term's weight in the loss, follows the predictor) or "
+        "standardized per output (mean 0, SD 1 over the training images: every predicted PC weighs the same)")
     seed: Seed = 0
     epochs: Int = Field(3, ge=1)
     batch_size: Int = Field(64, ge=1)
@@ -59,9 +71,19 @@ class TrainParams(Closed):
                                                "crop's width / height (drawn log-uniformly)")
     augment_contrast_min: Float = Field(1.0, gt=0, le=1, description="each training image's contrast is scaled "
                                         "by a factor drawn from [this, 1] (1: off); CBM shows contrast-0.2 images")
+    augment_grey: Float = Field(0.0, ge=0, le=1, description="the share of training images (drawn per image) "
+                                "turned grey around the CBM stimulus's mean luminance 0.449, before the contrast "
+                                "scaling: the critical band masking stimulus is grey (0: off)")
     pretrained: str | None = Field(None, description="a torchvision ResNet-18 state dict (.pth; arch resnet18) the "
                                    "trunk starts from; its fc is replaced by the model's own head. A path relative "
                                    "to the folder sfhpc runs in; read on the node, never downloaded")
+
+    @model_validator(mode="after")
+    def _normalizable(self) -> TrainParams:
+        if self.loss_normalized and self.alpha >= 1:
+            raise ValueError("loss_normalized divides the loss by 1 - alpha: it needs alpha below 1 (at alpha 1 there "
+                             "is no cross-entropy to normalise by)")
+        return self
 
     @field_validator("augment_scale")
     @classmethod

@@ -20,13 +20,15 @@ from torch import nn
 
 from sfhpc import distributed
 from sfhpc.data import load_dataset
-from sfhpc.data.augment import pad_crop_flip, random_resized_crop_flip
+from sfhpc.data.augment import cbm_grey, pad_crop_flip, random_resized_crop_flip
+from sfhpc.evaluation.cbm import LUMINANCE_WEIGHTS, MEAN_LUMINANCE
 from sfhpc.job import PointRun
 from sfhpc.models.classifier import Classifier, load_pretrained_trunk
 from sfhpc.results import RESULT_NAME
 from sfhpc.rundir import CHECKPOINT_NAME
 from sfhpc.stages.common import (
     EVAL_BATCH,
+    History,
     build_model,
     epoch_order,
     load_checkpoint,
@@ -39,7 +41,7 @@ from sfhpc.stages.common import (
     upstream_run_dir,
     use_threads,
 )
-from sfhpc.stages.train import TEST_ACCURACY, ResolvedCrop, TrainParams, resolve_crop
+from sfhpc.stages.train import NEURAL_SHARE, TEST_ACCURACY, ResolvedCrop, TrainParams, resolve_crop
 
 
 def run(point: PointRun[TrainParams]) -> Path:
@@ -55,36 +57,79 @@ def run(point: PointRun[TrainParams]) -> Path:
 
 
 @dataclass(frozen=True)
+class Losses:
+    """A step's (or an epoch's mean) loss and its two terms, unweighted: cross-entropy and, for a guided model, the
+    neural MSE (NaN for an unguided one)."""
+
+    total: float
+    ce: float
+    neural: float = float("nan")
+
+
+@dataclass(frozen=True)
 class NeuralGuide:
-    """Co-training targets: a frozen predictor's outputs on the same (augmented) images, weighted by alpha."""
+    """Co-training targets: a frozen predictor's outputs on the same (augmented) images, weighted by alpha. With
+    `target_scale` (mean, SD per output over the training images: neural_target standardized), each output is
+    standardized before the MSE, so that every predicted PC weighs the same and the neural term keeps its share
+    of the loss whatever the predictor's output scale."""
 
     predictor: Classifier
     alpha: float
+    target_scale: tuple[torch.Tensor, torch.Tensor] | None = None
+    normalized: bool = False  # loss_normalized: the loss divided by 1 - alpha
 
     @property
     def n_outputs(self) -> int:
         return self.predictor.head.out_features
 
-    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(1 - alpha) * cross-entropy + alpha * mean squared error to the predictor's outputs."""
-        with torch.no_grad():
-            targets = self.predictor(images)
+    @torch.no_grad()
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        """The neural head's targets for `images`: the predictor's outputs, standardized with target_scale."""
+        outputs = self.predictor(images)
+        if self.target_scale is None:
+            return outputs
+        mean, sd = self.target_scale
+        return (outputs - mean) / sd
+
+    def loss_terms(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(1 - alpha) * cross-entropy + alpha * mean squared error to the targets (divided by 1 - alpha when
+        normalized), and its two terms."""
         logits, neural = model(images, with_neural=True)
-        return (1 - self.alpha) * F.cross_entropy(logits, labels) + self.alpha * F.mse_loss(neural, targets)
+        ce, mse = F.cross_entropy(logits, labels), F.mse_loss(neural, self.targets(images))
+        loss = (1 - self.alpha) * ce + self.alpha * mse
+        return (loss / (1 - self.alpha) if self.normalized else loss), ce, mse
+
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss_terms(model, images, labels)[0]
 
 
-def neural_guide(point: PointRun[TrainParams], device: torch.device) -> NeuralGuide | None:
-    """The frozen predictor a guided point (alpha > 0) is co-trained with: its one upstream point's."""
+def neural_guide(point: PointRun[TrainParams], train_images: np.ndarray, device: torch.device
+                 ) -> NeuralGuide | None:
+    """The frozen predictor a guided point (alpha > 0) is co-trained with (its one upstream point's), and the scale
+    of its targets over `train_images` when neural_target is standardized."""
     if point.params.alpha == 0:
         return None
-    return NeuralGuide(load_predictor(upstream_run_dir(point), point.only_upstream(), device), point.params.alpha)
+    predictor = load_predictor(upstream_run_dir(point), point.only_upstream(), device)
+    return NeuralGuide(predictor, point.params.alpha, target_scale(predictor, train_images, device)
+                       if point.params.neural_target == "standardized" else None, point.params.loss_normalized)
+
+
+@torch.no_grad()
+def target_scale(predictor: Classifier, images: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and SD (ddof 0; 1 where an output is constant) of each of the predictor's outputs over `images` (the
+    training images, unaugmented): the same on every rank."""
+    outputs = torch.cat([predictor(to_float(images, torch.arange(start, min(start + EVAL_BATCH, len(images))),
+                                            device)) for start in range(0, len(images), EVAL_BATCH)]).double()
+    sd = outputs.std(dim=0, correction=0)
+    return outputs.mean(dim=0).float(), torch.where(sd > 0, sd, torch.ones_like(sd)).float()
 
 
 def _train_and_evaluate(point: PointRun[TrainParams], env: distributed.DistEnv, device: torch.device) -> Path:
     params, data_cfg, point_dir = point.params, point.data, point.dir
     torch.manual_seed(params.seed)  # same initial weights on every rank
     dataset = load_dataset(data_cfg, point.data_cache)
-    guide = neural_guide(point, device)
+    guide = neural_guide(point, dataset.train.images, device)
     neural_dim = guide.n_outputs if guide else None
     model = build_model(params, len(dataset.class_names), data_cfg.image_size, neural_dim)
     weights_sha256 = start_from_pretrained(model, params.pretrained)
@@ -107,11 +152,13 @@ def _train_and_evaluate(point: PointRun[TrainParams], env: distributed.DistEnv, 
 
     for epoch in range(start_epoch, params.epochs):
         tic = time.perf_counter()
-        loss = train_epoch(ddp_model, optimizer, dataset.train.images, dataset.train.labels, params, epoch,
-                           env, per_rank, device, guide, data_kind=data_cfg.kind)
+        losses = train_epoch(ddp_model, optimizer, dataset.train.images, dataset.train.labels, params, epoch,
+                             env, per_rank, device, guide, data_kind=data_cfg.kind)
         scheduler.step()
         accuracy = evaluate(model, dataset.val.images, dataset.val.labels, env, device)
-        history.train_loss.append(loss)
+        history.train_loss.append(losses.total)
+        history.loss_ce.append(losses.ce)
+        history.loss_neural.append(losses.neural)
         history.val_score.append(accuracy)
         history.attempt.append(attempt)
         history.seconds.append(time.perf_counter() - tic)
@@ -135,9 +182,11 @@ def _train_and_evaluate(point: PointRun[TrainParams], env: distributed.DistEnv, 
                 "train_seconds": float(sum(history.seconds)),
                 "world_size": env.world_size,
                 "neural_fit_r": neural_fit,
+                NEURAL_SHARE: mean_neural_share(history, params.alpha),
             },
             curves={"train_loss": history.train_loss, "val_accuracy": history.val_score,
-                    "attempt": history.attempt, "epoch_seconds": history.seconds},
+                    "attempt": history.attempt, "epoch_seconds": history.seconds,
+                    "loss_ce": history.loss_ce, "loss_neural": history.loss_neural},
             attrs={"hosts": json.dumps(hosts), "world_size": env.world_size, "dist_source": env.source,
                    "device": str(device), "resumed_from_epoch": start_epoch, "attempts": attempt + 1,
                    **recipe_attrs(params, crop, weights_sha256)},
@@ -196,11 +245,14 @@ def rank_batches(order: torch.Tensor, batch_size: int, env: distributed.DistEnv,
 
 def augment(batch: torch.Tensor, params: TrainParams, crop: ResolvedCrop, generator: torch.Generator
             ) -> torch.Tensor:
-    """A training batch's random crop (of kind `crop`, resolve_crop's) and flip, then its contrast scaling."""
+    """A training batch's random crop (of kind `crop`, resolve_crop's) and flip, then (augment_grey) some images
+    made grey, then its contrast scaling."""
     if crop == "pad":
         batch = pad_crop_flip(batch, generator)
     elif crop == "random_resized":
         batch = random_resized_crop_flip(batch, generator, params.augment_scale, params.augment_ratio)
+    if params.augment_grey > 0:
+        batch = cbm_grey(batch, params.augment_grey, generator, MEAN_LUMINANCE, LUMINANCE_WEIGHTS)
     if params.augment_contrast_min < 1:
         batch = scale_contrast(batch, params.augment_contrast_min, generator)
     return batch
@@ -215,38 +267,55 @@ def scale_contrast(batch: torch.Tensor, lowest: float, generator: torch.Generato
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, guide: NeuralGuide | None = None) -> float:
+               labels: torch.Tensor, guide: NeuralGuide | None = None) -> Losses:
     """One SGD step on mean cross-entropy (or the co-training loss, with a guide); under DDP the gradient is
-    averaged over ranks."""
+    averaged over ranks. Returns this rank's loss and its terms."""
     optimizer.zero_grad(set_to_none=True)
-    loss = guide.loss(model, images, labels) if guide else F.cross_entropy(model(images), labels)
+    if guide:
+        loss, ce, mse = guide.loss_terms(model, images, labels)
+    else:
+        loss = ce = F.cross_entropy(model(images), labels)
     loss.backward()
     optimizer.step()
-    return loss.item()
+    return Losses(loss.item(), ce.item(), mse.item() if guide else float("nan"))
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray, labels: np.ndarray,
                 params: TrainParams, epoch: int, env: distributed.DistEnv, per_rank: int,
-                device: torch.device, guide: NeuralGuide | None = None, data_kind: str = "synthetic") -> float:
-    """One epoch; returns the mean training loss over all ranks' batches. `data_kind` (the data config's kind)
-    resolves augment_crop auto."""
+                device: torch.device, guide: NeuralGuide | None = None, data_kind: str = "synthetic") -> Losses:
+    """One epoch; returns the mean training loss and terms over all ranks' batches. `data_kind` (the data config's
+    kind) resolves augment_crop auto."""
     model.train()
     generator = torch.Generator().manual_seed(distributed.rank_seed(params.seed, env.rank) * 1_000 + epoch)
     crop = resolve_crop(params, data_kind)
     label_tensor = torch.from_numpy(labels)
-    losses = []
+    steps = []
     for index in rank_batches(epoch_order(len(labels), params.seed, epoch), params.batch_size, env, per_rank):
         batch = augment(to_float(images, index, device), params, crop, generator)
-        losses.append(train_step(model, optimizer, batch, label_tensor[index].to(device), guide))
-    return _mean_over_ranks(float(np.mean(losses)) if losses else float("nan"), env, device)
+        steps.append(train_step(model, optimizer, batch, label_tensor[index].to(device), guide))
+    means = [float(np.mean([getattr(step, term) for step in steps])) if steps else float("nan")
+             for term in ("total", "ce", "neural")]
+    return Losses(*_mean_over_ranks(means, env, device))
 
 
-def _mean_over_ranks(value: float, env: distributed.DistEnv, device: torch.device) -> float:
+def _mean_over_ranks(values: list[float], env: distributed.DistEnv, device: torch.device) -> list[float]:
     if env.world_size == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(tensor)
-    return tensor.item() / env.world_size
+    return (tensor / env.world_size).tolist()
+
+
+def mean_neural_share(history: History, alpha: float) -> float:
+    """The weighted neural term's share of the training loss, alpha * MSE / ((1 - alpha) CE + alpha * MSE) (as
+    loss_normalized leaves it), averaged over the epochs (NaN for an unguided model, or epochs trained before the
+    terms were recorded)."""
+    if alpha == 0:
+        return float("nan")
+    weighted = [(alpha * neural, (1 - alpha) * ce) for ce, neural in zip(history.loss_ce, history.loss_neural,
+                                                                          strict=True) if np.isfinite(neural)]
+    shares = [neural / (neural + ce) for neural, ce in weighted if neural + ce > 0]
+    return float(np.mean(shares)) if shares else float("nan")
 
 
 @torch.no_grad()
