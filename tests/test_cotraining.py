@@ -171,3 +171,26 @@ def test_two_process_guided_step_equals_single_step_on_the_whole_batch(run_dir: 
     assert "neural_head.weight" in single
     for key in single:
         assert torch.allclose(ddp[key], single[key], atol=1e-6), key
+
+
+def test_bf16_training_autocasts_the_step_and_keeps_float32_weights(run_dir: Path):
+    result = run_point(guided_config(run_dir, epochs=1, precision="bf16"), run_dir / "train" / "bf16")
+    with h5py.File(result) as f:
+        assert "precision: bf16" in f.attrs["config"] and np.isfinite(f["curves/loss_neural"][()]).all()
+    predictor_model = load_predictor(run_dir, "predictor/p")
+    model = build_model(TrainParams(**TRAIN), 4, 32, predictor_model.head.out_features)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(8) % 4
+    seen = []
+    hook = model.head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    train.train_step(model, optimizer, images, labels, train.NeuralGuide(predictor_model, 0.9), "bf16")
+    hook.remove()
+    assert seen == [torch.bfloat16]  # the forward pass ran in bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_bf16_predictor_trains_and_records_its_precision(tmp_path: Path):
+    result = run_predictor(tmp_path, predictor_precision="bf16", predictor_epochs=2)
+    found = metrics(result)
+    assert np.isfinite(found["val_pearson_mean"]) and "predictor_precision: bf16" in found["config"]

@@ -138,3 +138,35 @@ def test_bad_settings_are_refused(tmp_path):
         make_simulated_subject(NeuralConfig(n_images=30, n_shared=30), "subj01", 32, tmp_path / "x.h5")
     with pytest.raises(ValueError, match="unknown subject 'subj9'"):
         make_simulated_subject(CONFIG, "subj9", 32, tmp_path / "x.h5")
+
+
+def _signals_of(images: np.ndarray, roi: str, tuning: str, labels: np.ndarray) -> np.ndarray:
+    import scipy.fft
+
+    from sfhpc.data.simulated_nsd import energy_maps, voxel_signals
+
+    spectra = scipy.fft.rfft2(energy_maps(images))
+    return voxel_signals(np.random.default_rng(7), roi, spectra, labels, 60, tuning)
+
+
+def _low_passed(images: np.ndarray, cutoff_cpi: float) -> np.ndarray:
+    spectrum = np.fft.fft2(images.astype(np.float64) / 255)
+    f = np.fft.fftfreq(images.shape[-1], 1 / images.shape[-1])
+    keep = np.hypot(f[:, None], f[None, :]) <= cutoff_cpi
+    return np.clip(np.fft.ifft2(spectrum * keep).real * 255, 0, 255).astype(np.uint8)
+
+
+def test_the_planted_tuning_makes_higher_rois_respond_to_coarse_bands_only():
+    from sfhpc.data.simulated_nsd import roi_tuning, simulated_images
+
+    images, labels = simulated_images(NeuralConfig(n_images=120, n_shared=20), SIZE)
+    blurred = _low_passed(images, 6.0)  # keeps the coarsest band (2-4 c/img), removes the finer ones
+
+    def kept(roi: str, tuning: str) -> float:  # mean over voxels of r(response to the image, to its low-pass)
+        a, b = _signals_of(images, roi, tuning, labels), _signals_of(blurred, roi, tuning, labels)
+        return float(np.mean([np.corrcoef(a[:, v], b[:, v])[0, 1] for v in range(a.shape[1])]))
+
+    assert kept("TO", "coarse_above_v1") > 0.95 and kept("V4", "coarse_above_v1") > 0.95 > kept("V4", "hierarchy")
+    assert kept("V1", "coarse_above_v1") < 0.7  # V1 keeps its fine, local tuning
+    assert roi_tuning("V1", "coarse_above_v1") == roi_tuning("V1")
+    assert roi_tuning("TO", "coarse_above_v1").category_share == 0 < roi_tuning("TO").category_share

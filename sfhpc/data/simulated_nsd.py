@@ -14,6 +14,10 @@ Encoding model, per ROI and voxel (a population-receptive-field energy model wit
      orientation selectivity fades, and a category term (a random tuning over the image's class label) grows from
      none to 60% of the signal variance. Early ROIs thus follow local, oriented, high-frequency energy; higher ROIs
      coarse shape and category structure.
+     A planted effect (NeuralConfig.tuning `coarse_above_v1`, for positive controls): every ROI above V1 responds
+     to the coarsest band's energy only (2-4 c/img at any image size), with no category term. A model guided by
+     such an ROI is pushed toward low frequencies by construction: a sweep on it checks that the pipeline can see
+     a shift that is there. It says nothing about brains.
   4. Each voxel's signal is scaled to a gain in % signal change (log-normal around 1%) over a baseline.
 Every subject's voxels differ (positions, tuning, gains, noise) by a seed derived from (NeuralConfig.seed, subject).
 
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,6 +76,7 @@ N_ORIENTATIONS = 4
 BAND_SIGMA_OCTAVES = 0.42  # log-Gabor radial SD: about one octave at half height
 ORIENTATION_SIGMA = np.pi / 8
 LOWEST_BAND_CPI = 2.0
+COARSE_BAND_WIDTH = 0.35  # coarse_above_v1: SD (in bands) of the tuning to the coarsest band
 _STIMULUS_TAG = 0x5EED_0F_B0  # mixed into the image seed so neural images differ from classification images
 _QUANTILES = 256  # nodes of the average over the noise-variance estimate's distribution
 _IMAGE_CHUNK = 100  # images per FFT batch: bounds the complex temporaries (about 25 MB at 128 px)
@@ -89,12 +94,17 @@ class RoiTuning:
     category_share: float  # fraction of the signal variance from the category term
 
 
-def roi_tuning(roi: str) -> RoiTuning:
-    """The tuning of `roi`, interpolated smoothly along the hierarchy config.ROIS."""
+def roi_tuning(roi: str, tuning: str = "hierarchy") -> RoiTuning:
+    """The tuning of `roi`, interpolated smoothly along the hierarchy config.ROIS. With tuning `coarse_above_v1` (a
+    planted effect, NeuralConfig.tuning) every ROI above V1 keeps its receptive field size and orientation tuning
+    but responds to the coarsest band (2-4 c/img) only, with no category term."""
     depth = ROIS.index(roi) / (len(ROIS) - 1)
-    return RoiTuning(depth=depth, rf_sigma=0.035 * (0.30 / 0.035) ** depth, preferred_band=0.05 + 0.9 * depth,
-                     band_width=0.6 + 0.6 * depth, orientation_concentration=2.0 * (1 - depth) ** 2,
-                     category_share=0.6 * depth**1.5)
+    hierarchy = RoiTuning(depth=depth, rf_sigma=0.035 * (0.30 / 0.035) ** depth, preferred_band=0.05 + 0.9 * depth,
+                          band_width=0.6 + 0.6 * depth, orientation_concentration=2.0 * (1 - depth) ** 2,
+                          category_share=0.6 * depth**1.5)
+    if tuning == "coarse_above_v1" and depth > 0:
+        return replace(hierarchy, preferred_band=1.0, band_width=COARSE_BAND_WIDTH, category_share=0.0)
+    return hierarchy
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -234,10 +244,10 @@ def _energy_tuning(rng: np.random.Generator, tuning: RoiTuning, n_bands: int, n_
 
 
 def voxel_signals(rng: np.random.Generator, roi: str, spectra: np.ndarray, labels: np.ndarray,
-                  n_voxels: int) -> np.ndarray:
+                  n_voxels: int, tuning_kind: str = "hierarchy") -> np.ndarray:
     """float64 (n_images, voxels) noise-free responses with unit variance over images, from the energy maps'
     rfft2 `spectra` (n_images, bands, orientations, POOL_GRID, POOL_GRID // 2 + 1) and the class labels."""
-    tuning = roi_tuning(roi)
+    tuning = roi_tuning(roi, tuning_kind)
     centres = rng.uniform(0.05, 0.95, (n_voxels, 2))
     pooled = np.sqrt(np.maximum(_pooled_at(spectra, tuning.rf_sigma, centres), 0))  # compressive, as in pRF models
     energy = np.einsum("nbov,vbo->nv", pooled, _energy_tuning(rng, tuning, spectra.shape[1], n_voxels))
@@ -297,7 +307,7 @@ def simulated_roi_trials(config: NeuralConfig, subject: str, roi: str, spectra: 
     """One ROI's single-trial responses (% signal change) for one subject."""
     rng = np.random.default_rng([config.seed, SUBJECTS.index(subject), ROIS.index(roi)])
     n_voxels = N_VOXELS[roi]
-    signal = voxel_signals(rng, roi, spectra, labels, n_voxels)
+    signal = voxel_signals(rng, roi, spectra, labels, n_voxels, config.tuning)
     gain = rng.lognormal(np.log(1.0), 0.3, n_voxels)
     baseline = rng.normal(0.5, 0.5, n_voxels)
     ceilings = voxel_ceilings(rng, simulated_ceilings(config)[roi], n_voxels)
@@ -321,6 +331,7 @@ def make_simulated_subject(config: NeuralConfig, subject: str, image_size: int, 
     design = simulated_design(np.random.default_rng([config.seed, SUBJECTS.index(subject)]), config.n_images,
                               config.n_shared)
     settings = {"simulation_version": SIMULATION_VERSION, "seed": config.seed, "image_seed": image_seed(config),
+                "tuning": config.tuning,
                 "image_size": image_size, "n_images": config.n_images, "n_shared": config.n_shared,
                 "noise_ceiling": {roi: simulated_ceilings(config)[roi] for roi in rois},
                 "voxels": {roi: N_VOXELS[roi] for roi in rois}}
@@ -334,7 +345,8 @@ def simulation_digest(config: NeuralConfig, image_size: int) -> str:
     """12 hex digits naming a simulated subject's settings: any change to them (or to the simulation) is a new
     file in the cache."""
     settings = {"simulation_version": SIMULATION_VERSION, "image_size": image_size, "n_images": config.n_images,
-                "n_shared": config.n_shared, "noise_ceiling": simulated_ceilings(config), "seed": config.seed}
+                "n_shared": config.n_shared, "noise_ceiling": simulated_ceilings(config), "seed": config.seed,
+                "tuning": config.tuning}
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 

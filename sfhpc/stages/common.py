@@ -20,7 +20,7 @@ import torch
 import yaml
 from torch import nn
 
-from sfhpc.config import Closed, DataConfig
+from sfhpc.config import Closed, DataConfig, Precision
 from sfhpc.job import PointConfig, PointRun
 from sfhpc.models.bands import BandParams
 from sfhpc.models.classifier import Classifier, build_classifier
@@ -46,6 +46,11 @@ def slurm_cpus() -> int | None:
 
 
 # ------------------------------------------------------------------------------------------ batches
+def autocast(device: torch.device, precision: Precision) -> torch.autocast:
+    """The autocast context of a training step: bfloat16 for precision bf16, off (float32) otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def to_float(images: np.ndarray, index: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The images at `index` (uint8, N x C x H x W) as floats in [0, 1] on `device`."""
     return torch.from_numpy(images[index.numpy()]).to(device).float().div_(255.0)

@@ -9,7 +9,19 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from sfhpc.config import ROIS, SUBJECTS, Closed, DataConfig, Float, Int, JobSpec, Seed, known_subject
+from sfhpc.config import (
+    PRECISION_HELP,
+    ROIS,
+    SUBJECTS,
+    Closed,
+    DataConfig,
+    Float,
+    Int,
+    JobSpec,
+    Precision,
+    Seed,
+    known_subject,
+)
 from sfhpc.stages.spec import DataAbsent, ParamError, StageSpec
 
 
@@ -30,6 +42,7 @@ class PredictorParams(Closed):
     predictor_lr: Float = Field(1e-3, gt=0, description="Adam learning rate")
     predictor_weight_decay: Float = Field(5e-4, ge=0)
     predictor_seed: Seed = 0
+    predictor_precision: Precision = Field("float32", description=PRECISION_HELP)
 
     @field_validator("subject")
     @classmethod

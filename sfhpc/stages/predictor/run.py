@@ -24,6 +24,7 @@ from sfhpc.job import PointRun
 from sfhpc.rundir import CHECKPOINT_NAME
 from sfhpc.stages.common import (
     EVAL_BATCH,
+    autocast,
     build_predictor,
     epoch_order,
     load_checkpoint,
@@ -113,7 +114,8 @@ def control_targets(targets: np.ndarray, params: PredictorParams) -> np.ndarray:
 
 def fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray, targets: np.ndarray,
               params: PredictorParams, epoch: int, device: torch.device) -> float:
-    """One epoch of Adam on the squared error summed over PCs (mean over the batch); returns the mean loss."""
+    """One epoch of Adam on the squared error summed over PCs (mean over the batch), in predictor_precision;
+    returns the mean loss."""
     model.train()
     order = epoch_order(len(targets), params.predictor_seed, epoch)
     target_tensor = torch.from_numpy(targets)
@@ -123,8 +125,9 @@ def fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.nda
         if len(index) < 2:  # BatchNorm cannot train on one image
             continue
         optimizer.zero_grad(set_to_none=True)
-        error = model(to_float(images, index, device)) - target_tensor[index].to(device)
-        loss = error.pow(2).sum(dim=1).mean()
+        with autocast(device, params.predictor_precision):
+            error = model(to_float(images, index, device)).float() - target_tensor[index].to(device)
+            loss = error.pow(2).sum(dim=1).mean()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())

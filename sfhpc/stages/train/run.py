@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sfhpc import distributed
+from sfhpc.config import Precision
 from sfhpc.data import load_dataset
 from sfhpc.data.augment import cbm_grey, pad_crop_flip, random_resized_crop_flip
 from sfhpc.evaluation.cbm import LUMINANCE_WEIGHTS, MEAN_LUMINANCE
@@ -29,6 +30,7 @@ from sfhpc.rundir import CHECKPOINT_NAME
 from sfhpc.stages.common import (
     EVAL_BATCH,
     History,
+    autocast,
     build_model,
     epoch_order,
     load_checkpoint,
@@ -267,14 +269,15 @@ def scale_contrast(batch: torch.Tensor, lowest: float, generator: torch.Generato
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, guide: NeuralGuide | None = None) -> Losses:
-    """One SGD step on mean cross-entropy (or the co-training loss, with a guide); under DDP the gradient is
-    averaged over ranks. Returns this rank's loss and its terms."""
+               labels: torch.Tensor, guide: NeuralGuide | None = None, precision: Precision = "float32") -> Losses:
+    """One SGD step on mean cross-entropy (or the co-training loss, with a guide), in `precision`; under DDP the
+    gradient is averaged over ranks. Returns this rank's loss and its terms."""
     optimizer.zero_grad(set_to_none=True)
-    if guide:
-        loss, ce, mse = guide.loss_terms(model, images, labels)
-    else:
-        loss = ce = F.cross_entropy(model(images), labels)
+    with autocast(images.device, precision):
+        if guide:
+            loss, ce, mse = guide.loss_terms(model, images, labels)
+        else:
+            loss = ce = F.cross_entropy(model(images), labels)
     loss.backward()
     optimizer.step()
     return Losses(loss.item(), ce.item(), mse.item() if guide else float("nan"))
@@ -292,7 +295,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.n
     steps = []
     for index in rank_batches(epoch_order(len(labels), params.seed, epoch), params.batch_size, env, per_rank):
         batch = augment(to_float(images, index, device), params, crop, generator)
-        steps.append(train_step(model, optimizer, batch, label_tensor[index].to(device), guide))
+        steps.append(train_step(model, optimizer, batch, label_tensor[index].to(device), guide, params.precision))
     means = [float(np.mean([getattr(step, term) for step in steps])) if steps else float("nan")
              for term in ("total", "ce", "neural")]
     return Losses(*_mean_over_ranks(means, env, device))
