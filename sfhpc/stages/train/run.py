@@ -340,7 +340,8 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, env: dist
 
 @torch.no_grad()
 def neural_fit_r(model: nn.Module, guide: NeuralGuide, images: np.ndarray, device: torch.device) -> float:
-    """Mean per-image Pearson r between a guided model's neural head and its predictor's outputs."""
+    """Mean per-image Pearson r between a guided model's neural head and its targets (the predictor's outputs,
+    standardized when neural_target is)."""
     from sfhpc.evaluation.prediction import per_image_pearson
 
     model.eval()
@@ -348,6 +349,6 @@ def neural_fit_r(model: nn.Module, guide: NeuralGuide, images: np.ndarray, devic
     for start in range(0, len(images), EVAL_BATCH):
         batch = to_float(images, torch.arange(start, min(start + EVAL_BATCH, len(images))), device)
         _, neural = model(batch, with_neural=True)
-        pairs.append((neural.cpu().numpy(), guide.predictor(batch).cpu().numpy()))
+        pairs.append((neural.cpu().numpy(), guide.targets(batch).cpu().numpy()))
     predicted, targets = (np.concatenate(side) for side in zip(*pairs, strict=True))
     return float(np.nanmean(per_image_pearson(predicted, targets)))
