@@ -33,7 +33,8 @@ def repeat_pearson_ceiling(repeat_scores: np.ndarray) -> float:
     between two repeats estimates rho1 = S / (S + E); the mean of n repeats has reliability R = n rho1 / (1 + (n - 1)
     rho1) (Spearman-Brown), and a predictor that outputs s itself reaches r = sqrt(R) against it. rho1 is pooled over
     images before the transformation: per image it is too noisy (clipped at 0, it would bias pure noise upward). On
-    the simulated brain, where s is known, the estimate is within 0.01 of the r of s itself."""
+    the simulated brain, where s is known, it is a little above the r of s itself (1,500 scenes at 128 px: V1 0.586
+    against 0.561, TO 0.668 against 0.658)."""
     scores = np.asarray(repeat_scores, np.float64)
     if scores.ndim != 3 or scores.shape[0] < 2:
         raise ValueError(f"repeat scores must be (repeats >= 2, images, k), got {scores.shape}")
