@@ -86,7 +86,7 @@ def test_cotraining_loss_is_the_weighted_sum(run_dir: Path):
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
     logits, neural = model(images, with_neural=True)
     expected = 0.1 * F.cross_entropy(logits, labels) + 0.9 * ((neural - guide.predictor(images)) ** 2).mean()
-    assert guide.loss(model, images, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert guide.loss_terms(model, images, labels)[0].item() == pytest.approx(expected.item(), rel=1e-6)
     assert all(not p.requires_grad for p in guide.predictor.parameters())
 
 

@@ -102,9 +102,6 @@ class NeuralGuide:
         loss = (1 - self.alpha) * ce + self.alpha * mse
         return (loss / (1 - self.alpha) if self.normalized else loss), ce, mse
 
-    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.loss_terms(model, images, labels)[0]
-
 
 def neural_guide(point: PointRun[TrainParams], train_images: np.ndarray, device: torch.device
                  ) -> NeuralGuide | None:
@@ -296,9 +293,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.n
     for index in rank_batches(epoch_order(len(labels), params.seed, epoch), params.batch_size, env, per_rank):
         batch = augment(to_float(images, index, device), params, crop, generator)
         steps.append(train_step(model, optimizer, batch, label_tensor[index].to(device), guide, params.precision))
-    means = [float(np.mean([getattr(step, term) for step in steps])) if steps else float("nan")
-             for term in ("total", "ce", "neural")]
-    return Losses(*_mean_over_ranks(means, env, device))
+    means = np.mean([[step.total, step.ce, step.neural] for step in steps], axis=0) if steps else [float("nan")] * 3
+    return Losses(*_mean_over_ranks([float(m) for m in means], env, device))
 
 
 def _mean_over_ranks(values: list[float], env: distributed.DistEnv, device: torch.device) -> list[float]:
