@@ -108,6 +108,10 @@ REFERENCE_NOISE_CEILING: dict[str, float] = {"V1": 31.1, "V2": 29.9, "V4": 31.8,
                                              "LO": 29.3, "TO": 43.0}
 
 
+# How the simulated brain's ROIs respond (sfhpc.data.simulated_nsd.roi_tuning).
+Tuning = Literal["hierarchy", "coarse_above_v1"]
+
+
 class NeuralConfig(Closed):
     """The fMRI data that guides training (SCIENCE.md sections 1, 2, 6): one canonical HDF5 file per subject.
 
@@ -121,7 +125,7 @@ class NeuralConfig(Closed):
     noise_ceiling: dict[str, Float] = Field(REFERENCE_NOISE_CEILING,
                                             description="simulated: mean noise ceiling (%) per ROI")
     seed: Seed = Field(0, description="simulated: seed of the scenes and of every subject's encoding model")
-    tuning: Literal["hierarchy", "coarse_above_v1"] = Field(
+    tuning: Tuning = Field(
         "hierarchy", description="simulated: how the ROIs respond. hierarchy: tuning moves along the hierarchy from "
         "fine, local, oriented energy (V1) to coarse shape and category (TO); coarse_above_v1: a planted effect for "
         "positive controls, every ROI above V1 responds to the energy of the coarsest bands only (no category "

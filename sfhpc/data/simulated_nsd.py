@@ -49,7 +49,7 @@ import numpy as np
 import scipy.fft
 import scipy.stats
 
-from sfhpc.config import ROIS, SUBJECTS
+from sfhpc.config import ROIS, SUBJECTS, Tuning
 from sfhpc.data.neural import (
     NeuralDataError,
     RoiTrials,
@@ -94,7 +94,7 @@ class RoiTuning:
     category_share: float  # fraction of the signal variance from the category term
 
 
-def roi_tuning(roi: str, tuning: str = "hierarchy") -> RoiTuning:
+def roi_tuning(roi: str, tuning: Tuning = "hierarchy") -> RoiTuning:
     """The tuning of `roi`, interpolated smoothly along the hierarchy config.ROIS. With tuning `coarse_above_v1` (a
     planted effect, NeuralConfig.tuning) every ROI above V1 keeps its receptive field size and orientation tuning
     but responds to the coarsest band (2-4 c/img) only, with no category term."""
@@ -244,15 +244,15 @@ def _energy_tuning(rng: np.random.Generator, tuning: RoiTuning, n_bands: int, n_
 
 
 def voxel_signals(rng: np.random.Generator, roi: str, spectra: np.ndarray, labels: np.ndarray,
-                  n_voxels: int, tuning_kind: str = "hierarchy") -> np.ndarray:
+                  n_voxels: int, tuning: Tuning = "hierarchy") -> np.ndarray:
     """float64 (n_images, voxels) noise-free responses with unit variance over images, from the energy maps'
     rfft2 `spectra` (n_images, bands, orientations, POOL_GRID, POOL_GRID // 2 + 1) and the class labels."""
-    tuning = roi_tuning(roi, tuning_kind)
+    roi_tuned = roi_tuning(roi, tuning)
     centres = rng.uniform(0.05, 0.95, (n_voxels, 2))
-    pooled = np.sqrt(np.maximum(_pooled_at(spectra, tuning.rf_sigma, centres), 0))  # compressive, as in pRF models
-    energy = np.einsum("nbov,vbo->nv", pooled, _energy_tuning(rng, tuning, spectra.shape[1], n_voxels))
+    pooled = np.sqrt(np.maximum(_pooled_at(spectra, roi_tuned.rf_sigma, centres), 0))  # compressive, as in pRF models
+    energy = np.einsum("nbov,vbo->nv", pooled, _energy_tuning(rng, roi_tuned, spectra.shape[1], n_voxels))
     category = rng.normal(size=(len(CLASS_NAMES), n_voxels))[labels]
-    share = tuning.category_share
+    share = roi_tuned.category_share
     signal = np.sqrt(1 - share) * _standardize(energy) + np.sqrt(share) * _standardize(category)
     return _standardize(signal)
 
