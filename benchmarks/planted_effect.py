@@ -57,6 +57,13 @@ def main() -> int:
     return 0 if detected else 1
 
 
+def config_of(folder: Path, point: str = ".") -> dict:
+    """A point's config.yaml (`point`: "stage/point id" under the run folder, or the folder itself)."""
+    import yaml
+
+    return yaml.safe_load((folder / point / "config.yaml").read_text())
+
+
 def print_threshold_profiles(run_dir: Path) -> None:
     """Each model's CBM thresholds per band (from its cbm result file), guided beside control by seed, and a
     diagnostic that needs no fitted channel: the thresholds' weighted mean band index (lower = masked more at low
@@ -64,17 +71,14 @@ def print_threshold_profiles(run_dir: Path) -> None:
     shift the Gaussian fit cannot bound"."""
     import h5py
     import numpy as np
-    import yaml
     from scipy import stats
 
     profiles: dict[tuple[str, int], np.ndarray] = {}
     for result in sorted((run_dir / "cbm").glob("*/result.h5")):
-        config = yaml.safe_load((result.parent / "config.yaml").read_text())
-        upstream = config["upstream"][0]  # "train/<point id>"
-        params = yaml.safe_load((run_dir / upstream / "config.yaml").read_text())["params"]
-        predictor = "trained" if "predictor=trained" in upstream else "shuffled"
+        model = config_of(run_dir, config_of(result.parent)["upstream"][0])  # the train point it measured
+        predictor = config_of(run_dir, model["upstream"][0])["params"]["predictor"]  # trained or shuffled
         with h5py.File(result) as f:
-            profiles[(predictor, int(params["seed"]))] = f["curves/thresholds"][()]
+            profiles[(predictor, int(model["params"]["seed"]))] = f["curves/thresholds"][()]
     differences = []
     for seed in sorted({seed for _, seed in profiles}):
         guided, control = profiles.get(("trained", seed)), profiles.get(("shuffled", seed))
