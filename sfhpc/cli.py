@@ -295,6 +295,12 @@ def _print_launch_report(report: LaunchReport) -> None:
         if finished:
             console.print(_styled("  ", (f"{len(finished) - len(failed)} done", "green"), ", ",
                                   (f"{len(failed)} failed", "red") if failed else "0 failed"))
+    if report.settings_changed:
+        console.print("settings changed since the last launch (the design is the same; finished results are kept, "
+                      + ("the points to run would use the new ones" if report.dry_run else "the points submitted now "
+                         "use the new ones; recorded in manifest.json") + "):", style="yellow")
+        for line in report.settings_changed:
+            console.print(f"  {line}", soft_wrap=True)
     for stage, points in report.restored.items():
         console.print(f"{stage}: {len(points)} points failed again; their earlier results are back in place",
                       style="yellow")

@@ -31,7 +31,7 @@ from sfhpc.job import JobInfo, PointConfig, PointJob, stage_of
 from sfhpc.results import RESULT_NAME, ResultIndex, git_sha, now_iso
 from sfhpc.rundir import CHECKPOINT_NAME, JobRecord, RunDir, SetAside, process_identity, terminate_process
 from sfhpc.status import active_points
-from sfhpc.sweep import Plan, Point, StagePlan
+from sfhpc.sweep import Plan, Point, StagePlan, design_fingerprint, setting_changes
 
 
 # ------------------------------------------------------------------------------------- launching
@@ -48,6 +48,7 @@ class LaunchReport:
     # SLURM: stage, job id (None in a dry run), tasks, dependency, path of its sbatch script
     arrays: list[dict[str, Any]] = field(default_factory=list)
     restored: dict[str, list[str]] = field(default_factory=dict)  # local --force: rerun failed, earlier result kept
+    settings_changed: list[str] = field(default_factory=list)  # resources, job files, cluster: since the last launch
 
 
 # (stage, point_id, event): event is "queued", "started", "done", "failed" or "blocked"
@@ -76,7 +77,7 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
     max_array = _max_array_size(dry_run) if kind == "slurm" else 0  # asked before anything is written
     report = LaunchReport(run.path, kind, dry_run)
     with _holding(run, f"{kind} launch", dry_run):
-        manifest = _checked_manifest(run, plan, kind, allow_changed)
+        manifest = _checked_manifest(run, plan, kind, allow_changed, report)
         index = run.result_index()
         todo = _points_to_run(run, plan, index, force, only, report)
         if dry_run:
@@ -162,7 +163,10 @@ def _forced_out(run: RunDir, stage: str, point_id: str) -> list[Path]:
     return [run.result_path(stage, point_id), run.point_dir(stage, point_id) / CHECKPOINT_NAME]
 
 
-def _checked_manifest(run: RunDir, plan: Plan, kind: str, allow_changed: bool) -> dict[str, Any]:
+def _checked_manifest(run: RunDir, plan: Plan, kind: str, allow_changed: bool, report: LaunchReport
+                      ) -> dict[str, Any]:
+    """The manifest this launch writes: a RunError when the run folder was launched from another design (unless
+    `allow_changed`); changed resources and cluster settings go into the report and the manifest's `changes`."""
     manifest: dict[str, Any] = {
         "schema_version": 1,
         "name": plan.sweep.name,
@@ -175,7 +179,7 @@ def _checked_manifest(run: RunDir, plan: Plan, kind: str, allow_changed: bool) -
     }
     if run.exists():
         old = run.read_manifest()
-        if old.get("fingerprint") != manifest["fingerprint"] and not allow_changed:
+        if _design_of(old) != manifest["fingerprint"] and not allow_changed:
             raise RunError(
                 f"{run.path} was launched from a different sweep ({old.get('sweep_file')}; "
                 f"{describe_change(old['plan'], manifest['plan'])}). Relaunching would mix results of two designs. "
@@ -184,7 +188,19 @@ def _checked_manifest(run: RunDir, plan: Plan, kind: str, allow_changed: bool) -
             )
         manifest["created"] = old.get("created", manifest["created"])
         manifest["updated"] = now_iso()
+        report.settings_changed = setting_changes(old["plan"], manifest["plan"]) if "plan" in old else []
+        manifest["changes"] = old.get("changes", []) + ([{"at": manifest["updated"], "settings":
+                                                          report.settings_changed}] if report.settings_changed else [])
     return manifest
+
+
+def _design_of(manifest: dict[str, Any]) -> str | None:
+    """The design fingerprint of the plan a run folder was launched with (recomputed from the plan it keeps, so
+    that a folder made before resources were left out of the fingerprint compares by design too)."""
+    try:
+        return design_fingerprint(manifest["plan"])
+    except (KeyError, TypeError):
+        return manifest.get("fingerprint")
 
 
 def describe_change(old_plan: dict[str, Any], new_plan: dict[str, Any]) -> str:

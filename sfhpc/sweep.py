@@ -108,8 +108,48 @@ class Plan:
         }
 
     def fingerprint(self) -> str:
-        """Hash of the resolved sweep: equal for files that differ only in comments or layout."""
-        return _digest(self.to_json()["stages"], 16)
+        """Hash of the resolved design (design_fingerprint): equal for files that differ only in comments, layout,
+        resources or cluster settings."""
+        return design_fingerprint(self.to_json())
+
+
+# What a stage computes, and for which points: a plan's JSON without resources, the job file's name, estimates and
+# cluster settings, which change where, how and how fast a point runs but not what it computes. (The threads and
+# ranks a point runs on change floating-point sums and per-rank random streams, not the design: a run's record of
+# such changes is the manifest's `changes`.)
+DESIGN_KEYS = ("name", "entry", "shards", "axes", "points")
+
+
+def design_fingerprint(plan_json: dict[str, Any]) -> str:
+    """Hash of a plan's design, from its JSON (Plan.to_json, as a run's manifest keeps it)."""
+    return _digest([{key: stage[key] for key in DESIGN_KEYS} for stage in plan_json["stages"]], 16)
+
+
+def setting_changes(old_plan: dict[str, Any], new_plan: dict[str, Any]) -> list[str]:
+    """What changed between two plans of one design in the settings left out of it: per stage its job file and
+    resources, then the cluster settings; one line each, `stage: key old -> new`."""
+    old_stages = {stage["name"]: stage for stage in old_plan["stages"]}
+    changes = []
+    for stage in new_plan["stages"]:
+        old = old_stages.get(stage["name"])
+        if old is None:
+            continue
+        if old.get("job") != stage["job"]:
+            changes.append(f"{stage['name']}: job {old.get('job')} -> {stage['job']}")
+        changes += [f"{stage['name']}: {line}" for line in _changed_entries(old.get("resources", {}),
+                                                                          stage["resources"])]
+    changes += [f"cluster: {line}" for line in _changed_entries(old_plan.get("cluster", {}), new_plan["cluster"])]
+    return changes
+
+
+def _changed_entries(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [f"{key} {_setting_text(old.get(key))} -> {_setting_text(new.get(key))}"
+            for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+
+
+def _setting_text(value: Any) -> str:
+    """A setting as JSON, a whole float as an integer (mem_gb 8, not 8.0)."""
+    return json.dumps(int(value) if isinstance(value, float) and value.is_integer() else value)
 
 
 def _digest(value: Any, length: int) -> str:

@@ -135,6 +135,23 @@ def test_changed_sweep_is_refused_unless_allowed(finished_run: Path, tiny_sweep:
     assert snapshot(finished_run) == before
 
 
+def test_changing_only_resources_is_not_a_new_design(finished_run: Path, tiny_sweep: Path, write_sweep):
+    resized = write_sweep(tiny_sweep.read_text().replace("    params:\n      width: 4",
+                                                         "    resources: {mem_gb: 3, timeout_min: 20}\n"
+                                                         "    params:\n      width: 4"), "resized.yaml")
+    before = snapshot(finished_run)
+    out = sfhpc("sweep", "launch", resized, "--output", finished_run).stdout
+    assert "different sweep" not in out and "submitted 0 points (2 already done)" in out
+    assert "train: mem_gb 8 -> 3" in out and "train: timeout_min 60 -> 20" in out
+    assert snapshot(finished_run) == before
+    changes = json.loads((finished_run / "manifest.json").read_text())["changes"]
+    assert changes[-1]["settings"] == ["train: mem_gb 8 -> 3", "train: timeout_min 60 -> 20"]
+    # the same settings again: nothing more to record
+    out = sfhpc("sweep", "launch", resized, "--output", finished_run).stdout
+    assert "settings changed" not in out
+    assert json.loads((finished_run / "manifest.json").read_text())["changes"] == changes
+
+
 def test_force_redoes_finished_points(finished_run: Path, tiny_sweep: Path):
     out = sfhpc("sweep", "launch", tiny_sweep, "--output", finished_run, "--force").stdout
     assert "submitted 2 points" in out
