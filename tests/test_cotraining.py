@@ -156,6 +156,19 @@ def test_standardized_targets_have_unit_scale_on_the_training_images(run_dir: Pa
     assert torch.equal(raw.targets(pixels), guide_model(pixels))
 
 
+def test_scaled_targets_keep_the_outputs_relative_variances(run_dir: Path):
+    guide_model = load_predictor(run_dir, "predictor/p")
+    images = (np.random.default_rng(0).random((40, 3, 32, 32)) * 255).astype(np.uint8)
+    pixels = torch.from_numpy(images).float() / 255
+    guide = train.NeuralGuide(guide_model, 0.9, train.target_scale(guide_model, images, torch.device("cpu"),
+                                                                   per_output=False))
+    targets, raw = guide.targets(pixels).double(), guide_model(pixels).double()
+    np.testing.assert_allclose(targets.mean(dim=0).numpy(), 0, atol=1e-4)
+    assert targets.var(dim=0, correction=0).mean().item() == pytest.approx(1, rel=1e-3)  # unit variance on average
+    ratio = targets.std(dim=0, correction=0) / raw.std(dim=0, correction=0)  # one factor for every output
+    np.testing.assert_allclose(ratio.numpy(), ratio[0].item(), rtol=1e-3)
+
+
 def test_a_standardized_guided_point_records_its_setting_and_trains(run_dir: Path):
     result = run_point(guided_config(run_dir, epochs=1, neural_target="standardized"), run_dir / "train" / "std")
     with h5py.File(result) as f:

@@ -46,10 +46,12 @@ class TrainParams(Closed):
                                   "of the two terms, with cross-entropy at the unguided model's step size (at alpha "
                                   "0.9 the study's loss trains cross-entropy at a tenth of it, which a short run "
                                   "cannot make up for)")
-    neural_target: Literal["raw", "standardized"] = Field(
+    neural_target: Literal["raw", "standardized", "scaled"] = Field(
         "raw", description="guided: the neural head's targets are the predictor's outputs as they are (raw: the "
-        "study's PC scores, whose scale, and so the neural term's weight in the loss, follows the predictor) or "
-        "standardized per output (mean 0, SD 1 over the training images: every predicted PC weighs the same)")
+        "study's PC scores, whose scale, and so the neural term's weight in the loss, follows the predictor), "
+        "standardized per output (mean 0, SD 1 over the training images: every predicted PC weighs the same, the "
+        "weak trailing ones too), or scaled (centred per output and divided by one number, so that their variance "
+        "is 1 on average: the leading PCs keep the larger share they have in the ROI's responses)")
     seed: Seed = 0
     epochs: Int = Field(3, ge=1)
     batch_size: Int = Field(64, ge=1)

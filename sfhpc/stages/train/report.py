@@ -104,8 +104,8 @@ def guidance_notes(report: Report) -> str:
         return ""
     return (f"**Warning: guidance was negligible** in {', '.join(weak)}: the weighted neural term was under "
             f"{NEGLIGIBLE_GUIDANCE:.0%} of the training loss, so these models were trained almost by cross-entropy "
-            "alone, and what they show says little about neural guidance. A better predictor, standardized "
-            "targets (neural_target: standardized) or a larger alpha give it weight.")
+            "alone, and what they show says little about neural guidance. A better predictor, scaled "
+            "targets (neural_target: scaled or standardized) or a larger alpha give it weight.")
 
 
 REPORT = StageReport(

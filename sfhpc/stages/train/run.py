@@ -71,9 +71,9 @@ class Losses:
 @dataclass(frozen=True)
 class NeuralGuide:
     """Co-training targets: a frozen predictor's outputs on the same (augmented) images, weighted by alpha. With
-    `target_scale` (mean, SD per output over the training images: neural_target standardized), each output is
-    standardized before the MSE, so that every predicted PC weighs the same and the neural term keeps its share
-    of the loss whatever the predictor's output scale."""
+    `target_scale` (mean per output over the training images, and an SD per output for neural_target standardized
+    or one for all for scaled), the outputs are centred and divided by it before the MSE, so that the neural term
+    keeps its share of the loss whatever the predictor's output scale."""
 
     predictor: Classifier
     alpha: float
@@ -86,7 +86,7 @@ class NeuralGuide:
 
     @torch.no_grad()
     def targets(self, images: torch.Tensor) -> torch.Tensor:
-        """The neural head's targets for `images`: the predictor's outputs, standardized with target_scale."""
+        """The neural head's targets for `images`: the predictor's outputs, centred and scaled with target_scale."""
         outputs = self.predictor(images)
         if self.target_scale is None:
             return outputs
@@ -106,21 +106,26 @@ class NeuralGuide:
 def neural_guide(point: PointRun[TrainParams], train_images: np.ndarray, device: torch.device
                  ) -> NeuralGuide | None:
     """The frozen predictor a guided point (alpha > 0) is co-trained with (its one upstream point's), and the scale
-    of its targets over `train_images` when neural_target is standardized."""
+    of its targets over `train_images` unless neural_target is raw."""
     if point.params.alpha == 0:
         return None
     predictor = load_predictor(upstream_run_dir(point), point.only_upstream(), device)
-    return NeuralGuide(predictor, point.params.alpha, target_scale(predictor, train_images, device)
-                       if point.params.neural_target == "standardized" else None, point.params.loss_normalized)
+    kind = point.params.neural_target
+    scale = None if kind == "raw" else target_scale(predictor, train_images, device, per_output=kind == "standardized")
+    return NeuralGuide(predictor, point.params.alpha, scale, point.params.loss_normalized)
 
 
 @torch.no_grad()
-def target_scale(predictor: Classifier, images: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and SD (ddof 0; 1 where an output is constant) of each of the predictor's outputs over `images` (the
-    training images, unaugmented): the same on every rank."""
+def target_scale(predictor: Classifier, images: np.ndarray, device: torch.device, per_output: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of each of the predictor's outputs over `images` (the training images, unaugmented), and the SD to
+    divide by: each output's own (ddof 0; 1 where an output is constant), or with `per_output` False one for all,
+    the root mean variance (1 if every output is constant). The same on every rank."""
     outputs = torch.cat([predictor(to_float(images, torch.arange(start, min(start + EVAL_BATCH, len(images))),
                                             device)) for start in range(0, len(images), EVAL_BATCH)]).double()
     sd = outputs.std(dim=0, correction=0)
+    if not per_output:
+        sd = torch.full_like(sd, float(sd.square().mean().sqrt()))
     return outputs.mean(dim=0).float(), torch.where(sd > 0, sd, torch.ones_like(sd)).float()
 
 
@@ -337,7 +342,7 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, env: dist
 @torch.no_grad()
 def neural_fit_r(model: nn.Module, guide: NeuralGuide, images: np.ndarray, device: torch.device) -> float:
     """Mean per-image Pearson r between a guided model's neural head and its targets (the predictor's outputs,
-    standardized when neural_target is)."""
+    centred and scaled unless neural_target is raw)."""
     from sfhpc.evaluation.prediction import per_image_pearson
 
     model.eval()
