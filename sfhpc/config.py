@@ -335,9 +335,18 @@ class ClusterProfile(Closed):
     constraint: OneLine | None = None
     gres: OneLine | None = None
     setup: list[OneLine] = Field([], description="shell lines run before the job, e.g. module loads; one line each")
+    resources: dict[str, Any] = Field({}, description="defaults for every stage's resources on this cluster (e.g. "
+                                      "{mem_gb: 2} where nodes are small), over the job files' and under a sweep "
+                                      "stage's own `resources`")
     additional: dict[str, Annotated[bool | int | str, BeforeValidator(_sbatch_value)]] = Field(
         {}, description="other sbatch options by long name, e.g. {exclude: node7}; true for a flag such as "
                         "{hold: true}")
+
+    @field_validator("resources")
+    @classmethod
+    def _resources_are_known(cls, resources: dict[str, Any]) -> dict[str, Any]:
+        Resources.model_validate(resources)  # every key a resource, every value valid (errors located there)
+        return resources
 
     @field_validator("additional")
     @classmethod

@@ -80,6 +80,8 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
         manifest = _checked_manifest(run, plan, kind, allow_changed, report)
         index = run.result_index()
         todo = _points_to_run(run, plan, index, force, only, report)
+        if kind == "slurm":
+            _check_requests(plan, todo, dry_run)
         if dry_run:
             if kind == "slurm":
                 _queue_arrays(run, plan, todo, throttle, max_array, index, report, _DryRunScripts(run))
@@ -140,6 +142,26 @@ def _max_array_size(dry_run: bool) -> int:
             return slurm.DEFAULT_MAX_ARRAY_SIZE
         raise RunError(f"cannot reach SLURM: {err}. Nothing was submitted or changed; check that `sinfo` answers "
                        "on this machine, or launch with --executor local.") from None
+
+
+def _check_requests(plan: Plan, todo: dict[str, list[Point]], dry_run: bool) -> None:
+    """A RunError naming every stage with points to submit whose request no node of the partition can satisfy
+    (one sinfo call), before any array is submitted. A dry run that cannot reach sinfo skips the check."""
+    from sfhpc import slurm
+
+    try:
+        nodes = slurm.partition_nodes(plan.cluster.partition)
+    except slurm.SlurmError as err:
+        if dry_run:
+            return
+        raise RunError(f"cannot check the requests against the cluster's nodes: {err}. Nothing was submitted or "
+                       "changed.") from None
+    problems = [f"{stage.name}: {why}" for stage in plan.stages if todo.get(stage.name)
+                for why in [slurm.unsatisfiable(stage.resources, nodes)] if why]
+    if problems:
+        raise RunError("no node can run these requests, so nothing was submitted:\n  " + "\n  ".join(problems)
+                       + "\nLower them in the sweep's stage `resources` (or the cluster profile's `resources`), or "
+                       "pick another partition (`cluster: {partition: ...}`).")
 
 
 def _points_to_run(run: RunDir, plan: Plan, index: ResultIndex, force: bool, only: set[tuple[str, str]] | None,

@@ -7,6 +7,7 @@ Login-node code: no torch. Submission itself goes through submitit (see sfhpc.la
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import subprocess
@@ -43,6 +44,110 @@ def max_array_size() -> int:
     """MaxArraySize from `scontrol show config`: array indices must stay below it."""
     match = re.search(r"^MaxArraySize\s*=\s*(\d+)", run_command(["scontrol", "show", "config"]), re.M)
     return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """What one node of a partition offers a job (sinfo): CPUs, memory, GPUs and the partition's time limit."""
+
+    name: str
+    partition: str
+    cpus: int
+    memory_mb: int
+    gpus: int
+    time_limit_min: float  # math.inf: no limit
+
+    def describe(self) -> str:
+        limit = "no time limit" if math.isinf(self.time_limit_min) else f"time limit {self.time_limit_min:g} min"
+        return (f"{self.name} (partition {self.partition.rstrip('*')}): {self.memory_mb} MB, {self.cpus} CPUs, "
+                f"{self.gpus} GPUs, {limit}")
+
+
+SINFO_NODE_FORMAT = "%N|%P|%c|%m|%G|%l"
+
+
+def partition_nodes(partition: str | None) -> list[NodeCapacity]:
+    """The nodes of `partition` (a comma-separated list of partitions; None: the cluster's default one), from one
+    sinfo call. A SlurmError when sinfo fails or the partition has no nodes."""
+    text = run_command(["sinfo", "--noheader", "--Node", "--format", SINFO_NODE_FORMAT])
+    return nodes_of(parse_sinfo_nodes(text), partition)
+
+
+def parse_sinfo_nodes(text: str) -> list[NodeCapacity]:
+    """`sinfo --noheader --Node --format SINFO_NODE_FORMAT` lines: one per node and partition; the default
+    partition's name ends in '*'."""
+    nodes = []
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 6:
+            continue
+        name, partition, cpus, memory, gres, limit = fields
+        nodes.append(NodeCapacity(name, partition, _leading_int(cpus), _leading_int(memory), gres_gpus(gres),
+                                  time_limit_minutes(limit)))
+    return nodes
+
+
+def nodes_of(nodes: list[NodeCapacity], partition: str | None) -> list[NodeCapacity]:
+    """The nodes of these partitions (None: the default partition, marked '*' by sinfo)."""
+    if partition is None:
+        chosen = [node for node in nodes if node.partition.endswith("*")]
+    else:
+        wanted = {name.strip() for name in partition.split(",")}
+        chosen = [node for node in nodes if node.partition.rstrip("*") in wanted]
+    if not chosen:
+        known = ", ".join(sorted({node.partition for node in nodes})) or "none"
+        raise SlurmError(f"sinfo lists no nodes in partition {partition or '(the default)'}; partitions: {known}")
+    return chosen
+
+
+def _leading_int(text: str) -> int:
+    match = re.match(r"\d+", text.strip())
+    return int(match.group()) if match else 0
+
+
+def gres_gpus(gres: str) -> int:
+    """GPUs per node from sinfo's GRES column: gpu:4, gpu:a100:4(S:0-1), gpu:a100:2,gpu:v100:2; (null) is 0."""
+    return sum(int(count) for count in re.findall(r"(?:^|,)gpu(?::[^:,()]+)?:(\d+)", gres))
+
+
+def time_limit_minutes(limit: str) -> float:
+    """sinfo's time limit ([days-]hours:minutes:seconds, minutes:seconds, infinite) in minutes; inf for none."""
+    limit = limit.strip()
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", limit)
+    if not match:
+        return math.inf  # infinite, UNLIMITED, n/a
+    days, first, second, third = (int(part) if part else 0 for part in match.groups())
+    if match.group(4) is not None:  # [days-]hours:minutes:seconds
+        return days * 1440 + first * 60 + second + third / 60
+    if match.group(1) is not None:  # days-hours[:minutes]
+        return days * 1440 + first * 60 + second
+    return first + second / 60  # minutes[:seconds]
+
+
+def node_fits(resources: Resources, node: NodeCapacity) -> bool:
+    """Whether one node can hold one node's share of a task of these resources."""
+    return (resources.cpus_per_task * resources.tasks_per_node <= node.cpus
+            and int(resources.mem_gb * 1024) <= node.memory_mb
+            and resources.gpus_per_node <= node.gpus
+            and resources.timeout_min <= node.time_limit_min)
+
+
+def describe_request(resources: Resources) -> str:
+    per_node = (f"{int(resources.mem_gb * 1024)} MB (mem_gb {resources.mem_gb:g}), "
+                f"{resources.cpus_per_task * resources.tasks_per_node} CPUs, {resources.gpus_per_node} GPUs")
+    nodes = f" on each of {resources.nodes} nodes" if resources.nodes > 1 else ""
+    return f"{per_node}{nodes}, {resources.timeout_min} min"
+
+
+def unsatisfiable(resources: Resources, nodes: list[NodeCapacity]) -> str | None:
+    """Why no set of these nodes can run a task of these resources (None when enough nodes can)."""
+    fitting = [node for node in nodes if node_fits(resources, node)]
+    if len(fitting) >= resources.nodes:
+        return None
+    largest = max(nodes, key=lambda node: (node.memory_mb, node.cpus, node.gpus, node.time_limit_min))
+    which = (f"only {len(fitting)} of the {len(nodes)} nodes can" if fitting or resources.nodes > 1
+             else "no node can")
+    return f"it asks for {describe_request(resources)}; {which}. Largest node: {largest.describe()}"
 
 
 def chunks(items: list[Any], size: int) -> list[list[Any]]:

@@ -279,7 +279,8 @@ def expand(sweep: SweepConfig, doc: LocatedYaml, jobs_dir: Path = JOBS_DIR, *, m
     points = sweep_points(sweep, doc, allowed_axes, max_points)
     stages: list[StagePlan] = []
     for name in _stage_order(sweep, doc, stages_known):
-        stages.append(_expand_stage(stages_known[name], sweep, doc, points, jobs_dir, stages, skipped))
+        stages.append(_expand_stage(stages_known[name], sweep, doc, points, jobs_dir, stages, skipped,
+                                    cluster.resources))
     return Plan(sweep=sweep, source=doc.path, stages=tuple(stages), cluster=cluster)
 
 
@@ -318,7 +319,8 @@ def _stage_order(sweep: SweepConfig, doc: LocatedYaml, known: Registry) -> list[
 
 
 def _expand_stage(spec: StageSpec[Any], sweep: SweepConfig, doc: LocatedYaml, points: list[SweepPoint],
-                  jobs_dir: Path, done: list[StagePlan], skipped: list[str] | None = None) -> StagePlan:
+                  jobs_dir: Path, done: list[StagePlan], skipped: list[str] | None = None,
+                  cluster_defaults: dict[str, Any] | None = None) -> StagePlan:
     name = spec.name
     stage_cfg = sweep.stages[name]
     fields = spec.params.model_fields
@@ -333,7 +335,7 @@ def _expand_stage(spec: StageSpec[Any], sweep: SweepConfig, doc: LocatedYaml, po
                                                  f"({spec.entry}); give a job file of the {name} stage")
     if stage_cfg.job and "/" in stage_cfg.job:  # a path: the manifest says which file, wherever the run goes
         job_name = str(referenced_file(job_name, jobs_dir, doc.base_dir))
-    resources = _merge_resources(job, stage_cfg.resources, doc, name)
+    resources = _merge_resources(job, cluster_defaults or {}, stage_cfg.resources, doc, name)
 
     validated: dict[str, list[dict[str, Any]]] = {}  # cache: many sweep points project onto one stage point
     projected: list[list[dict[str, Any]]] = []  # per sweep point: its stage params (one per shard)
@@ -420,9 +422,11 @@ def _load_job(job_name: str, doc: LocatedYaml, stage: str, jobs_dir: Path) -> Jo
         raise
 
 
-def _merge_resources(job: JobSpec, overrides: dict[str, Any], doc: LocatedYaml, stage: str) -> Resources:
+def _merge_resources(job: JobSpec, cluster_defaults: dict[str, Any], overrides: dict[str, Any], doc: LocatedYaml,
+                     stage: str) -> Resources:
+    """A stage's resources: its job file's, then the cluster profile's defaults, then the sweep stage's own."""
     try:
-        return Resources.model_validate({**job.resources.model_dump(), **overrides})
+        return Resources.model_validate({**job.resources.model_dump(), **cluster_defaults, **overrides})
     except ValidationError as err:
         first = err.errors()[0]
         raise doc.error(("stages", stage, "resources", *first["loc"]), explain_pydantic_error(first)) from None

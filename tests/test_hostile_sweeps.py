@@ -154,6 +154,23 @@ def test_explicit_job_and_profile_paths_are_relative_to_the_sweep_file(write_swe
     assert train.resources.cpus_per_task == 3 and train.job == str(sweep.parent / "my jobs" / "train.yaml")
 
 
+def test_a_profiles_resources_are_defaults_under_the_sweeps_own(write_sweep):
+    sweep = write_sweep(ONE + "cluster: {profile: ./lab.yaml}\n"
+                              "stages:\n  train: {}\n  cbm: {resources: {mem_gb: 3}}\n")
+    (sweep.parent / "lab.yaml").write_text("partition: lab\nresources: {mem_gb: 2, timeout_min: 30}\n")
+    plan = expand_file(sweep)
+    assert (plan.stage("train").resources.mem_gb, plan.stage("train").resources.timeout_min) == (2, 30)
+    assert (plan.stage("cbm").resources.mem_gb, plan.stage("cbm").resources.timeout_min) == (3, 30)
+    assert plan.stage("train").resources.cpus_per_task == 2  # the job file's, untouched
+
+    (sweep.parent / "lab.yaml").write_text("partition: lab\nresources:\n  mem_gb: 2\n  memory: 4\n")
+    with pytest.raises(SweepError) as info:
+        expand_file(sweep)
+    assert (info.value.file, info.value.line, info.value.key) == (str(sweep.parent / "lab.yaml"), 4,
+                                                                  "resources.memory"), str(info.value)
+    assert "unknown key" in str(info.value)
+
+
 # ---------------------------------------------------------------------------------------- run folder
 def test_output_expands_the_home_folder(write_sweep, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

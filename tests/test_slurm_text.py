@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sfhpc import slurm
 from sfhpc.config import ClusterProfile, Resources
 from sfhpc.launch import _dependency
@@ -75,3 +77,43 @@ def test_a_task_split_off_its_array_keeps_its_own_state_when_the_rest_of_the_arr
     states = slurm.parse_sacct(text)
     assert states["461_0"].state == "RUNNING" and not states["461_0"].collapsed and states["461_0"].earlier == ()
     assert states["461_1"].state == "CANCELLED" and states["461_1"].collapsed
+
+
+SINFO = """\
+node1|debug*|2|4000|(null)|infinite
+node2|debug*|2|4000|(null)|infinite
+gpu1|gpu|64|512000|gpu:a100:4(S:0-1)|2-00:00:00
+gpu2|gpu|32|256000|gpu:a100:2,gpu:v100:2|1:30:00
+short1|short|8|1000|(null)|30:00
+"""
+
+
+def test_sinfo_nodes_are_read_with_gpus_and_time_limits():
+    nodes = {node.name: node for node in slurm.parse_sinfo_nodes(SINFO)}
+    assert (nodes["node1"].cpus, nodes["node1"].memory_mb, nodes["node1"].gpus) == (2, 4000, 0)
+    assert nodes["node1"].time_limit_min == float("inf")
+    assert (nodes["gpu1"].gpus, nodes["gpu1"].time_limit_min) == (4, 2 * 1440)
+    assert (nodes["gpu2"].gpus, nodes["gpu2"].time_limit_min) == (4, 90)
+    assert nodes["short1"].time_limit_min == 30
+    assert [n.name for n in slurm.nodes_of(list(nodes.values()), None)] == ["node1", "node2"]  # the default ('*')
+    assert [n.name for n in slurm.nodes_of(list(nodes.values()), "gpu,short")] == ["gpu1", "gpu2", "short1"]
+    with pytest.raises(slurm.SlurmError, match="no nodes in partition cpu; partitions: debug\\*, gpu, short"):
+        slurm.nodes_of(list(nodes.values()), "cpu")
+
+
+@pytest.mark.parametrize(("request_", "partition", "why"), [
+    ({"mem_gb": 8}, None, "asks for 8192 MB (mem_gb 8), 2 CPUs, 0 GPUs, 60 min; no node can. Largest node: node1 "
+                          "(partition debug): 4000 MB, 2 CPUs, 0 GPUs, no time limit"),
+    ({"mem_gb": 2, "cpus_per_task": 4}, None, "no node can"),
+    ({"mem_gb": 2, "gpus_per_node": 1}, None, "no node can"),
+    ({"mem_gb": 2, "nodes": 3}, None, "on each of 3 nodes, 60 min; only 2 of the 2 nodes can"),
+    ({"mem_gb": 64, "gpus_per_node": 4, "timeout_min": 24 * 60}, "gpu", None),
+    ({"mem_gb": 64, "gpus_per_node": 4, "timeout_min": 24 * 60, "nodes": 2}, "gpu", "only 1 of the 2 nodes can"),
+    ({"mem_gb": 0.5, "timeout_min": 45}, "short", "45 min; no node can. Largest node: short1 (partition short): "
+                                                  "1000 MB, 8 CPUs, 0 GPUs, time limit 30 min"),
+    ({"mem_gb": 2}, None, None),
+])
+def test_a_request_is_checked_against_the_partitions_nodes(request_, partition, why):
+    nodes = slurm.nodes_of(slurm.parse_sinfo_nodes(SINFO), partition)
+    found = slurm.unsatisfiable(Resources(**request_), nodes)
+    assert (found is None) if why is None else (why in (found or "")), found
