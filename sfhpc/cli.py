@@ -457,6 +457,62 @@ def cancel(run: str = typer.Argument(..., help="Run folder, or a sweep name unde
     _console().print(f"cancelled {len(cancelled)} jobs" + (f": {', '.join(cancelled)}" if cancelled else ""))
 
 
+@app.command("cost")
+def cost(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
+         as_json: bool = typer.Option(False, "--json", help="Print the figures per stage as JSON.")) -> None:
+    """What the run has cost and what is left, per stage, measured (SLURM accounting: one sacct call; a local
+    run: elapsed time from the result files): elapsed time per point (median, p95), CPU efficiency, memory used
+    against the request, GPU- and CPU-hours used and still needed at the median, an ETA, and a suggested time and
+    memory request (p95 and the largest MaxRSS, with a margin)."""
+    from sfhpc.cost import run_cost
+    from sfhpc.rundir import RunDir
+
+    with _user_errors(as_json):
+        report = run_cost(RunDir.find(run))
+    if as_json:
+        _print_json(report.to_json())
+        return
+    console = _console()
+    if report.note:
+        console.print(report.note, style="yellow", soft_wrap=True)
+    for stage in report.stages:
+        for line in _cost_lines(stage):
+            console.print(line, soft_wrap=True, style="yellow" if line.startswith("  warning") else "")
+
+
+def _cost_lines(stage: Any) -> list[str]:
+    """One stage of `sfhpc cost` as lines of at most about 80 characters."""
+    lines = [f"{stage.stage}: {stage.finished} of {stage.points} points finished, {stage.remaining} remaining"]
+    if stage.elapsed_median_s is not None:
+        lines.append(f"  elapsed per point: median {_duration(stage.elapsed_median_s)}, "
+                     f"p95 {_duration(stage.elapsed_p95_s)}")
+    usage = []
+    if stage.cpu_efficiency is not None:
+        usage.append(f"CPU efficiency {stage.cpu_efficiency:.2f}")
+    if stage.max_rss_mb is not None:
+        usage.append(f"largest MaxRSS {stage.max_rss_mb:.0f} MB of {stage.requested_mem_mb:.0f} MB requested")
+    if usage:
+        lines.append("  " + "; ".join(usage))
+    lines.append(f"  used: {stage.point_hours:.2f} point-hours" + (
+        f", {stage.gpu_hours:.2f} GPU-hours, {stage.cpu_hours:.2f} CPU-hours" if stage.gpu_hours is not None else ""))
+    if stage.remaining and stage.remaining_gpu_hours is not None:
+        lines.append(f"  remaining: {stage.remaining_gpu_hours:.2f} GPU-hours, {stage.remaining_cpu_hours:.2f} "
+                     f"CPU-hours; ETA {_duration(stage.eta_s)} ({max(stage.running, 1)} at a time)")
+    elif stage.remaining:
+        lines.append("  remaining: no finished point to measure yet")
+    if stage.suggested:
+        lines.append("  suggested request: " + ", ".join(f"{k} {v:g}" for k, v in stage.suggested.items()))
+    lines += [f"  warning: {warning}" for warning in stage.warnings]
+    return lines
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
 @app.command("resubmit")
 def resubmit(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
              failed: bool = typer.Option(False, "--failed", help="Only failed points (default: every point "

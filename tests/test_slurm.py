@@ -122,6 +122,50 @@ def test_launch_submits_one_array_per_stage_and_status_follows(slurm_cluster, wr
     assert (run / "summary.csv").read_text().count(",done,") == 2
 
 
+NEW_USER_SWEEP = """\
+name: {name}
+cluster: {{profile: testcluster}}
+data: {{image_size: 32, n_classes: 4, n_train: 64, n_val: 32, n_test: 32}}
+grid: {{seed: [0]}}
+stages:
+  train:
+    params: {{width: 4, epochs: 1, batch_size: 32}}
+{resources}"""
+
+
+def test_a_request_no_node_can_satisfy_is_refused_before_anything_is_submitted(slurm_cluster, write_sweep,
+                                                                                 awkward_dir):
+    sweep = write_sweep(NEW_USER_SWEEP.format(name="too-big", resources="    resources: {mem_gb: 8}\n"), "big.yaml")
+    run = awkward_dir / "runs" / "too-big"
+    for extra in ((), ("--dry-run",)):
+        err = sfhpc("sweep", "launch", sweep, "--output", run, *extra, code=2).output
+        assert "train: it asks for 8192 MB (mem_gb 8), 2 CPUs, 0 GPUs, 60 min; no node can" in err, err
+        assert "Largest node: node1 (partition debug): 4000 MB, 2 CPUs, 0 GPUs, no time limit" in err, err
+        assert "nothing was submitted" in err and "Traceback" not in err
+        assert not run.exists()
+    queued = subprocess.run(["squeue", "--noheader", "--format", "%j"], capture_output=True, text=True).stdout
+    assert "too-big" not in queued
+
+
+def test_the_job_files_default_resources_run_on_the_test_cluster(slurm_cluster, write_sweep, awkward_dir):
+    # a new user's sweep: the test cluster's profile and jobs/train.yaml as they are (8 GB, more than a node has)
+    sweep = write_sweep(NEW_USER_SWEEP.format(name="defaults", resources=""), "defaults.yaml")
+    run = awkward_dir / "runs" / "defaults"
+    report = launch(sweep, run)
+    assert "#SBATCH --mem=2048MB" in Path(report["arrays"][0]["sbatch"]).read_text()
+    assert watch(run, code=0)["counts"] == {"train": {"done": 1}}
+
+    # what it cost, from SLURM's accounting: one sacct call, then none (a finished point's records are cached)
+    (train,) = (cost := json.loads(sfhpc("cost", run, "--json").stdout))["stages"]
+    assert cost["scheduler_calls"] == 1 and cost["executor"] == "slurm"
+    assert (train["finished"], train["remaining"], train["gpu_hours"]) == (1, 0, 0)
+    assert 0 < train["elapsed_median_s"] < 600 and train["cpu_hours"] == pytest.approx(
+        2 * train["point_hours"])  # 2 CPUs allocated
+    assert 0 < train["cpu_efficiency"] <= 1.05 and train["requested_mem_mb"] == 2048
+    assert train["suggested"]["timeout_min"] >= 1
+    assert json.loads(sfhpc("cost", run, "--json").stdout)["scheduler_calls"] == 0
+
+
 def test_downstream_stage_waits_on_its_upstream_array(slurm_cluster, write_sweep, awkward_dir):
     run = awkward_dir / "runs" / "chain"
     sweep = make_sweep(write_sweep, "chain", extra_stages=CBM_STAGE)
