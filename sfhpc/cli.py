@@ -102,10 +102,40 @@ MAX_POINTS_OPTION = typer.Option(None, "--max-points", min=1, metavar="N",
                                        "100,000 unless it says otherwise).")
 
 
+CALIBRATE_OPTION = typer.Option(None, "--calibrate", metavar="RUN",
+                                help="Estimate each stage from the measured median time per point of a run that "
+                                     "has finished points of it (see `sfhpc cost`), not from jobs/*.yaml "
+                                     "expected_minutes.")
+
+
+def _calibrated(plan: Plan, run: str | None) -> Plan:
+    """`plan` with the stages that `run` has measured estimated from those measurements (a RunError for a run
+    folder that is not one)."""
+    if run is None:
+        return plan
+    from sfhpc.cost import measured_minutes
+    from sfhpc.rundir import RunDir
+
+    source = RunDir.find(run)
+    return plan.calibrated(measured_minutes(source), str(source.path))
+
+
+def _calibration_line(plan: Plan) -> str | None:
+    """Which stages --calibrate estimated from measurements, and which it could not."""
+    measured = [s for s in plan.stages if s.calibrated_from]
+    if not measured:
+        return None
+    rest = [s.name for s in plan.stages if not s.calibrated_from]
+    return (f"calibrated from {measured[0].calibrated_from}: " + ", ".join(
+        f"{s.name} ({(s.expected_minutes or 0):.2f} min per point)" for s in measured)
+        + (f"; from their job files: {', '.join(rest)} (no finished point in that run)" if rest else ""))
+
+
 @sweep_app.command("expand")
 def sweep_expand(sweep_file: Path = typer.Argument(..., help="Sweep YAML file."),
                  as_json: bool = typer.Option(False, "--json", help="Print the expanded plan as JSON."),
-                 max_points: int | None = MAX_POINTS_OPTION) -> None:
+                 max_points: int | None = MAX_POINTS_OPTION,
+                 calibrate: str | None = CALIBRATE_OPTION) -> None:
     """Print the points of every stage (ids, axes, counts) without running anything. Data that is not here yet
     (an ImageNet copy, prepared NSD files, weights) does not stop the plan: the checks that need it are listed as
     skipped, and `sweep launch` runs them."""
@@ -113,7 +143,7 @@ def sweep_expand(sweep_file: Path = typer.Argument(..., help="Sweep YAML file.")
 
     skipped: list[str] = []
     with _user_errors(as_json):
-        plan = expand_file(sweep_file, max_points=max_points, skipped=skipped)
+        plan = _calibrated(expand_file(sweep_file, max_points=max_points, skipped=skipped), calibrate)
     if as_json:
         hours = {s.name: s.hours() for s in plan.stages}
         _print_json({"name": plan.sweep.name, "n_points": plan.n_points,
@@ -152,7 +182,12 @@ def _print_plan(plan: Plan) -> None:
     unknown = [s.job for s in plan.stages if s.hours() is None]
     console.print(f"estimate: {totals['gpu_hours']:.1f} GPU-hours, {totals['cpu_hours']:.1f} CPU-hours"
                   + (f" (without {', '.join(unknown)}: no expected_minutes in their job files)" if unknown else "")
-                  + "; from jobs/*.yaml expected_minutes x points x nodes")
+                  + "; minutes per point x points x nodes, the minutes from jobs/*.yaml expected_minutes"
+                  + (" or measured (--calibrate)" if any(s.calibrated_from for s in plan.stages) else ""),
+                  soft_wrap=True)
+    calibration = _calibration_line(plan)
+    if calibration:
+        console.print(calibration, soft_wrap=True)
     readers = Counter(key for stage in plan.stages for point in stage.points for key in point.upstream)
     for stage in plan.stages:
         table = Table(title=f"{stage.name} points", title_justify="left")
@@ -191,6 +226,7 @@ def sweep_launch(
                                            help="SLURM: at most N tasks of each array run at once (%N)."),
     as_json: bool = typer.Option(False, "--json", help="Print the launch report as JSON."),
     max_points: int | None = MAX_POINTS_OPTION,
+    calibrate: str | None = CALIBRATE_OPTION,
 ) -> None:
     """Submit every point without a valid result. Local runs wait and show progress; SLURM returns at once."""
     from sfhpc.launch import launch
@@ -200,7 +236,10 @@ def sweep_launch(
         _fail(f"--executor {executor!r}: allowed: auto, local, slurm, debug", as_json)
     with _stoppable_launch(), _user_errors(as_json):
         output = _run_folder_option(output)
-        plan = expand_file(sweep_file, max_points=max_points)
+        plan = _calibrated(expand_file(sweep_file, max_points=max_points), calibrate)
+        calibration = _calibration_line(plan)
+        if calibration and not as_json:
+            _console().print(calibration + " (the run's manifest keeps these estimates)", soft_wrap=True)
         with _LaunchProgress(enabled=not as_json and not dry_run) as progress:
             report = launch(plan, executor=executor, output=output, force=force, dry_run=dry_run,
                             allow_changed=allow_changed, parallel=parallel, throttle=throttle,

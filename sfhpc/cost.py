@@ -288,3 +288,10 @@ def _local_attempts(run: RunDir, plan: dict[str, Any]) -> dict[tuple[str, str], 
             found[(stage["name"], point["id"])] = [Attempt(point["id"], "COMPLETED", (ended - started).total_seconds(),
                                                            0.0, 0, 0, None, None, "")]
     return found
+
+
+def measured_minutes(run: RunDir) -> dict[str, float]:
+    """Per stage with finished points, their median elapsed minutes per point (every attempt counted): what
+    `--calibrate` puts in place of the job files' expected_minutes."""
+    return {stage.stage: stage.elapsed_median_s / 60 for stage in run_cost(run).stages
+            if stage.elapsed_median_s is not None}

@@ -9,7 +9,7 @@ import hashlib
 import itertools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,8 @@ class StagePlan:
     axes: tuple[str, ...]  # the sweep axes of this stage's parameters
     by_sweep_index: tuple[tuple[str, ...], ...] = ()  # the point ids each sweep point projects onto
     shards: int = 1  # the job file's shards per upstream point (a sweep parameter may override it)
-    expected_minutes: float | None = None  # per point, from the job file
+    expected_minutes: float | None = None  # per point, from the job file (or measured: Plan.calibrated)
+    calibrated_from: str | None = None  # the run whose measured median gave expected_minutes
 
     def hours(self) -> dict[str, float] | None:
         """Estimated GPU- and CPU-hours of all the stage's points, or None without an expected run time."""
@@ -97,6 +98,7 @@ class Plan:
                     "resources": stage.resources.model_dump(mode="json"),
                     "shards": stage.shards,
                     "estimate": stage.hours(),
+                    "estimate_from": stage.calibrated_from or "job file",
                     "axes": list(stage.axes),
                     "points": [
                         {"id": p.id, "labels": p.labels, "params": p.params, "upstream": list(p.upstream)}
@@ -106,6 +108,13 @@ class Plan:
                 for stage in self.stages
             ],
         }
+
+    def calibrated(self, minutes: dict[str, float], source: str) -> Plan:
+        """This plan with the stages in `minutes` (stage -> measured median minutes per point, from run `source`)
+        estimated from those instead of their job files' expected_minutes."""
+        stages = tuple(replace(stage, expected_minutes=minutes[stage.name], calibrated_from=source)
+                       if stage.name in minutes else stage for stage in self.stages)
+        return replace(self, stages=stages)
 
     def fingerprint(self) -> str:
         """Hash of the resolved design (design_fingerprint): equal for files that differ only in comments, layout,

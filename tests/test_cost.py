@@ -89,3 +89,17 @@ def test_a_local_run_reports_elapsed_time_from_its_results(tmp_path: Path, write
     (train,) = report["stages"]
     assert train["finished"] == 2 and 0 < train["elapsed_median_s"] < 600 and train["gpu_hours"] is None
     assert train["suggested"] == {}  # a laptop's times say little about a cluster's
+
+    # the measured median replaces the job file's expected_minutes in the estimate (expand, and launch's manifest)
+    plan = json.loads(runner.invoke(app, ["sweep", "expand", str(sweep), "--json", "--calibrate",
+                                          str(tmp_path / "run")]).stdout)
+    (stage,) = plan["stages"]
+    assert stage["estimate_from"] == str(tmp_path / "run")
+    assert stage["estimate"]["cpu_hours"] == pytest.approx(2 * train["elapsed_median_s"] / 3600 * 2)  # 2 CPUs
+    text = runner.invoke(app, ["sweep", "expand", str(sweep), "--calibrate", str(tmp_path / "run")]).output
+    assert f"calibrated from {tmp_path / 'run'}: train (" in text
+    with_cbm = write_sweep(TINY_SWEEP + "  cbm:\n    params: {cbm_images: 16}\n", "cbm.yaml")
+    text = runner.invoke(app, ["sweep", "expand", str(with_cbm), "--calibrate", str(tmp_path / "run")]).output
+    assert "from their job files: cbm (no finished point in that run)" in text
+    missing = runner.invoke(app, ["sweep", "expand", str(sweep), "--calibrate", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no run folder" in missing.output and "Traceback" not in missing.output
