@@ -62,13 +62,15 @@ class ForkedJob:
 class ForkPool:
     """Starts the warm parent for these stage modules; `submit` forks one point from it."""
 
-    def __init__(self, logs: Path, entries: list[str]):
+    def __init__(self, logs: Path, entries: list[str], env: dict[str, str] | None = None):
+        """`env`: the parent's environment (default the launcher's), e.g. one that imports sfhpc from a run's copy
+        of the code (sfhpc.snapshot)."""
         logs.mkdir(parents=True, exist_ok=True)
         self.log = logs / POOL_LOG
         with open(self.log, "ab") as stderr:
             self.process = subprocess.Popen([sys.executable, "-m", "sfhpc.forkpool", *entries],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                                            text=True, bufsize=1)
+                                            text=True, bufsize=1, env=env)
         assert self.process.stdin is not None and self.process.stdout is not None  # both are pipes
         self.requests, self.events = self.process.stdin, self.process.stdout
         self.ended: dict[int, int] = {}

@@ -30,6 +30,7 @@ from sfhpc.forkpool import ForkedJob, ForkPool
 from sfhpc.job import JobInfo, PointConfig, PointJob, stage_of
 from sfhpc.results import RESULT_NAME, ResultIndex, git_sha, now_iso
 from sfhpc.rundir import CHECKPOINT_NAME, JobRecord, RunDir, SetAside, process_identity, terminate_process
+from sfhpc.snapshot import CODE_DIR, CodeSnapshot, freeze_code, plan_snapshot
 from sfhpc.status import active_points
 from sfhpc.sweep import Plan, Point, StagePlan, design_fingerprint, setting_changes
 
@@ -84,8 +85,11 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
             _check_requests(plan, todo, dry_run)
         if dry_run:
             if kind == "slurm":
-                _queue_arrays(run, plan, todo, throttle, max_array, index, report, _DryRunScripts(run))
+                code, _ = plan_snapshot(run.path)  # where the code would go; nothing is copied
+                _queue_arrays(run, plan, todo, throttle, max_array, index, report, _DryRunScripts(run), code)
             return report
+        code = freeze_code(run.path)
+        _record_code(manifest, code)
         run.write_manifest(manifest)
         (run.path / "sweep.yaml").write_text(plan.source.read_text())
         configs = {(stage.name, point.id): point_config(run, plan, stage, point, manifest["git_sha"])
@@ -100,9 +104,9 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
                 aside.move(key, [run.error_path(*key), *(_forced_out(run, *key) if force and kind == "slurm" else [])])
             if kind == "slurm":
                 _queue_arrays(run, plan, todo, throttle, max_array, index, report, _SlurmSubmitter(run, configs, aside,
-                                                                                                     report))
+                                                                                                     report), code)
             else:
-                _run_locally(run, plan, todo, configs, kind, parallel, report, progress, index, aside, force)
+                _run_locally(run, plan, todo, configs, kind, parallel, report, progress, index, aside, force, code)
         finally:
             aside.restore()  # whatever is still set aside never got its replacement
         index.save()
@@ -208,6 +212,8 @@ def _checked_manifest(run: RunDir, plan: Plan, kind: str, allow_changed: bool, r
                 "Use --allow-changed to update this run (finished points whose settings did not change are kept), "
                 "or --output for a new run folder."
             )
+        if "code" in old:
+            manifest["code"] = old["code"]  # the last launch's, until this one records its own (_record_code)
         manifest["created"] = old.get("created", manifest["created"])
         manifest["updated"] = now_iso()
         report.settings_changed = setting_changes(old["plan"], manifest["plan"]) if "plan" in old else []
@@ -223,6 +229,18 @@ def _design_of(manifest: dict[str, Any]) -> str | None:
         return design_fingerprint(manifest["plan"])
     except (KeyError, TypeError):
         return manifest.get("fingerprint")
+
+
+def _record_code(manifest: dict[str, Any], code: CodeSnapshot) -> None:
+    """The manifest's note of the code this launch's jobs run (RUN/code/<digest>); a change since the last launch
+    goes into its `changes`."""
+    before = manifest.get("code", {}).get("digest")
+    manifest["code"] = {"digest": code.digest, "folder": f"{CODE_DIR}/{code.digest}", "git_sha": code.git_sha,
+                        "uncommitted_changes": bool(code.diff)}
+    if before and before != code.digest:
+        manifest["changes"] = [*manifest.get("changes", []),
+                               {"at": now_iso(), "code": f"{before} -> {code.digest} (points submitted from now on "
+                                                         "run the new copy; queued ones keep theirs)"}]
 
 
 def describe_change(old_plan: dict[str, Any], new_plan: dict[str, Any]) -> str:
@@ -276,7 +294,7 @@ def point_config(run: RunDir, plan: Plan, stage: StagePlan, point: Point, sha: s
 # -------------------------------------------------------------------------- local and debug runs
 def _run_locally(run: RunDir, plan: Plan, todo: dict[str, list[Point]], configs: dict[tuple[str, str], dict[str, Any]],
                  kind: str, parallel: int, report: LaunchReport, progress: ProgressHook | None,
-                 index: ResultIndex, aside: SetAside, force: bool) -> None:
+                 index: ResultIndex, aside: SetAside, force: bool, code: CodeSnapshot) -> None:
     """Run every point as soon as its inputs exist, at most `parallel` at a time, in plan order: upstream stages
     first, and a finished model's evaluations start while other models still train (no stage waits for a whole
     stage before it). A point whose input has no result is blocked, not run. Each point is its own process (local),
@@ -292,7 +310,7 @@ def _run_locally(run: RunDir, plan: Plan, todo: dict[str, list[Point]], configs:
             progress(stage.name, point.id, "queued")
     coming = {f"{stage.name}/{point.id}" for stage, point in queue}  # produced by this launch, once they finish
     outcome: dict[str, str] = {}  # "stage/point" -> done | failed | blocked (this launch) | absent (an input)
-    starter = _LocalStarter(run, kind, [stage for stage in plan.stages if todo[stage.name]])
+    starter = _LocalStarter(run, kind, [stage for stage in plan.stages if todo[stage.name]], code)
     running: list[tuple[StagePlan, Point, Any]] = []
     try:
         while queue or running:
@@ -336,8 +354,8 @@ class _LocalStarter:
     torch and the stages once (:mod:`sfhpc.forkpool`: 3.3 CPU-seconds saved per point); points of several
     tasks (local DDP) and debug points go through submitit's LocalExecutor and DebugExecutor."""
 
-    def __init__(self, run: RunDir, kind: str, stages: list[StagePlan]):
-        self.run, self.kind = run, kind
+    def __init__(self, run: RunDir, kind: str, stages: list[StagePlan], code: CodeSnapshot):
+        self.run, self.kind, self.code = run, kind, code
         self.entries = sorted({stage_of(stage.entry).runner_module() for stage in stages})
         self.pool: ForkPool | None = None
         self.executors: dict[str, submitit.Executor] = {}
@@ -345,7 +363,7 @@ class _LocalStarter:
     def start(self, stage: StagePlan, job: PointJob) -> Any:
         if self.kind == "local" and stage.resources.tasks_per_node == 1:
             if self.pool is None:
-                self.pool = ForkPool(self.run.logs, self.entries)
+                self.pool = ForkPool(self.run.logs, self.entries, self.code.environment())
             return self.pool.submit(job, stage.resources.timeout_min)
         return self.start_with_submitit(stage, job)
 
@@ -444,9 +462,10 @@ ArraySubmitter = Callable[[StagePlan, list[Point], dict[str, Any]], tuple[list[s
 
 
 def _queue_arrays(run: RunDir, plan: Plan, todo: dict[str, list[Point]], throttle: int | None, max_array: int,
-                  index: ResultIndex, report: LaunchReport, submit: ArraySubmitter) -> None:
+                  index: ResultIndex, report: LaunchReport, submit: ArraySubmitter, code: CodeSnapshot) -> None:
     """One job array per stage and chunk (chunks of at most MaxArraySize tasks, indexed from 0), each waiting on
-    the arrays of its upstream points. `submit` queues each array (or, in a dry run, writes its script)."""
+    the arrays of its upstream points. `submit` queues each array (or, in a dry run, writes its script). Every job
+    imports sfhpc from the run's copy of the code, `code`, and never from the working tree."""
     from sfhpc import slurm
 
     # Earlier jobs matter only for inputs still to come: a finished one may be gone from slurmctld already, and
@@ -459,6 +478,7 @@ def _queue_arrays(run: RunDir, plan: Plan, todo: dict[str, list[Point]], throttl
             dependency = _dependency(chunk, producer, previous, arrays_of)
             params = slurm.executor_parameters(stage.resources, plan.cluster, f"sfhpc.{plan.sweep.name}.{stage.name}",
                                                dependency, throttle)
+            params["setup"] = [*params["setup"], *code.setup_lines()]
             job_ids, script = submit(stage, chunk, params)
             array_id = job_ids[0].split("_", 1)[0]
             keys = [f"{stage.name}/{p.id}" for p in chunk]

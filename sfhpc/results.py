@@ -81,6 +81,7 @@ class Provenance:
             "sfhpc_version": package_version("sfhpc"),
             "torch_version": package_version("torch"),
             "numpy_version": package_version("numpy"),
+            "sfhpc_source": str(Path(__file__).resolve().parent),  # the run's copy of the code (sfhpc.snapshot)
             "host": socket.gethostname(),
             "started": self.started,
             "ended": self.ended,

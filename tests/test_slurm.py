@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from sfhpc.sweep import expand_file
 
 pytestmark = pytest.mark.slurm
 runner = CliRunner()
+PROJECT = Path(__file__).resolve().parents[1]
 
 SWEEP = """\
 name: {name}
@@ -164,6 +166,32 @@ def test_the_job_files_default_resources_run_on_the_test_cluster(slurm_cluster, 
     assert 0 < train["cpu_efficiency"] <= 1.05 and train["requested_mem_mb"] == 2048
     assert train["suggested"]["timeout_min"] >= 1
     assert json.loads(sfhpc("cost", run, "--json").stdout)["scheduler_calls"] == 0
+
+
+def test_a_queued_job_runs_the_code_it_was_launched_with(slurm_cluster, write_sweep, tmp_path):
+    # The launcher runs from a copy of the project, as a user's checkout; the job is held in the queue while that
+    # copy is edited so that importing its train stage fails. Released, the job runs the run's frozen copy.
+    project = tmp_path / "checkout"
+    for part in ("sfhpc", "jobs", "slurm_templates"):
+        shutil.copytree(PROJECT / part, project / part, ignore=shutil.ignore_patterns("__pycache__", ".testcluster"))
+    sweep = write_sweep(NEW_USER_SWEEP.format(name="frozen", resources="").replace(
+        "cluster: {profile: testcluster}", "cluster: {profile: testcluster, additional: {hold: true}}"), "frozen.yaml")
+    run = tmp_path / "runs" / "frozen"
+    env = {**os.environ, "PYTHONPATH": str(project), "PYTHONSAFEPATH": "1"}
+    launched = subprocess.run([sys.executable, "-m", "sfhpc.cli", "sweep", "launch", str(sweep), "--output", str(run),
+                               "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    (array,) = json.loads(launched.stdout)["arrays"]
+    assert "export PYTHONSAFEPATH=1" in Path(array["sbatch"]).read_text()
+    code = json.loads((run / "manifest.json").read_text())["code"]
+
+    train_module = project / "sfhpc" / "stages" / "train" / "run.py"
+    train_module.write_text(train_module.read_text() + "\nraise RuntimeError('edited after launch')\n")
+    subprocess.run(["scontrol", "release", array["job_id"]], check=True, timeout=30)
+    assert watch(run, code=0)["counts"] == {"train": {"done": 1}}
+    (result,) = run.glob("train/*/result.h5")
+    with h5py.File(result) as f:
+        assert f.attrs["sfhpc_source"] == str((run / code["folder"] / "sfhpc").resolve())
 
 
 def test_downstream_stage_waits_on_its_upstream_array(slurm_cluster, write_sweep, awkward_dir):
