@@ -25,13 +25,16 @@ if TYPE_CHECKING:
     from sfhpc.status import PointStatus
     from sfhpc.sweep import Plan, StagePlan
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # -h too, on every command
 app = typer.Typer(help="Brain-alignment and robustness sweeps: expand, launch, watch, aggregate.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-sweep_app = typer.Typer(help="Expand or launch a sweep file.", no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  context_settings=HELP_OPTIONS)
+sweep_app = typer.Typer(help="Expand or launch a sweep file.", no_args_is_help=True, context_settings=HELP_OPTIONS)
 app.add_typer(sweep_app, name="sweep")
-cbm_app = typer.Typer(help="Critical band masking tools.", no_args_is_help=True)
+cbm_app = typer.Typer(help="Critical band masking tools.", no_args_is_help=True, context_settings=HELP_OPTIONS)
 app.add_typer(cbm_app, name="cbm")
-data_app = typer.Typer(help="Neural data: prepare NSD subjects for neural guidance.", no_args_is_help=True)
+data_app = typer.Typer(help="Neural data: prepare NSD subjects for neural guidance.", no_args_is_help=True,
+                       context_settings=HELP_OPTIONS)
 app.add_typer(data_app, name="data")
 
 MOST_CONDITION_ROWS = 40  # a terminal shows this many conditions; all of them are in conditions.csv and report.md
@@ -499,10 +502,12 @@ def cancel(run: str = typer.Argument(..., help="Run folder, or a sweep name unde
 @app.command("cost")
 def cost(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
          as_json: bool = typer.Option(False, "--json", help="Print the figures per stage as JSON.")) -> None:
-    """What the run has cost and what is left, per stage, measured (SLURM accounting: one sacct call; a local
-    run: elapsed time from the result files): elapsed time per point (median, p95), CPU efficiency, memory used
-    against the request, GPU- and CPU-hours used and still needed at the median, an ETA, and a suggested time and
-    memory request (p95 and the largest MaxRSS, with a margin)."""
+    """What the run has cost and what is left, per stage, as measured.
+
+    SLURM runs: one sacct call (tasks of finished points are cached in the run folder); local runs: elapsed time
+    from the result files. Per stage: elapsed time per point (median, p95), CPU efficiency, memory used against the
+    request, GPU- and CPU-hours used and still needed at the median, an ETA, and a suggested time and memory
+    request (p95 and the largest MaxRSS, with a margin)."""
     from sfhpc.cost import run_cost
     from sfhpc.rundir import RunDir
 
