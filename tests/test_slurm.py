@@ -157,13 +157,21 @@ def test_the_job_files_default_resources_run_on_the_test_cluster(slurm_cluster, 
     assert "#SBATCH --mem=2048MB" in Path(report["arrays"][0]["sbatch"]).read_text()
     assert watch(run, code=0)["counts"] == {"train": {"done": 1}}
 
-    # what it cost, from SLURM's accounting: one sacct call, then none (a finished point's records are cached)
-    (train,) = (cost := json.loads(sfhpc("cost", run, "--json").stdout))["stages"]
-    assert cost["scheduler_calls"] == 1 and cost["executor"] == "slurm"
+    # what it cost, from SLURM's accounting: one sacct call, then none once the job has ended (the result is
+    # written before the job ends, so a call just after it may still see the job running)
+    deadline = time.monotonic() + 60
+    while True:
+        (train,) = (cost := json.loads(sfhpc("cost", run, "--json").stdout))["stages"]
+        assert cost["scheduler_calls"] == 1 and cost["executor"] == "slurm"
+        if train["cpu_efficiency"] is not None or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert (train["finished"], train["remaining"], train["gpu_hours"]) == (1, 0, 0)
     assert 0 < train["elapsed_median_s"] < 600 and train["cpu_hours"] == pytest.approx(
         2 * train["point_hours"])  # 2 CPUs allocated
     assert 0 < train["cpu_efficiency"] <= 1.05 and train["requested_mem_mb"] == 2048
+    assert train["max_rss_mb"] > 200  # a Python process that imported torch and trained (sampled every second)
+    assert train["suggested"]["mem_gb"] >= train["max_rss_mb"] * 1.5 / 1024
     assert train["suggested"]["timeout_min"] >= 1
     assert json.loads(sfhpc("cost", run, "--json").stdout)["scheduler_calls"] == 0
 
