@@ -152,12 +152,25 @@ def fake_bin(folder: Path, commands: list[str]) -> Path:
 
 
 @pytest.mark.slurm
-def test_force_with_a_partition_sbatch_refuses_puts_every_result_back(slurm_cluster, awkward_dir, write_sweep):
-    sweep = make_sweep(write_sweep, "refused", cluster="  partition: nosuch")
+def test_an_unknown_partition_is_refused_before_anything_moves(slurm_cluster, awkward_dir, write_sweep):
+    sweep = make_sweep(write_sweep, "nopartition", cluster="  partition: nosuch")
+    run = awkward_dir / "runs" / "nopartition"
+    before = finished_run(sweep, run)
+    err = " ".join(sfhpc("sweep", "launch", sweep, "--output", run, "--force", "--executor", "slurm", code=2).split())
+    assert "sinfo lists no nodes in partition nosuch; partitions: debug*, high, preempt" in err, err
+    assert "Nothing was submitted or changed" in err
+    assert kept_files(run) == before
+
+
+@pytest.mark.slurm
+def test_force_with_a_constraint_sbatch_refuses_puts_every_result_back(slurm_cluster, awkward_dir, write_sweep):
+    # a request sinfo's node sizes cannot rule out (an unknown feature): sbatch refuses it, after --force set the
+    # results aside
+    sweep = make_sweep(write_sweep, "refused", cluster="  constraint: nosuch")
     run = awkward_dir / "runs" / "refused"
     before = finished_run(sweep, run)
     err = sfhpc("sweep", "launch", sweep, "--output", run, "--force", "--executor", "slurm", code=2)
-    assert "sbatch refused the train array" in err and "invalid partition" in err.lower()
+    assert "sbatch refused the train array" in err and "invalid feature specification" in err.lower()
     assert "2 results and 2 checkpoints that --force had set aside are back in place" in " ".join(err.split())
     assert kept_files(run) == before
     assert counts(run) == {"train": {"done": 2}}
@@ -186,7 +199,7 @@ def test_force_with_sbatch_unreachable_puts_every_result_back(slurm_cluster, awk
         monkeypatch.setenv("SLURM_CONF", str(conf))
         expected = "cannot reach SLURM"
     else:
-        commands = ["scontrol", "srun", "sacct", "squeue", "scancel", "git"]
+        commands = ["scontrol", "sinfo", "srun", "sacct", "squeue", "scancel", "git"]
         monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{fake_bin(awkward_dir / 'bin', commands)}")
         expected = "could not submit the train array"
     tic = time.monotonic()
