@@ -117,10 +117,14 @@ def _calibrated(plan: Plan, run: str | None) -> Plan:
     if run is None:
         return plan
     from sfhpc.cost import measured_minutes
+    from sfhpc.errors import RunError
     from sfhpc.rundir import RunDir
 
     source = RunDir.find(run)
-    return plan.calibrated(measured_minutes(source), str(source.path))
+    minutes = measured_minutes(source)
+    if not minutes:
+        raise RunError(f"--calibrate {run}: that run has no finished point to measure (see `sfhpc cost {run}`)")
+    return plan.calibrated(minutes, str(source.path))
 
 
 def _calibration_line(plan: Plan) -> str | None:

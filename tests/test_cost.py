@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from sfhpc.cli import app
 from sfhpc.config import Resources
 from sfhpc.cost import Attempt, parse_accounting, parse_cpu_time, parse_memory_mb, percentile, stage_cost, tres_gpus
+from sfhpc.launch import launch
+from sfhpc.sweep import expand_file
 
 SACCT = """\
 12_0|COMPLETED|60|01:50.500|2||2G|billing=2,cpu=2,mem=2G,node=1|node1
@@ -103,3 +105,6 @@ def test_a_local_run_reports_elapsed_time_from_its_results(tmp_path: Path, write
     assert "from their job files: cbm (no finished point in that run)" in text
     missing = runner.invoke(app, ["sweep", "expand", str(sweep), "--calibrate", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no run folder" in missing.output and "Traceback" not in missing.output
+    launch(expand_file(sweep), executor="local", output=tmp_path / "unrun", only=set())  # a manifest, no results
+    nothing = runner.invoke(app, ["sweep", "expand", str(sweep), "--calibrate", str(tmp_path / "unrun")])
+    assert nothing.exit_code == 2 and "has no finished point to measure" in nothing.output
