@@ -319,7 +319,7 @@ def test_cancel_stops_a_running_local_launch_and_its_points(tmp_path: Path, writ
                                  str(run)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (run.exists() and any(s.state == "running" for s in run_status(RunDir(run)))):
+        while not (RunDir(run).exists() and any(s.state == "running" for s in run_status(RunDir(run)))):
             assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[0]
             time.sleep(0.2)
         (point,) = [r for r in RunDir(run).all_jobs() if r.job_id]
