@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
+    from sfhpc.cost import StageCost
     from sfhpc.launch import LaunchReport
     from sfhpc.report.summary import Summary
     from sfhpc.rundir import RunDir
@@ -528,7 +529,7 @@ def cost(run: str = typer.Argument(..., help="Run folder, or a sweep name under 
             console.print(line, soft_wrap=True, style="yellow" if line.startswith("  warning") else "")
 
 
-def _cost_lines(stage: Any) -> list[str]:
+def _cost_lines(stage: StageCost) -> list[str]:
     """One stage of `sfhpc cost` as lines of at most about 80 characters."""
     lines = [f"{stage.stage}: {stage.finished} of {stage.points} points finished, {stage.remaining} remaining"]
     if stage.elapsed_median_s is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,16 +93,12 @@ def parse_accounting(text: str) -> dict[str, list[Attempt]]:
                 last = attempts[task][-1]
                 used = parse_memory_mb(rss)
                 if used is not None and (last.max_rss_mb is None or used > last.max_rss_mb):
-                    attempts[task][-1] = _replace(last, max_rss_mb=used)
+                    attempts[task][-1] = replace(last, max_rss_mb=used)
             continue
         attempts.setdefault(task, []).append(Attempt(
             task, state.split()[0] if state else "", float(elapsed or 0), parse_cpu_time(cpu), int(cpus or 0),
             tres_gpus(tres), parse_memory_mb(rss), parse_memory_mb(req_mem), nodes))
     return attempts
-
-
-def _replace(attempt: Attempt, **changes: Any) -> Attempt:
-    return Attempt(**{**attempt.__dict__, **changes})
 
 
 class AccountingCache:
