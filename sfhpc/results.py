@@ -29,7 +29,7 @@ RESULT_NAME = "result.h5"
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def package_version(name: str) -> str:
