@@ -348,6 +348,14 @@ def _print_launch_report(report: LaunchReport) -> None:
                          "use the new ones; recorded in manifest.json") + "):", style="yellow")
         for line in report.settings_changed:
             console.print(f"  {line}", soft_wrap=True)
+    if report.retries:
+        console.print("right-sized retries (recorded in jobs.jsonl; later submissions of these points keep them):",
+                      style="yellow")
+        for retry in report.retries:
+            what = ", ".join(retry["changes"]) or "unchanged"
+            note = f" ({retry['note']})" if retry["note"] else ""
+            console.print(f"  {retry['stage']}/{retry['point']}: {retry['cause']}: {what}{note}", soft_wrap=True,
+                          markup=False)
     for stage, points in report.restored.items():
         console.print(f"{stage}: {len(points)} points failed again; their earlier results are back in place",
                       style="yellow")

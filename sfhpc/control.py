@@ -13,6 +13,8 @@ from sfhpc.status import job_is_alive, run_status, scheduler_states
 
 if TYPE_CHECKING:
     from sfhpc.launch import LaunchReport, ProgressHook
+    from sfhpc.retry import Retry
+    from sfhpc.sweep import Plan
 
 LAUNCH_STOP_WAIT_S = 60  # how long cancel waits for a local launch it stopped to stop its points and let go
 
@@ -65,7 +67,9 @@ def _cancel_live_jobs(run: RunDir, stage: str | None) -> list[str]:
 def resubmit_run(run: RunDir, failed_only: bool, executor: str | None = None, progress: ProgressHook | None = None
                  ) -> LaunchReport:
     """Launch again the run's own sweep copy, for its failed points only or for every point without a result;
-    points still pending or running are left alone."""
+    points still pending or running are left alone. On SLURM, failed points are right-sized (sfhpc.retry): more
+    memory after OUT_OF_MEMORY, more time after a TIMEOUT without checkpoint progress, the failed node excluded
+    after NODE_FAIL; the report's `retries` lists every change."""
     from sfhpc.launch import launch, resolve_executor
     from sfhpc.sweep import expand_file
 
@@ -76,5 +80,22 @@ def resubmit_run(run: RunDir, failed_only: bool, executor: str | None = None, pr
         # accepted at launch (perhaps with --max-points), and its points are the manifest's.
         plan = expand_file(run.path / "sweep.yaml", base_dir=Path(manifest["sweep_file"]).parent,
                            max_points=sys.maxsize)
-        only = {(s.stage, s.point) for s in run_status(run) if s.state == "failed"} if failed_only else None
-        return launch(plan, executor=kind, output=run.path, only=only, progress=progress)
+        failed = [(s.stage, s.point) for s in run_status(run) if s.state == "failed"]
+        retries = _right_sized(run, plan, failed) if kind == "slurm" else {}
+        return launch(plan, executor=kind, output=run.path, only=set(failed) if failed_only else None,
+                      progress=progress, retries=retries)
+
+
+def _right_sized(run: RunDir, plan: Plan, failed: list[tuple[str, str]]) -> dict[tuple[str, str], Retry]:
+    """The retries of these failed points (their jobs' states are cached: no new sacct call); none when sinfo
+    cannot tell the partition's nodes (the launch then says why it cannot submit)."""
+    from sfhpc import slurm
+    from sfhpc.retry import plan_retries
+
+    jobs = run.latest_jobs()
+    states = scheduler_states(run, [jobs[key] for key in failed if key in jobs])
+    try:
+        nodes = slurm.partition_nodes(plan.cluster.partition)
+    except slurm.SlurmError:
+        return {}
+    return plan_retries(run, plan, failed, states, nodes)

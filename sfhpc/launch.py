@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from sfhpc.errors import RunError
 from sfhpc.forkpool import ForkedJob, ForkPool
 from sfhpc.job import JobInfo, PointConfig, PointJob, stage_of
 from sfhpc.results import RESULT_NAME, ResultIndex, git_sha, now_iso
+from sfhpc.retry import Override, Retry, carried_overrides
 from sfhpc.rundir import CHECKPOINT_NAME, JobRecord, RunDir, SetAside, process_identity, terminate_process
 from sfhpc.snapshot import CODE_DIR, CodeSnapshot, freeze_code, plan_snapshot
 from sfhpc.status import active_points
@@ -50,6 +51,7 @@ class LaunchReport:
     arrays: list[dict[str, Any]] = field(default_factory=list)
     restored: dict[str, list[str]] = field(default_factory=dict)  # local --force: rerun failed, earlier result kept
     settings_changed: list[str] = field(default_factory=list)  # resources, job files, cluster: since the last launch
+    retries: list[dict[str, Any]] = field(default_factory=list)  # resubmit --failed: sfhpc.retry.Retry.to_json()
 
 
 # (stage, point_id, event): event is "queued", "started", "done", "failed" or "blocked"
@@ -64,7 +66,8 @@ def resolve_executor(name: str) -> str:
 
 def launch(plan: Plan, *, executor: str | None = None, output: Path | None = None, force: bool = False,
            dry_run: bool = False, allow_changed: bool = False, parallel: int = 1, throttle: int | None = None,
-           only: set[tuple[str, str]] | None = None, progress: ProgressHook | None = None) -> LaunchReport:
+           only: set[tuple[str, str]] | None = None, progress: ProgressHook | None = None,
+           retries: dict[tuple[str, str], Retry] | None = None) -> LaunchReport:
     """Submit every point of `plan` without a valid result (or, with `only`, those of these (stage, point) keys).
     Local and debug executors wait for the jobs; SLURM returns once every stage is queued.
 
@@ -72,7 +75,10 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
     before it writes anything. --force sets finished results and checkpoints aside and deletes them only once their
     replacement is on its way (submitted; locally, written); a failed submission puts them back and its RunError
     says so. A dry run writes nothing in the run folder; for SLURM it writes the exact sbatch scripts it would
-    submit under a new temporary folder (`report.arrays[i]["sbatch"]`, with "job_id" None)."""
+    submit under a new temporary folder (`report.arrays[i]["sbatch"]`, with "job_id" None).
+
+    SLURM: a point is submitted with the resource overrides of its last submission (sfhpc.retry), or those of its
+    entry in `retries` (resubmit --failed's right-sizing), which are recorded with its job."""
     kind = resolve_executor(executor or plan.sweep.executor)
     run = RunDir(output or Path(plan.sweep.output or Path("runs") / plan.sweep.name))
     max_array = _max_array_size(dry_run) if kind == "slurm" else 0  # asked before anything is written
@@ -81,12 +87,16 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
         manifest = _checked_manifest(run, plan, kind, allow_changed, report)
         index = run.result_index()
         todo = _points_to_run(run, plan, index, force, only, report)
+        retries = {key: retry for key, retry in (retries or {}).items() if key[1] in report.to_run.get(key[0], ())}
+        report.retries = [retry.to_json() for retry in retries.values()]
+        overrides = {**carried_overrides(run), **{key: retry.override for key, retry in retries.items()}}
         if kind == "slurm":
-            _check_requests(plan, todo, dry_run)
+            _check_requests(plan, todo, dry_run, overrides)
         if dry_run:
             if kind == "slurm":
                 code, _ = plan_snapshot(run.path)  # where the code would go; nothing is copied
-                _queue_arrays(run, plan, todo, throttle, max_array, index, report, _DryRunScripts(run), code)
+                _queue_arrays(run, plan, todo, throttle, max_array, index, report, _DryRunScripts(run), code,
+                              overrides)
             return report
         code = freeze_code(run.path)
         _record_code(manifest, code)
@@ -103,8 +113,8 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
                 # replaces is set aside only when its point starts (_run_locally).
                 aside.move(key, [run.error_path(*key), *(_forced_out(run, *key) if force and kind == "slurm" else [])])
             if kind == "slurm":
-                _queue_arrays(run, plan, todo, throttle, max_array, index, report, _SlurmSubmitter(run, configs, aside,
-                                                                                                     report), code)
+                submitter = _SlurmSubmitter(run, configs, aside, report, overrides, retries)
+                _queue_arrays(run, plan, todo, throttle, max_array, index, report, submitter, code, overrides)
             else:
                 _run_locally(run, plan, todo, configs, kind, parallel, report, progress, index, aside, force, code)
         finally:
@@ -148,9 +158,11 @@ def _max_array_size(dry_run: bool) -> int:
                        "on this machine, or launch with --executor local.") from None
 
 
-def _check_requests(plan: Plan, todo: dict[str, list[Point]], dry_run: bool) -> None:
-    """A RunError naming every stage with points to submit whose request no node of the partition can satisfy
-    (one sinfo call), before any array is submitted. A dry run that cannot reach sinfo skips the check."""
+def _check_requests(plan: Plan, todo: dict[str, list[Point]], dry_run: bool,
+                    overrides: dict[tuple[str, str], Override]) -> None:
+    """A RunError naming every stage with points to submit whose request (with a point's overrides, when it has
+    some) no node of the partition can satisfy (one sinfo call), before any array is submitted. A dry run that
+    cannot reach sinfo skips the check."""
     from sfhpc import slurm
 
     try:
@@ -160,8 +172,10 @@ def _check_requests(plan: Plan, todo: dict[str, list[Point]], dry_run: bool) -> 
             return
         raise RunError(f"cannot check the requests against the cluster's nodes: {err}. Nothing was submitted or "
                        "changed.") from None
-    problems = [f"{stage.name}: {why}" for stage in plan.stages if todo.get(stage.name)
-                for why in [slurm.unsatisfiable(stage.resources, nodes)] if why]
+    requests = {(stage.name, overrides.get((stage.name, p.id), Override())): stage.resources
+                for stage in plan.stages for p in todo.get(stage.name, [])}
+    problems = list(dict.fromkeys(f"{stage}: {why}" for (stage, override), resources in requests.items()
+                                  for why in [slurm.unsatisfiable(override.apply(resources), nodes)] if why))
     if problems:
         raise RunError("no node can run these requests, so nothing was submitted:\n  " + "\n  ".join(problems)
                        + "\nLower them in the sweep's stage `resources` (or the cluster profile's `resources`), or "
@@ -462,10 +476,12 @@ ArraySubmitter = Callable[[StagePlan, list[Point], dict[str, Any]], tuple[list[s
 
 
 def _queue_arrays(run: RunDir, plan: Plan, todo: dict[str, list[Point]], throttle: int | None, max_array: int,
-                  index: ResultIndex, report: LaunchReport, submit: ArraySubmitter, code: CodeSnapshot) -> None:
+                  index: ResultIndex, report: LaunchReport, submit: ArraySubmitter, code: CodeSnapshot,
+                  overrides: dict[tuple[str, str], Override]) -> None:
     """One job array per stage and chunk (chunks of at most MaxArraySize tasks, indexed from 0), each waiting on
-    the arrays of its upstream points. `submit` queues each array (or, in a dry run, writes its script). Every job
-    imports sfhpc from the run's copy of the code, `code`, and never from the working tree."""
+    the arrays of its upstream points; points with resource overrides (sfhpc.retry) go in an array of their own per
+    override. `submit` queues each array (or, in a dry run, writes its script). Every job imports sfhpc from the
+    run's copy of the code, `code`, and never from the working tree."""
     from sfhpc import slurm
 
     # Earlier jobs matter only for inputs still to come: a finished one may be gone from slurmctld already, and
@@ -474,11 +490,12 @@ def _queue_arrays(run: RunDir, plan: Plan, todo: dict[str, list[Point]], throttl
     producer: dict[str, str] = {}  # "stage/point" -> job id that will produce it, this launch
     arrays_of: dict[str, list[tuple[str, list[str]]]] = {}  # stage -> [(array id, [point keys])]
     for stage in plan.stages:
-        for chunk in slurm.chunks(todo[stage.name], max_array):
+        for override, chunk in _by_override(stage, todo[stage.name], overrides, max_array):
             dependency = _dependency(chunk, producer, previous, arrays_of)
-            params = slurm.executor_parameters(stage.resources, plan.cluster, f"sfhpc.{plan.sweep.name}.{stage.name}",
-                                               dependency, throttle)
+            params = slurm.executor_parameters(override.apply(stage.resources), plan.cluster,
+                                               f"sfhpc.{plan.sweep.name}.{stage.name}", dependency, throttle)
             params["setup"] = [*params["setup"], *code.setup_lines()]
+            params["additional_parameters"].update(override.sbatch_options())
             job_ids, script = submit(stage, chunk, params)
             array_id = job_ids[0].split("_", 1)[0]
             keys = [f"{stage.name}/{p.id}" for p in chunk]
@@ -488,13 +505,27 @@ def _queue_arrays(run: RunDir, plan: Plan, todo: dict[str, list[Point]], throttl
                                   "tasks": len(chunk), "dependency": dependency, "sbatch": str(script)})
 
 
+def _by_override(stage: StagePlan, points: list[Point], overrides: dict[tuple[str, str], Override], max_array: int
+                 ) -> list[tuple[Override, list[Point]]]:
+    """The stage's points in chunks of at most `max_array` that share their resource overrides; the points without
+    any (nearly always all of them) first, in their order."""
+    from sfhpc import slurm
+
+    groups: dict[Override, list[Point]] = {Override(): []}
+    for point in points:
+        groups.setdefault(overrides.get((stage.name, point.id), Override()), []).append(point)
+    return [(override, chunk) for override, members in groups.items() for chunk in slurm.chunks(members, max_array)]
+
+
 class _SlurmSubmitter:
     """Queues an array through submitit and records its jobs; what was set aside for its points goes once sbatch
     has accepted it. When a submission fails, everything still set aside is put back, and the RunError says so."""
 
     def __init__(self, run: RunDir, configs: dict[tuple[str, str], dict[str, Any]], aside: SetAside,
-                 report: LaunchReport):
+                 report: LaunchReport, overrides: dict[tuple[str, str], Override],
+                 retries: dict[tuple[str, str], Retry]):
         self.run, self.configs, self.aside, self.report = run, configs, aside, report
+        self.overrides, self.retries = overrides, retries
 
     def __call__(self, stage: StagePlan, chunk: list[Point], params: dict[str, Any]) -> tuple[list[str], Path]:
         try:
@@ -508,9 +539,15 @@ class _SlurmSubmitter:
             raise self._failed(stage.name, len(chunk), err) from None
         self.aside.discard((stage.name, p.id) for p in chunk)
         job_ids = [str(job.job_id) for job in jobs]
-        self.run.record_jobs([_record(self.run, stage.name, p.id, "slurm", job_id)
+        self.run.record_jobs([self._with_resources(_record(self.run, stage.name, p.id, "slurm", job_id))
                               for p, job_id in zip(chunk, job_ids, strict=True)])
         return job_ids, _keep_sbatch_script(self.run, stage.name, job_ids[0].split("_", 1)[0])
+
+    def _with_resources(self, record: JobRecord) -> JobRecord:
+        key = (record.stage, record.point)
+        override, retry = self.overrides.get(key), self.retries.get(key)
+        return replace(record, resources=override.to_json() if override else None,
+                       retry=retry.describe() if retry else None)
 
     def _failed(self, stage: str, n_points: int, err: Exception) -> RunError:
         restored = [path.name for path in self.aside.restore()]

@@ -51,6 +51,11 @@ class JobRecord:
     # signalled nor counted as running.
     job_process: str | None = None
     launcher_process: str | None = None
+    # SLURM: what this submission changed in its stage's resources for this point (sfhpc.retry.Override: mem_gb,
+    # timeout_min, exclude), and why (`resubmit --failed` right-sizing a point that ran out of memory or time, or
+    # lost its node). Later submissions of the point keep the changes.
+    resources: dict[str, Any] | None = None
+    retry: str | None = None
 
 
 def process_identity(pid: int) -> str | None:

@@ -150,6 +150,21 @@ def unsatisfiable(resources: Resources, nodes: list[NodeCapacity]) -> str | None
     return f"it asks for {describe_request(resources)}; {which}. Largest node: {largest.describe()}"
 
 
+def expand_hostlist(text: str) -> list[str]:
+    """SLURM's compressed host list, as sacct's NodeList prints it: 'node[1-3,7],gpu01' -> node1, node2, node3,
+    node7, gpu01 (zero padding kept: 'n[08-10]' -> n08, n09, n10). 'None assigned' and '' are no host."""
+    hosts: list[str] = []
+    for prefix, ranges, plain in re.findall(r"([^,\[\]]+)\[([^\]]*)\][^,]*|([^,\[\]]+)", text.strip()):
+        if plain:
+            hosts += [plain.strip()] if plain.strip() not in ("None assigned", "") else []
+            continue
+        for part in ranges.split(","):
+            first, _, last = part.partition("-")
+            width = len(first)
+            hosts += [f"{prefix}{i:0{width}d}" for i in range(int(first), int(last or first) + 1)]
+    return hosts
+
+
 def chunks(items: list[Any], size: int) -> list[list[Any]]:
     """Consecutive chunks of at most `size` items; each becomes one array indexed from 0."""
     return [items[start:start + size] for start in range(0, len(items), size)]

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 
 STATES = ("done", "failed", "running", "pending", "not submitted")
 
+# What a job killed for its memory leaves in its stderr when SLURM calls the job itself FAILED: a step killed in its
+# memory cgroup (submitit runs the point as an srun step: the step ends OUT_OF_MEMORY, the job FAILED), or the
+# accounting plugin's kill (JobAcctGatherParams=OverMemoryKill, clusters without memory cgroups).
+MEMORY_KILL_MARKERS = ("oom-kill event", ": Out Of Memory", "Exceeded job memory limit", "exceeded memory limit")
+
 
 @dataclass(frozen=True)
 class PointStatus:
@@ -113,7 +118,29 @@ def _slurm_point_status(run: RunDir, stage: str, point_id: str, job: JobRecord, 
     reason = state.describe()
     if state.state == "COMPLETED":
         reason = "SLURM says COMPLETED but the job left no result"
+    cause = failure_cause(run, job, state)
+    if cause != state.state:
+        reason = f"{cause} ({reason})"
     return PointStatus(stage, point_id, "failed", reason, job.job_id, tail(stderr_log(run, job)))
+
+
+def failure_cause(run: RunDir, job: JobRecord, state: SlurmState) -> str:
+    """SLURM's state of a finished job, except that a FAILED job whose stderr shows it was killed for its memory
+    (MEMORY_KILL_MARKERS) is OUT_OF_MEMORY, as SLURM calls it where the whole job is killed."""
+    if state.state == "FAILED" and memory_killed(stderr_log(run, job)):
+        return "OUT_OF_MEMORY"
+    return state.state
+
+
+def memory_killed(log: Path) -> bool:
+    """Whether this job log's end says SLURM killed the job (or a step of it) for its memory."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 65536))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return False
+    return any(marker in text for marker in MEMORY_KILL_MARKERS)
 
 
 def job_is_alive(job: JobRecord, scheduler: dict[str, SlurmState] | None = None) -> bool:

@@ -137,6 +137,21 @@ ensure_packages() {
   done
 }
 
+# How jobs' --mem is enforced: by memory cgroups (v1) when this host lets us make one, else by the accounting
+# plugin's over-memory kill. Sets TASK_PLUGIN and ACCOUNTING_MEMORY_KILL for the templates.
+choose_memory_enforcement() {
+  local probe=/sys/fs/cgroup/memory/sfhpc-probe-$$
+  if [[ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]] && mkdir "$probe" 2>/dev/null; then
+    rmdir "$probe"
+    TASK_PLUGIN=task/cgroup
+    ACCOUNTING_MEMORY_KILL=""
+  else
+    TASK_PLUGIN=task/none
+    ACCOUNTING_MEMORY_KILL=JobAcctGatherParams=OverMemoryKill
+    log "no writable cgroup v1 memory controller: memory limits enforced by the accounting plugin (OverMemoryKill)"
+  fi
+}
+
 # render TEMPLATE DEST MODE: fill @PLACEHOLDERS@; prints "changed" when DEST was (re)written.
 render() {
   local template=$1 dest=$2 mode=$3 text
@@ -151,6 +166,8 @@ render() {
   text=${text//@DB_NAME@/$DB_NAME}
   text=${text//@DB_USER@/$DB_USER}
   text=${text//@DB_PASS@/$DB_PASS}
+  text=${text//@TASK_PLUGIN@/$TASK_PLUGIN}
+  text=${text//@ACCOUNTING_MEMORY_KILL@/$ACCOUNTING_MEMORY_KILL}
   if [[ -f $dest ]] && [[ $(<"$dest") == "$text" ]]; then
     chmod "$mode" "$dest"
     return 0
@@ -326,7 +343,9 @@ cmd_start() {
   chmod 700 "$STATE/munge" "$RUN/munge"
   ensure_packages
   local slurm_changed dbd_changed mysql_changed
+  choose_memory_enforcement
   slurm_changed=$(render "$TEMPLATES/slurm.conf.in" "$ETC/slurm.conf" 644)
+  slurm_changed+=$(render "$TEMPLATES/cgroup.conf.in" "$ETC/cgroup.conf" 644)
   dbd_changed=$(render "$TEMPLATES/slurmdbd.conf.in" "$ETC/slurmdbd.conf" 600)
   mysql_changed=$(render "$TEMPLATES/my.cnf.in" "$ETC/my.cnf" 644)
   if [[ -z $slurm_changed$dbd_changed$mysql_changed ]] && all_pids_alive && munge_ok >/dev/null 2>&1 &&

@@ -202,6 +202,26 @@ def test_a_queued_job_runs_the_code_it_was_launched_with(slurm_cluster, write_sw
         assert f.attrs["sfhpc_source"] == str((run / code["folder"] / "sfhpc").resolve())
 
 
+def test_a_point_out_of_memory_is_resubmitted_with_twice_the_memory(slurm_cluster, write_sweep, awkward_dir):
+    # 0.3 GB is less than a Python process that imports torch and trains needs (its memory cgroup kills it: the test
+    # cluster enforces --mem; 0.35 GB was killed too, 0.5 GB was enough); twice that is enough.
+    sweep = write_sweep(NEW_USER_SWEEP.format(name="oom", resources="    resources: {mem_gb: 0.3, cpus_per_task: 1}\n"),
+                        "oom.yaml")
+    run = awkward_dir / "runs" / "oom"
+    launch(sweep, run)
+    (point,) = watch(run, code=1)["points"]
+    assert point["state"] == "failed" and point["reason"].startswith("OUT_OF_MEMORY"), point
+
+    resubmitted = sfhpc("resubmit", run, "--failed").output
+    assert "right-sized retries" in resubmitted and f"train/{point['point']}: OUT_OF_MEMORY: mem_gb 0.3 -> 0.6" in \
+        resubmitted, resubmitted
+    record = json.loads((run / "jobs.jsonl").read_text().splitlines()[-1])
+    assert record["resources"] == {"mem_gb": 0.6} and "OUT_OF_MEMORY: mem_gb 0.3 -> 0.6" in record["retry"], record
+    scripts = sorted((run / "sbatch").glob("train-*.sh"), key=lambda path: int(path.stem.split("-")[1]))
+    assert "#SBATCH --mem=307MB" in scripts[0].read_text() and "#SBATCH --mem=614MB" in scripts[-1].read_text()
+    assert watch(run, code=0)["counts"] == {"train": {"done": 1}}
+
+
 def test_downstream_stage_waits_on_its_upstream_array(slurm_cluster, write_sweep, awkward_dir):
     run = awkward_dir / "runs" / "chain"
     sweep = make_sweep(write_sweep, "chain", extra_stages=CBM_STAGE)
@@ -417,19 +437,20 @@ def kill_node(node: str, job_id: str) -> None:
         subprocess.run(["kill", "-9", pid])
 
 
-def test_node_failure_is_reported_and_resubmit_finishes_only_that_point(slurm_cluster, write_sweep, awkward_dir):
+def test_node_failure_is_reported_and_resubmit_excludes_that_node(slurm_cluster, write_sweep, awkward_dir):
     run = awkward_dir / "runs" / "nodefail"
-    # Both points on node2, without SLURM's automatic requeue: the short one finishes, the long one loses its node.
+    # Without SLURM's automatic requeue: the short point finishes, the long one loses its node.
     sweep = make_sweep(write_sweep, "nodefail", grid="  seed: [0]\nzip:\n  band: [none, lsf]\n  epochs: [1, 30]",
-                       epochs=None, n_train=6144, cluster="  additional: {nodelist: node2, no-requeue: true}")
+                       epochs=None, n_train=6144, cluster="  additional: {no-requeue: true}")
     short = expand_file(sweep).stage("train").points[0].id
     launch(sweep, run)
     wait_until(run, lambda s: any(p["point"] == short and p["state"] == "done" for p in s["points"]))
     kept = results(run)
     long_point = next(p for p in status(run)["points"] if p["point"] != short)
     wait_for_file(run / "train" / long_point["point"] / "checkpoint.pt", run)
+    node = node_of(long_point["job_id"])
     try:
-        kill_node("node2", long_point["job_id"].split("_")[0])
+        kill_node(node, long_point["job_id"].split("_")[0])
         failed = wait_until(run, lambda s: any(p["state"] == "failed" for p in s["points"]), timeout=120)
     finally:
         subprocess.run(["bash", str(Path(__file__).parents[1] / "slurm_templates" / "testcluster.sh"), "start"],
@@ -439,11 +460,26 @@ def test_node_failure_is_reported_and_resubmit_finishes_only_that_point(slurm_cl
 
     report = json.loads(sfhpc("resubmit", run, "--failed", "--json").stdout)
     assert report["to_run"] == {"train": [long_point["point"]]}
+    assert [(r["cause"], r["changes"]) for r in report["retries"]] == [("NODE_FAIL", [f"exclude {node}"])]
+    assert f"#SBATCH --exclude={node}" in Path(report["arrays"][0]["sbatch"]).read_text()
     final = wait_until(run, settled, timeout=300)
     assert final["counts"] == {"train": {"done": 2}}, final
+    assert node_of(next(p for p in final["points"] if p["point"] == long_point["point"])["job_id"]) != node
     assert all(results(run)[name] == data for name, data in kept.items())
     attempts, resumed_from = attempts_and_resume_of(run / "train" / long_point["point"])
     assert resumed_from >= 1 and max(attempts) >= 1  # the resubmitted job went on from the lost job's checkpoint
+
+
+def node_of(job_id: str) -> str:
+    """The node a started one-node job runs (or ran) on."""
+    deadline = time.monotonic() + 60
+    while True:
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "NodeList", "-j", job_id], capture_output=True,
+                             text=True, env=os.environ).stdout.splitlines()
+        if out and out[-1].strip() not in ("", "None assigned"):
+            return out[-1].strip()
+        assert time.monotonic() < deadline, f"sacct names no node for {job_id}"
+        time.sleep(1)
 
 
 def attempts_and_resume_of(point_dir: Path) -> tuple[list[int], int]:

@@ -80,6 +80,25 @@ def test_throttled_array_completes_in_accounting(slurm_cluster: dict[str, str], 
     assert outputs == [f"task {task}" for task in range(4)]
 
 
+def test_a_job_over_its_memory_request_is_killed(slurm_cluster: dict[str, str], tmp_path: Path) -> None:
+    """--mem is a limit here, as on a production cluster: by the job's memory cgroup (it ends OUT_OF_MEMORY), or,
+    where testcluster.sh found no writable memory cgroup, by the accounting plugin (FAILED, and it says why)."""
+    conf = Path(slurm_cluster["SLURM_CONF"]).read_text()
+    log = tmp_path / "hog.out"
+    submitted = run(["sbatch", "--parsable", "--mem=200M", "--output", str(log), "--wrap",
+                     "python3 -c 'import time; x = b\"x\" * (600 * 2**20); time.sleep(5)'"], slurm_cluster)
+    job_id = submitted.strip().split(";")[0]
+    deadline = time.monotonic() + SACCT_DEADLINE_S
+    while (state := sacct_states(job_id, slurm_cluster).get(job_id, "PENDING")) in ("PENDING", "RUNNING"):
+        assert time.monotonic() < deadline, state
+        time.sleep(1)
+    if "TaskPlugin=task/cgroup" in conf:
+        assert state == "OUT_OF_MEMORY", state
+    else:
+        assert "JobAcctGatherParams=OverMemoryKill" in conf, "memory is not enforced"
+        assert state == "FAILED" and "Exceeded job memory limit" in log.read_text(), state
+
+
 def gloo_all_reduce() -> tuple[int, float]:
     """Inside a 2-task submitit job: all_reduce(rank + 1) over gloo; returns (rank, reduced value)."""
     import torch
