@@ -1,19 +1,25 @@
-"""The rsa stage's RDM files in rsatoolbox's HDF5 layout: a tiny trained model against two small simulated subjects,
-with the PCA-score and the voxel ROI RDMs (two rsa points). rsatoolbox itself (the `test` extra) reads every file
-back: its values are the RDMs sfhpc computes, its Spearman rho is the rho each result stores, its descriptors name
-model, layer, ROI, subject and images."""
+"""The rsa stage's RDM files in rsatoolbox's HDF5 layout, and `sfhpc export rdms`: a tiny trained model against two
+small simulated subjects, with the PCA-score and the voxel ROI RDMs (two rsa points). rsatoolbox itself (the `test`
+extra) reads every file back: its values are the RDMs sfhpc computes, its Spearman rho is the rho each result
+stores, its descriptors name model, layer, ROI, subject and images; the export copies every file, lists what it
+cannot copy, and fails in one line."""
 
 from __future__ import annotations
 
+import filecmp
 import json
+import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import yaml
+from test_login_node import heavy_modules_after
 from test_report_runs import make_run
+from typer.testing import CliRunner
 
+from sfhpc.cli import app
 from sfhpc.config import ROIS
 from sfhpc.data import neural_file
 from sfhpc.data.neural import open_neural
@@ -26,6 +32,8 @@ from sfhpc.stages.rsa import RDM_FILES_ATTR
 from sfhpc.stages.rsa.rdm_file import SubjectRdms, write_rdm_file
 from sfhpc.stages.rsa.run import layer_features
 from sfhpc.sweep import Plan
+
+from conftest import TINY_SWEEP
 
 rsatoolbox = pytest.importorskip(
     "rsatoolbox", reason="rsatoolbox is not installed: install the test extra (pip install -e '.[test]')")
@@ -45,6 +53,14 @@ stages:
     params: {rsa_subjects: [subj01, subj02], rsa_permutations: 5}
 """
 SUBJECTS = ("subj01", "subj02")
+runner = CliRunner()
+
+
+def sfhpc(*args, code: int = 0):
+    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "400"})  # long paths on one line
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception  # no traceback
+    return result
 
 
 def run_every_point(run: RunDir, plan: Plan) -> None:
@@ -151,6 +167,69 @@ def test_the_rdms_are_sfhpcs_and_rsatoolbox_gets_the_rho_each_result_stores_from
                                           method="spearman")[0]
             for roi, rho in zip(ROIS, rhos, strict=True):
                 assert rho == pytest.approx(stored[subject, "pooled", roi], abs=1e-12)
+
+
+def test_export_copies_every_file_under_a_name_saying_point_and_subject_with_an_index(finished, tmp_path: Path):
+    run, plan = finished
+    out = tmp_path / "for rsatoolbox"
+    report = json.loads(sfhpc("export", "rdms", run.path, out, "--json").stdout)
+    expected = [(point, subject) for point in rsa_points(plan) for subject in SUBJECTS]
+    assert [(entry["point"], entry["subject"]) for entry in report["files"]] == expected
+    assert report["problems"] == []
+    assert json.loads((out / "rdms.json").read_text()) == report
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["rdms.json", *(f"{point}.{subject}.rdms.h5" for point, subject in expected)])
+    for entry in report["files"]:
+        exported = out / entry["file"]
+        assert filecmp.cmp(exported, entry["source"], shallow=False)
+        loaded = load(exported)
+        assert loaded.descriptors["point"] == f"rsa/{entry['point']}"
+        assert entry["model"] == loaded.rdm_descriptors["model"][0]
+        assert (entry["layers"], entry["rois"]) == (["pooled"], list(ROIS))
+
+    text = sfhpc("export", "rdms", run.path, out).stdout  # again into the same folder: replaced, not duplicated
+    assert f"copied 4 RDM files of 2 points into {out}" in text
+    assert "load_rdm(path, file_type='hdf5')" in text
+    assert len(list(out.iterdir())) == 5
+
+
+def test_export_lists_a_point_without_result_and_a_changed_file_and_copies_the_rest(finished, tmp_path: Path):
+    run, plan = finished
+    copy = RunDir(shutil.copytree(run.path, tmp_path / "copy"))
+    changed, gone = rsa_points(plan)
+    with h5py.File(copy.point_dir("rsa", changed) / "rdms-subj02.h5", "r+") as f:
+        f["dissimilarities"][0, 0] += 0.5  # a file that is not the one its result was written with
+    copy.result_path("rsa", gone).unlink()
+    out = tmp_path / "out"
+    report = json.loads(sfhpc("export", "rdms", copy.path, out, "--json").stdout)
+    assert [entry["file"] for entry in report["files"]] == [f"{changed}.subj01.rdms.h5"]
+    assert sorted((p["point"], p["state"]) for p in report["problems"]) == sorted(
+        [(changed, "file changed"), (gone, "missing")])
+    assert not (out / f"{changed}.subj02.rdms.h5").exists()
+    text = sfhpc("export", "rdms", copy.path, out, "--strict", code=1).stdout
+    assert "file changed" in text and "rdms-subj02.h5: not the file its result was written with" in text
+
+
+def test_export_errors_are_one_line_without_traceback(finished, tmp_path: Path):
+    run, _ = finished
+    assert "no run folder at" in sfhpc("export", "rdms", tmp_path / "nowhere", tmp_path / "out", code=2).output
+    no_rsa, _ = make_run(tmp_path / "train only", TINY_SWEEP)
+    out = sfhpc("export", "rdms", no_rsa.path, tmp_path / "out", code=2).output
+    assert "has no rsa stage (its stages: train)" in out
+    unfinished, _ = make_run(tmp_path / "unfinished", SWEEP)
+    error = json.loads(sfhpc("export", "rdms", unfinished.path, tmp_path / "out", "--json", code=2).stdout)["error"]
+    assert error.startswith("nothing to export: none of the 2 rsa points") and "2 missing" in error
+    a_file = tmp_path / "taken"
+    a_file.write_text("mine")
+    assert "is a file" in sfhpc("export", "rdms", run.path, a_file, code=2).output
+    assert a_file.read_text() == "mine"
+    assert not (tmp_path / "out").exists()  # nothing made for a failed export
+
+
+def test_export_does_not_import_torch(finished, tmp_path: Path):
+    run, _ = finished
+    assert heavy_modules_after("export", "rdms", run.path, tmp_path / "out") == ""
+    assert (tmp_path / "out" / "rdms.json").exists()
 
 
 def test_a_file_that_fails_to_write_leaves_the_previous_one_whole(tmp_path: Path):
