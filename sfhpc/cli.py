@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sfhpc.launch import LaunchReport
     from sfhpc.report.summary import Summary
     from sfhpc.rundir import RunDir
+    from sfhpc.stages.rsa.export import RdmExport
     from sfhpc.status import PointStatus
     from sfhpc.sweep import Plan, StagePlan
 
@@ -37,8 +38,12 @@ app.add_typer(cbm_app, name="cbm")
 data_app = typer.Typer(help="Neural data: prepare NSD subjects for neural guidance.", no_args_is_help=True,
                        context_settings=HELP_OPTIONS)
 app.add_typer(data_app, name="data")
+export_app = typer.Typer(help="Copy a run's results out in other tools' formats.", no_args_is_help=True,
+                         context_settings=HELP_OPTIONS)
+app.add_typer(export_app, name="export")
 
 MOST_CONDITION_ROWS = 40  # a terminal shows this many conditions; all of them are in conditions.csv and report.md
+MOST_FILE_ROWS = 40  # a terminal shows this many exported files; all of them are in the export's index
 STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "pending": "yellow", "not submitted": "dim",
                "blocked": "magenta"}
 
@@ -749,6 +754,50 @@ def _print_point_tables(summary: Summary, most_rows: int = 40, most_metrics: int
         constant = constant_metrics(table)
         if constant:
             console.print("same for every point: " + ", ".join(f"{k}={format_value(v)}" for k, v in constant.items()))
+
+
+# ------------------------------------------------------------------------------------------ export
+@export_app.command("rdms")
+def export_rdms(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
+                folder: Path = typer.Argument(..., help="Folder to copy the RDM files into (made when missing)."),
+                as_json: bool = typer.Option(False, "--json", help="Print the files copied and the problems as "
+                                                                   "JSON."),
+                strict: bool = typer.Option(False, "--strict", help="Exit 1 when a point or file could not be "
+                                                                    "copied (the others are copied all the "
+                                                                    "same).")) -> None:
+    """Copy every rsa point's RDM files into FOLDER, in rsatoolbox's HDF5 layout.
+
+    One file per point and subject, POINT.SUBJECT.rdms.h5: each model layer's and each ROI's RDM over the subject's
+    images, with descriptors naming model, layer, ROI, subject and image ids; an index, rdms.json, lists them. Read
+    one with rsatoolbox.rdm.load_rdm(path, file_type='hdf5'). Points without a valid result and files that are not
+    the ones their result recorded are listed, not copied."""
+    from sfhpc.rundir import RunDir
+    from sfhpc.stages.rsa.export import export_rdms as export
+
+    with _user_errors(as_json):
+        report = export(RunDir.find(run), folder)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        _print_rdm_export(report)
+    if strict and report.problems:
+        raise typer.Exit(1)
+
+
+def _print_rdm_export(report: RdmExport) -> None:
+    """A line per file copied (at most MOST_FILE_ROWS), a line per problem, and how to read the files."""
+    console = _console()
+    points = len({entry.point for entry in report.files})
+    console.print(f"copied {len(report.files)} RDM files of {points} points into {report.folder} (index: "
+                  f"{report.index})", soft_wrap=True)
+    for entry in report.files[:MOST_FILE_ROWS]:
+        console.print(f"  {entry.file}: {entry.images} images; model {entry.model}, layers "
+                      f"{', '.join(entry.layers)}; ROIs {', '.join(entry.rois)}", soft_wrap=True)
+    if len(report.files) > MOST_FILE_ROWS:
+        console.print(f"  {len(report.files) - MOST_FILE_ROWS} more in {report.index}", soft_wrap=True)
+    for problem in report.problems:
+        console.print(_styled((f"{problem.state:>12}", "red"), f" {problem.point}: {problem.reason}"), soft_wrap=True)
+    console.print(f"read one with {report.read_with}", soft_wrap=True)
 
 
 if __name__ == "__main__":

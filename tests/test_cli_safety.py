@@ -153,7 +153,8 @@ def test_output_naming_a_file_or_too_long_is_refused_before_anything_is_made(wri
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab's sweeps", "taken"]  # nothing made
 
 
-@pytest.mark.parametrize("words", [[], ["sweep"], ["sweep", "launch"], ["status"], ["cost"], ["cbm", "fit"]])
+@pytest.mark.parametrize("words", [[], ["sweep"], ["sweep", "launch"], ["status"], ["cost"], ["cbm", "fit"], ["export"],
+                                   ["export", "rdms"]])
 def test_dash_h_is_help_on_every_command(words: list[str]):
     short, long = runner.invoke(app, [*words, "-h"]), runner.invoke(app, [*words, "--help"])
     assert short.exit_code == 0 and short.stdout == long.stdout and "Usage: " in short.stdout

@@ -21,6 +21,9 @@ ROI_PATTERNS = {"pca_scores": "PCA scores of the z-scored repeat averages (the s
                 "voxels": "z-scored repeat averages of the voxels"}
 ROI_PATTERNS_ATTR = "roi_patterns"  # the result attribute naming the ROI patterns (a key of ROI_PATTERNS)
 IMAGES_ATTR = "images"  # the result attribute saying which shared images the RDMs and their ceiling cover
+# The result attribute recording the point's RDM files (sfhpc.stages.rsa.rdm_file), one per subject, beside it:
+# JSON, a list of {file, subject, images, layers, rois, sha256}.
+RDM_FILES_ATTR = "rdm_files"
 
 
 def rho_metric(layer: str, roi: str) -> str:

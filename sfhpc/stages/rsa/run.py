@@ -16,14 +16,16 @@ sessions; fewer for the others, and the result says how many).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from sfhpc.data import neural_file
 from sfhpc.data.neural import CEILING_REPEATS, NeuralData, NeuralDataError, RoiData, open_neural
-from sfhpc.evaluation.rsa import MIN_IMAGES, RoiPatterns, RsaRow, rows_to_arrays, rsa_against_rois
+from sfhpc.evaluation.rsa import MIN_IMAGES, RoiPatterns, RsaRow, rdm, rows_to_arrays, rsa_against_rois
 from sfhpc.job import PointConfig, PointRun
 from sfhpc.models.classifier import Classifier
 from sfhpc.rundir import RunDir, manifest_points
@@ -32,6 +34,7 @@ from sfhpc.stages.predictor import PredictorParams
 from sfhpc.stages.rsa import (
     IMAGES_ATTR,
     POOLED_LAYER,
+    RDM_FILES_ATTR,
     ROI_PATTERNS,
     ROI_PATTERNS_ATTR,
     RoiDataRow,
@@ -43,29 +46,34 @@ from sfhpc.stages.rsa import (
     rho_metric,
     rho_repeats_metric,
 )
+from sfhpc.stages.rsa.rdm_file import SubjectRdms, file_sha256, rdm_file_name, write_rdm_file
 
 DEFAULT_SUBJECT = "subj01"
 
 
 def run(point: PointRun[RsaParams]) -> Path:
-    """Compare one trained model with every ROI of its subjects and write the point's result file."""
+    """Compare one trained model with every ROI of its subjects; write each subject's RDM files, then the point's
+    result file, which records them."""
     params = point.params
     model, trained = load_upstream_model(point)
     data_cfg = trained.data
     subjects = compared_subjects(params, trained, upstream_run_dir(point))
     rows: list[tuple[str, RsaRow]] = []
     data_rows: list[RoiDataRow] = []
+    subject_rdms: list[SubjectRdms] = []
     for subject in subjects:
         neural = open_neural(neural_file(data_cfg.neural, subject, point.data_cache or point.dir,
                                          data_cfg.image_size))
-        compared, data = compare_subject(model, neural, params, data_cfg.image_size)
-        rows += [(subject, row) for row in compared]
-        data_rows += data
+        compared = compare_subject(model, point.only_upstream(), neural, params, data_cfg.image_size)
+        rows += [(subject, row) for row in compared.rows]
+        data_rows += compared.data
+        subject_rdms.append(compared.rdms)
 
     arrays = rows_to_arrays([row for _, row in rows])
     arrays["subject"] = np.array([subject.encode() for subject, _ in rows], dtype=np.bytes_)
     images = ", ".join(f"{row.subject} {row.images} of {row.shared_images}"
                        for row in data_rows if row.roi == data_rows[0].roi)
+    rdm_files = write_rdm_files(point, subject_rdms)  # before the result: a point with a result has its files
     return point.write_result(
         metrics={**means_over_subjects(rows, data_rows), "n_subjects": len(subjects),
                  "n_images": rows[0][1].n_images},
@@ -77,8 +85,26 @@ def run(point: PointRun[RsaParams]) -> Path:
                             f"ceiling alike: {images}",
                "comparison": "Spearman rho of upper triangles", "test": "one-sided image permutation",
                "rdm_noise_ceiling": f"lower and upper bound over the {CEILING_REPEATS} single-repeat RDMs, as "
-                                    "rsatoolbox.inference.boot_noise_ceiling(method='spearman') computes them"},
+                                    "rsatoolbox.inference.boot_noise_ceiling(method='spearman') computes them",
+               RDM_FILES_ATTR: rdm_files},
     )
+
+
+def write_rdm_files(point: PointRun[RsaParams], subject_rdms: list[SubjectRdms]) -> str:
+    """Write each subject's RDMs in rsatoolbox's HDF5 layout beside the point's result, and return the result's
+    record of them (RDM_FILES_ATTR): JSON, one entry per file with its name, subject, images, layers, ROIs and
+    SHA-256 (a rerun that fails after writing new files leaves them beside the old result: the digest tells)."""
+    records = []
+    for rdms in subject_rdms:
+        path = point.dir / rdm_file_name(rdms.subject)
+        write_rdm_file(path, rdms, {
+            "point": f"{point.config.stage}/{point.point_id}", "model": rdms.model, "subject": rdms.subject,
+            "dissimilarity": "1 - Pearson r", "roi_patterns": ROI_PATTERNS[point.params.rsa_roi_patterns],
+            "images": f"the subject's shared images shown exactly {CEILING_REPEATS} times (image_id: NSD 73k id, "
+                      "0-based; simulated subjects: the scene's index)"})
+        records.append({"file": path.name, "subject": rdms.subject, "images": len(rdms.image_ids),
+                        "layers": list(rdms.layers), "rois": list(rdms.rois), "sha256": file_sha256(path)})
+    return json.dumps(records)
 
 
 def compared_subjects(params: RsaParams, trained: PointConfig, run_dir: Path) -> tuple[str, ...]:
@@ -94,10 +120,18 @@ def compared_subjects(params: RsaParams, trained: PointConfig, run_dir: Path) ->
     return tuple(dict.fromkeys(subjects)) or (DEFAULT_SUBJECT,)
 
 
-def compare_subject(model: Classifier, neural: NeuralData, params: RsaParams, image_size: int
-                    ) -> tuple[list[RsaRow], list[RoiDataRow]]:
-    """The model against every ROI of one subject over the shared images shown CEILING_REPEATS times, and the
-    table of the data compared with (one row per ROI)."""
+class SubjectComparison(NamedTuple):
+    """A model against one subject: a row per (layer, ROI), the table of the data (a row per ROI) and the RDMs."""
+
+    rows: list[RsaRow]
+    data: list[RoiDataRow]
+    rdms: SubjectRdms
+
+
+def compare_subject(model: Classifier, model_name: str, neural: NeuralData, params: RsaParams, image_size: int
+                    ) -> SubjectComparison:
+    """The model (`model_name`: its train point) against every ROI of one subject over the shared images shown
+    CEILING_REPEATS times, the table of the data compared with (one row per ROI) and every RDM compared."""
     shared = np.asarray(neural.val_index)
     images = neural.images_with_repeats(shared, CEILING_REPEATS)
     if len(images) < MIN_IMAGES:
@@ -112,7 +146,10 @@ def compare_subject(model: Classifier, neural: NeuralData, params: RsaParams, im
                        voxel_noise_ceiling=float(np.nanmean(roi.noise_ceiling)), images=len(images),
                        shared_images=len(shared), ceiling_lower=ceilings[name][0], ceiling_upper=ceilings[name][1])
             for name, roi in rois.items()]
-    return compared, data
+    rdms = SubjectRdms(subject=neural.subject, model=model_name, image_ids=neural.image_ids[images],
+                       layers={layer: rdm(values) for layer, values in features.items()},
+                       rois={name: rdm(roi.mean) for name, roi in patterns.items()})
+    return SubjectComparison(compared, data, rdms)
 
 
 def roi_patterns(neural: NeuralData, roi: RoiData, images: np.ndarray, kind: str) -> RoiPatterns:
