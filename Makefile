@@ -1,6 +1,7 @@
 # The two set-up commands of the README. Each creates .venv when missing and installs the project into it.
 #   make demo   run the quickstart sweep on the local executor and print its summary table
-#   make test   start the SLURM test cluster, lint, type-check, and run the whole test suite
+#   make test   start the SLURM test cluster (and install chromium if missing), lint, type-check, and run the
+#               whole test suite
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -23,6 +24,9 @@ demo: $(STAMP)
 # (or, with CI=true, fail).
 test: $(STAMP)
 	-bash slurm_templates/testcluster.sh start
+	@command -v chromium >/dev/null || { echo "installing chromium (report.html's browser tests)"; \
+		{ apt-get update -qq && apt-get install -y -qq chromium; } > $(VENV)/chromium-install.log 2>&1 \
+		|| echo "could not install chromium (see $(VENV)/chromium-install.log)"; }
 	$(BIN)/ruff check sfhpc tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -ra --durations=10

@@ -689,7 +689,7 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
         csv_path, md_path = write_summary(run_dir, summary)
         files = write_report(run_dir, summary)
     written = [csv_path, md_path, str(files.conditions_csv), str(files.controls_csv), str(files.report_md),
-               *map(str, files.figures)]
+               str(files.report_html), *map(str, files.figures)]
     header, rows = headline_rows(files.report)
     if as_json:
         _print_json({"tables": [t.__dict__ for t in summary.tables], "problems": summary.problems,

@@ -26,6 +26,7 @@ from typing import Any
 
 from sfhpc.report.figures import FIGURES_DIR
 from sfhpc.report.findings import evaluate_claims
+from sfhpc.report.html import report_html
 from sfhpc.report.model import (
     Collection,
     Column,
@@ -55,6 +56,7 @@ class ReportFiles:
     figures: list[Path]
     report: Report
     controls_csv: Path
+    report_html: Path
 
 
 def build_report(run: RunDir, summary: Summary | None = None) -> Report:
@@ -99,7 +101,8 @@ def build_report(run: RunDir, summary: Summary | None = None) -> Report:
 
 
 def write_report(run: RunDir, summary: Summary | None = None) -> ReportFiles:
-    """Write conditions.csv, controls.csv, report.md and the figures (under figures/) into the run folder. A figure
+    """Write conditions.csv, controls.csv, report.md, the figures (under figures/) and report.html (report.md as one
+    self-contained page: figures embedded, sortable tables, a condition filter) into the run folder. A figure
     without data is not written (a stale one is removed) and report.md says which stage would provide it.
     controls.csv is written on every run, with its header alone when there is no comparison, so that it is never a
     stale file of an earlier aggregate."""
@@ -109,8 +112,11 @@ def write_report(run: RunDir, summary: Summary | None = None) -> ReportFiles:
     atomic_write(csv_path, lambda tmp: tmp.write_text(conditions_csv(report.rows)))
     atomic_write(controls_path, lambda tmp: tmp.write_text(controls_csv(report.control_rows)))
     figures = _draw_figures(report, run.path / FIGURES_DIR)
-    atomic_write(md_path, lambda tmp: tmp.write_text(report_markdown(report, {p.name for p in figures})))
-    return ReportFiles(md_path, csv_path, figures, report, controls_path)
+    markdown = report_markdown(report, {p.name for p in figures})
+    atomic_write(md_path, lambda tmp: tmp.write_text(markdown))
+    html_path = run.path / "report.html"
+    atomic_write(html_path, lambda tmp: tmp.write_text(report_html(markdown, run.path)))
+    return ReportFiles(md_path, csv_path, figures, report, controls_path, html_path)
 
 
 def _stage_reports(planned: dict[str, Any]) -> dict[str, StageReport]:
