@@ -1,6 +1,6 @@
 """What every `sfhpc export` shares: the problems an export lists instead of skipping quietly, and its output folder.
-Each export lives beside the stage whose results it writes out (sfhpc.stages.rsa.export: RDMs for rsatoolbox).
-Login-node code: no torch."""
+Each export lives beside the stage whose results it writes out (sfhpc.stages.rsa.export: RDMs for rsatoolbox;
+sfhpc.stages.attack.export: model-info files for RobustBench). Login-node code: no torch."""
 
 from __future__ import annotations
 
