@@ -291,7 +291,7 @@ def footnote(dataset: str, attack: str, standard: bool, images: int, eps: str, e
     """What a reader of a RobustBench leaderboard must know: not its dataset, which attack on how many images, and the
     unit of eps."""
     measured = (f"{AUTOATTACK_FIELD}: AutoAttack standard on {images} test images" if standard else
-                f"{OTHER_ATTACK_FIELD}: robust accuracy under {attack} on {images} test images; not AutoAttack "
+                f"{OTHER_ATTACK_FIELD}: robust accuracy on {images} test images under {attack}; not AutoAttack "
                 f"standard, so not {AUTOATTACK_FIELD}")
     unit = "" if eps_normalized is None else f" ({eps_normalized:.3g} in the model's input-normalisation units)"
     return (f"An sfhpc model trained and attacked on {dataset}, not on a RobustBench dataset: its numbers are not "
