@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sfhpc.launch import LaunchReport
     from sfhpc.report.summary import Summary
     from sfhpc.rundir import RunDir
+    from sfhpc.stages.attack.export import RobustBenchExport
     from sfhpc.stages.rsa.export import RdmExport
     from sfhpc.status import PointStatus
     from sfhpc.sweep import Plan, StagePlan
@@ -798,6 +799,54 @@ def _print_rdm_export(report: RdmExport) -> None:
     for problem in report.problems:
         console.print(_styled((f"{problem.state:>12}", "red"), f" {problem.point}: {problem.reason}"), soft_wrap=True)
     console.print(f"read one with {report.read_with}", soft_wrap=True)
+
+
+@export_app.command("robustbench")
+def export_robustbench(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
+                       folder: Path = typer.Argument(..., help="Folder to write the model-info files into (made "
+                                                               "when missing)."),
+                       as_json: bool = typer.Option(False, "--json", help="Print the files written and the "
+                                                                          "problems as JSON."),
+                       strict: bool = typer.Option(False, "--strict", help="Exit 1 when a model's attack shards "
+                                                                           "could not be exported (the others are "
+                                                                           "written all the same).")) -> None:
+    """Write a RobustBench model-info JSON file for every attacked model and threat model into FOLDER.
+
+    One file per model, norm and epsilon, FOLDER/DATASET/NORM/eps=EPS/MODEL.json, with RobustBench's fields
+    (clean_acc, autoattack_acc, eps, dataset, architecture, number_forward_passes, ...) and sfhpc's record under
+    `sfhpc`; an index, robustbench.json, lists them. Only AutoAttack standard gives `autoattack_acc`: any other attack's
+    number is `robust_acc`, and the footnote names the attack. `dataset` names sfhpc's data, never a RobustBench
+    dataset. Models whose attack shards are not all valid are listed, not written."""
+    from sfhpc.rundir import RunDir
+    from sfhpc.stages.attack.export import export_robustbench as export
+
+    with _user_errors(as_json):
+        report = export(RunDir.find(run), folder)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        _print_robustbench_export(report)
+    if strict and report.problems:
+        raise typer.Exit(1)
+
+
+def _print_robustbench_export(report: RobustBenchExport) -> None:
+    """A line per file written (at most MOST_FILE_ROWS), a line per problem, and what the numbers are not."""
+    console = _console()
+    models, variants = len({entry.model for entry in report.files}), len({entry.variant for entry in report.files})
+    console.print(f"wrote {len(report.files)} RobustBench model-info files of {models} model{'s' * (models != 1)}"
+                  + (f" ({variants} variants of their attack)" if variants > 1 else "")
+                  + f" into {report.folder} (index: {report.index})", soft_wrap=True)
+    for entry in report.files[:MOST_FILE_ROWS]:
+        console.print(f"  {entry.file}: clean_acc {entry.clean_acc}, {entry.accuracy_field} {entry.robust_acc} "
+                      f"({entry.attack}, {entry.images} images)", soft_wrap=True)
+    if len(report.files) > MOST_FILE_ROWS:
+        console.print(f"  {len(report.files) - MOST_FILE_ROWS} more in {report.index}", soft_wrap=True)
+    for problem in report.problems:
+        console.print(_styled((f"{problem.state:>10}", "red"), f" {problem.point}: {problem.reason}"), soft_wrap=True)
+    console.print(f"dataset {report.dataset} is not a RobustBench dataset: the numbers are not comparable with its "
+                  "leaderboards; robust_acc (not autoattack_acc) marks an attack other than AutoAttack standard",
+                  soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -183,7 +183,9 @@ def _attr(f: Any, name: str) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+    """An attribute as a Python value: a numpy scalar as its number, an array (the attack stage's
+    normalization_std) as a list."""
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 SIGNATURE_FIELDS = 5  # an index entry: size, mtime, inode, ctime, point id; then verdict, reason, metrics

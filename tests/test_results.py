@@ -31,6 +31,15 @@ def test_result_is_self_describing(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["result.h5"]  # no temporary file left behind
 
 
+def test_array_attributes_read_back_as_lists(tmp_path: Path):
+    """The attack stage records its model's per-channel SDs as an array attribute."""
+    path = tmp_path / "result.h5"
+    write_result(path, stage="attack", point_id="p-1", config={}, provenance=Provenance("abc", "t0", "t1"),
+                 metrics={"images": 4}, curves={}, extra_attrs={"normalization_std": [0.229, 0.224, 0.225]})
+    _, attrs = read_metrics(path)
+    assert attrs["normalization_std"] == [0.229, 0.224, 0.225] and attrs["schema_version"] == 1
+
+
 @pytest.mark.parametrize("damage, reason", [
     (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "unreadable HDF5"),
     (lambda p: p.write_text("garbage"), "unreadable HDF5"),

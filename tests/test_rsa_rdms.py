@@ -14,9 +14,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import yaml
 from test_login_node import heavy_modules_after
-from test_report_runs import make_run
+from test_report_runs import make_run, run_every_point
 from typer.testing import CliRunner
 
 from sfhpc.cli import app
@@ -24,8 +23,6 @@ from sfhpc.config import ROIS
 from sfhpc.data import neural_file
 from sfhpc.data.neural import open_neural
 from sfhpc.evaluation import rsa
-from sfhpc.job import run_point
-from sfhpc.launch import point_config
 from sfhpc.rundir import RunDir
 from sfhpc.stages.common import load_trained
 from sfhpc.stages.rsa import RDM_FILES_ATTR
@@ -61,17 +58,6 @@ def sfhpc(*args, code: int = 0):
     assert result.exit_code == code, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception  # no traceback
     return result
-
-
-def run_every_point(run: RunDir, plan: Plan) -> None:
-    """Each point in its folder as a job runs it (config.yaml beside it, one thread), upstream stages first."""
-    for stage in plan.stages:
-        for point in stage.points:
-            config = {**point_config(run, plan, stage, point, "test"), "threads": 1}
-            folder = run.point_dir(stage.name, point.id)
-            folder.mkdir(parents=True)
-            (folder / "config.yaml").write_text(yaml.safe_dump(config))
-            run_point(config, folder)
 
 
 def plant_image_ids(run: RunDir, plan: Plan) -> None:

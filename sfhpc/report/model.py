@@ -227,9 +227,7 @@ class Collection:
         if upstream is None:
             raise ValueError(f"{self.stage} point {point['id']} evaluates no {self.models_stage} point")
         model = self.models[upstream]
-        extra = {k: v for k, v in point["labels"].items() if k not in model.labels
-                 and not k.endswith(SHARD_LABEL_SUFFIX)}
-        return model, ", ".join(f"{k}={v}" for k, v in extra.items())
+        return model, variant_name(variant_labels(point["labels"], model.labels))
 
     def _model_upstream(self, point: dict[str, Any]) -> str | None:
         """The point id of the model among the point's upstream points ("stage/point"), if there is one."""
@@ -246,6 +244,17 @@ class Collection:
 
     def add_problem(self, point: str, state: str, reason: str) -> None:
         self.problems.append(problem(self.stage, point, state, reason))
+
+
+def variant_labels(labels: dict[str, Any], model_labels: dict[str, Any]) -> dict[str, Any]:
+    """A downstream point's own axes that the model it evaluates lacks (`attack_seed: 1`): what tells the model's
+    variants apart. A shard axis is not one: shards of one variant together make its numbers."""
+    return {k: v for k, v in labels.items() if k not in model_labels and not k.endswith(SHARD_LABEL_SUFFIX)}
+
+
+def variant_name(variant: dict[str, Any]) -> str:
+    """`attack_seed=1, attack_version=custom`; "" for a model's only variant."""
+    return ", ".join(f"{k}={v}" for k, v in variant.items())
 
 
 def variant_key(name: str, variant: str) -> str:

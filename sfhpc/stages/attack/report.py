@@ -124,12 +124,12 @@ def accuracy_auc(clean: float, robust: dict[float, float]) -> float:
     return area / curve[-1][0]
 
 
-def format_eps(norm: str, eps: float) -> str:
+def format_eps(norm: str, eps: float, exact: bool = False) -> str:
     """A pixel epsilon: Linf in steps of 1/255, as Linf epsilons are quoted ('8/255', '0.0571/255'), others as a
-    plain number."""
+    plain number; `exact`: with the 6 significant digits of the metric names, which tell a run's epsilons apart."""
     if norm == "Linf":
-        return f"{eps * 255:.3g}/255"
-    return f"{eps:.4g}"
+        return f"{eps * 255:.6g}/255" if exact else f"{eps * 255:.3g}/255"
+    return f"{eps:.6g}" if exact else f"{eps:.4g}"
 
 
 def eps_label(norm: str, eps: float, normalized: float | None) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sfhpc.errors import RunError
+from sfhpc.exports import ExportProblem, export_folder
 from sfhpc.results import atomic_write, check_result, now_iso, read_metrics
 from sfhpc.rundir import RunDir, manifest_points
 from sfhpc.stages.rsa import RDM_FILES_ATTR, SPEC
@@ -47,15 +48,6 @@ def export_name(point: str, subject: str) -> str:
 
 
 @dataclass(frozen=True)
-class ExportProblem:
-    """A point (or one of its files) with nothing copied, and why."""
-
-    point: str
-    state: str  # missing | corrupt (its result) | no RDM files (an older result) | file missing | file changed
-    reason: str
-
-
-@dataclass(frozen=True)
 class RdmExport:
     """What `export_rdms` copied into `folder` and what it could not."""
 
@@ -66,6 +58,7 @@ class RdmExport:
     dissimilarity_measure: str
     read_with: str
     files: list[RdmFile]
+    # states: missing | corrupt (its result) | no RDM files (an older result) | file missing | file changed
     problems: list[ExportProblem]
 
     def to_json(self) -> dict[str, Any]:
@@ -143,15 +136,6 @@ def point_files(run: RunDir, point: str) -> list[RdmFile] | ExportProblem:
                     subject=entry["subject"], images=entry["images"], layers=entry["layers"], rois=entry["rois"],
                     sha256=entry["sha256"], source=str(result.parent / entry["file"]))
             for entry in json.loads(attrs[RDM_FILES_ATTR])]
-
-
-def export_folder(folder: Path) -> Path:
-    """The export folder, `~` expanded, made when missing; a RunError when it is a file."""
-    folder = folder.expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise RunError(f"{folder} is a file; give a folder to export into")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def copy_recorded(entry: RdmFile, folder: Path) -> ExportProblem | None:
