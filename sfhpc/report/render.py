@@ -63,7 +63,7 @@ def summary_markdown(summary: Summary, title: str) -> str:
     """summary.md: one table per stage (its axes and metrics), then the points without a valid result."""
     parts = [f"# {title}"]
     for table in summary.tables:
-        columns = [*(table.axes or ["point"]), *table.metrics]
+        columns = [*row_keys(table), *table.metrics]
         rows = [[format_value(row.get(c, "")) for c in columns] for row in table.rows]
         parts.append(f"## {table.stage} ({len(table.rows)} points with results)\n\n" + markdown_table(columns, rows))
     if summary.problems:
@@ -76,16 +76,29 @@ def summary_markdown(summary: Summary, title: str) -> str:
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(markdown_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
+def markdown_cell(text: str) -> str:
+    """Text as one cell of a markdown table: `|` escaped, a line break as <br> (a newline would end the row)."""
+    return text.replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")
+
+
+def row_keys(table: StageTable) -> list[str]:
+    """The columns that tell the stage's points apart: their labels (the axes, and the shard of a sharded stage),
+    with the point id first when those do not (or the id alone for a stage without axes)."""
+    keys = table.labels or table.axes
+    distinct = len({tuple(repr(row.get(k)) for k in keys) for row in table.rows}) == len(table.rows)
+    return keys if keys and distinct else ["point", *keys]
+
+
 def display_columns(table: StageTable) -> list[str]:
-    """For a terminal: axes that vary (or the point id when nothing varies), then the metrics that differ
-    between points; the constant ones are listed once by `constant_metrics`."""
+    """For a terminal: the columns that tell the points apart (`row_keys`), then the metrics that differ between
+    points; the constant ones are listed once by `constant_metrics`."""
     constant = constant_metrics(table)
-    return [*(table.axes or ["point"]), *(m for m in table.metrics if m not in constant)]
+    return [*row_keys(table), *(m for m in table.metrics if m not in constant)]
 
 
 def constant_metrics(table: StageTable) -> dict[str, Any]:

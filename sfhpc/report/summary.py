@@ -16,13 +16,16 @@ from sfhpc.status import run_status
 
 @dataclass
 class StageTable:
-    """One stage's points with a valid result: their axes, parameters and scalars (the columns), one row each."""
+    """One stage's points with a valid result: their axes, parameters and scalars (the columns), one row each.
+    `labels`: what names a point in its id, the axes and the shard of a sharded stage (empty for a manifest written
+    before points had labels)."""
 
     stage: str
     axes: list[str]
     params: list[str]
     metrics: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -42,7 +45,8 @@ def summarize(run: RunDir) -> Summary:
     problems: list[Problem] = []
     metrics_of: dict[tuple[str, str], dict[str, Any]] = {}
     for stage, point in manifest_points(manifest):
-        table = tables.setdefault(stage, StageTable(stage, axes_of[stage], list(point["params"]), []))
+        table = tables.setdefault(stage, StageTable(stage, axes_of[stage], list(point["params"]), [],
+                                                    labels=list(point.get("labels", {}))))
         status = statuses[(stage, point["id"])]
         if status.result != "ok":
             state = "corrupt" if status.result == "corrupt" else ("failed" if status.state == "failed" else "missing")
