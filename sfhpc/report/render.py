@@ -42,20 +42,26 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def summary_csv(summary: Summary) -> str:
-    """summary.csv: one row per point with every parameter and metric; points without a result have their state."""
-    out = io.StringIO()
+def summary_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
+    """summary.csv's header and rows: one row per point with every parameter and metric; points without a result
+    have their state and its reason."""
     columns = ["stage", "point", "state"]
     for table in summary.tables:
         columns += [c for c in [*table.axes, *table.params, *table.metrics] if c not in columns]
     columns.append("reason")
-    writer = csv.DictWriter(out, columns, extrasaction="ignore")
-    writer.writeheader()
-    for table in summary.tables:
-        for row in table.rows:
-            writer.writerow({"stage": table.stage, "state": "done", **{k: format_value(v) for k, v in row.items()}})
-    for problem in summary.problems:
-        writer.writerow(problem)
+    rows = [{"stage": table.stage, "state": "done", **{k: format_value(v) for k, v in row.items()}}
+            for table in summary.tables for row in table.rows]
+    rows += [dict(problem) for problem in summary.problems]
+    return columns, [[row.get(column, "") for column in columns] for row in rows]
+
+
+def summary_csv(summary: Summary) -> str:
+    """summary.csv: `summary_rows` as CSV."""
+    out = io.StringIO()
+    header, rows = summary_rows(summary)
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
     return out.getvalue()
 
 
