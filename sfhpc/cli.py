@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sfhpc.cost import StageCost
     from sfhpc.launch import LaunchReport
     from sfhpc.report.summary import StageTable, Summary
-    from sfhpc.rundir import RunDir
+    from sfhpc.rundir import JobRecord, RunDir
     from sfhpc.status import PointStatus
     from sfhpc.sweep import Plan, StagePlan
     from sfhpc.terminal import Grid
@@ -532,6 +532,62 @@ def _print_points(console: Console, shown: list[PointStatus]) -> None:
         if s.state == "failed" and s.detail:
             console.print(_styled(("\n".join("      " + line for line in s.detail.splitlines()), "dim")),
                           soft_wrap=True)
+
+
+@app.command("logs")
+def logs(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
+         point: str = typer.Argument(..., help="A point as `sfhpc status` prints it: STAGE/POINT_ID (or the id "
+                                               "alone, when one stage has it)."),
+         lines: int = typer.Option(20, "--lines", "-n", min=0, help="Show the last N lines of each file (0: only "
+                                                                     "where the files are)."),
+         as_json: bool = typer.Option(False, "--json", help="Print the job, the files and their last lines as "
+                                                            "JSON.")) -> None:
+    """Where a point's stdout and stderr are (its last job's files, one pair per task) and the error file of a
+    failed attempt, with their last lines."""
+    from sfhpc.logs import find_point, point_logs
+    from sfhpc.rundir import RunDir
+
+    with _user_errors(as_json):
+        run_dir = RunDir.find(run)
+        found = point_logs(run_dir, *find_point(run_dir, point))
+        tails = {file.path: _tail_or_none(file.path, lines) for file in found.files}
+    if as_json:
+        _print_json({"point": found.key, "job": found.job.__dict__ if found.job else None,
+                     "files": [{"kind": f.kind, "task": f.task, "path": str(f.path.absolute()),
+                                "exists": tails[f.path] is not None, "last_lines": tails[f.path] or []}
+                               for f in found.files]})
+        return
+    console = _console()
+    console.print(_styled(("point ", "bold"), found.key), soft_wrap=True)
+    console.print(_styled(("job   ", "bold"), _job_line(found.job)), soft_wrap=True)
+    multi_task = any(f.task for f in found.files)
+    for file in found.files:
+        tail = tails[file.path]
+        label = f"{file.kind} (task {file.task})" if multi_task and file.task is not None else file.kind
+        state = " (not written yet)" if tail is None else " (empty)" if not tail and lines else ""
+        console.print(_styled((f"{label:<6} ", "bold"), str(file.path.absolute()), (state, "dim")), soft_wrap=True)
+        for line in tail or []:
+            console.print(_styled(("  | ", "dim"), line), soft_wrap=True)
+
+
+def _tail_or_none(path: Path, lines: int) -> list[str] | None:
+    """The file's last lines, or None when it is not there (yet) or cannot be read."""
+    from sfhpc.logs import last_lines
+
+    try:
+        return last_lines(path, lines)
+    except OSError:
+        return None
+
+
+def _job_line(job: JobRecord | None) -> str:
+    if job is None:
+        return "none: the point was never submitted, so it has no logs (`sfhpc sweep launch` submits it)"
+    if job.blocked_by:
+        return f"none: the launch did not run it, its input {job.blocked_by} has no result"
+    if not job.job_id:
+        return f"none yet: queued by a local launch (pid {job.launcher_pid}) that had not started it"
+    return f"{job.job_id} ({job.executor}, submitted {job.submitted})"
 
 
 @app.command("cancel")
