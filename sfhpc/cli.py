@@ -590,6 +590,77 @@ def _job_line(job: JobRecord | None) -> str:
     return f"{job.job_id} ({job.executor}, submitted {job.submitted})"
 
 
+@app.command("runs")
+def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of run folders (default: runs), or one run "
+                                                          "folder."),
+         as_json: bool = typer.Option(False, "--json", help="Print every run's counts per stage as JSON."),
+         output_format: OutputFormat = _format_option("one line per run and stage: run, stage, the points in "
+                                                      "each state and in all.")) -> None:
+    """The run folders under FOLDER with their points per stage: done, failed, active, not submitted. From their
+    files alone, fast and without writing: no scheduler is asked, so a submitted point with neither result nor
+    error is "active" (`sfhpc status RUN` says whether it is pending or running). A folder that is not a readable
+    run is listed as skipped, with why."""
+    from sfhpc.errors import RunError
+    from sfhpc.status import run_folders
+
+    shown_as = _output_format(output_format, as_json)
+    with _user_errors(shown_as == "json"):
+        folder = folder.expanduser()
+        if not folder.is_dir():
+            raise RunError(f"no folder {folder} (run folders are made by `sfhpc sweep launch`, under runs/ unless "
+                           "--output says otherwise)")
+        counts, skipped = _runs_counts(run_folders(folder))
+    if shown_as == "json":
+        _print_json({"folder": str(folder), "runs": [{"run": str(path), "counts": {k: dict(v) for k, v in c.items()}}
+                                                      for path, c in counts], "skipped": skipped})
+        return
+    grid = _runs_grid(folder, counts, shown_as == "table")
+    if shown_as == "table":
+        from sfhpc.terminal import print_grid
+
+        console = _console()
+        if counts:
+            print_grid(console, grid)
+        else:
+            console.print(f"no run folders in {folder}", soft_wrap=True)
+    else:
+        _print_grids(shown_as, [grid])
+    for line in skipped:
+        _console(stderr=True).print(_styled(("skipped ", "yellow"), line), soft_wrap=True)
+
+
+def _runs_counts(paths: list[Path]) -> tuple[list[tuple[Path, dict[str, Counter]]], list[str]]:
+    """Each run folder's points per stage and state (`file_counts`), and `path: why` for each that is not a
+    readable run."""
+    from sfhpc.errors import RunError
+    from sfhpc.rundir import RunDir
+    from sfhpc.status import file_counts
+
+    counted, skipped = [], []
+    for path in paths:
+        try:
+            counted.append((path, file_counts(RunDir(path))))
+        except RunError as err:
+            skipped.append(f"{path}: {err}")
+        except OSError as err:
+            skipped.append(f"{path}: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
+    return counted, skipped
+
+
+def _runs_grid(folder: Path, counts: list[tuple[Path, dict[str, Counter]]], for_terminal: bool) -> Grid:
+    """One row per run and stage: the points in each state and in all. A run is named by its path in `folder` (in
+    runs/, the name `sfhpc status NAME` takes); for a terminal, on one line whatever it holds."""
+    from sfhpc.status import FILE_STATES
+    from sfhpc.terminal import Grid, one_line
+
+    name = one_line if for_terminal else str
+    rows = [[name(str(path.relative_to(folder)) if path != folder else str(path)), stage,
+             *(str(counter.get(state, 0)) for state in FILE_STATES), str(sum(counter.values()))]
+            for path, by_stage in counts for stage, counter in (by_stage or {"-": Counter()}).items()]
+    return Grid(f"run folders in {folder}", ["run", "stage", *FILE_STATES, "total"], rows, keys=2,
+                right=frozenset([*FILE_STATES, "total"]), styles={**STATE_STYLE, "active": "cyan"})
+
+
 @app.command("cancel")
 def cancel(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
            stage: str | None = typer.Option(None, "--stage", help="Only this stage's jobs."),

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sfhpc.results import RESULT_NAME, ResultCheck, ResultIndex
-from sfhpc.rundir import ERROR_NAME, JobRecord, RunDir, manifest_points, process_identity, tail
+from sfhpc.rundir import ERROR_NAME, MANIFEST_NAME, JobRecord, RunDir, manifest_points, process_identity, tail
 
 if TYPE_CHECKING:
     from sfhpc.slurm import SlurmState
 
 STATES = ("done", "failed", "running", "pending", "not submitted")
+# `file_counts`' states: without the scheduler, a submitted point with neither result nor error is only "active"
+FILE_STATES = ("done", "failed", "active", "not submitted")
 
 
 @dataclass(frozen=True)
@@ -154,3 +156,41 @@ def count_by_stage(statuses: list[PointStatus]) -> dict[str, Counter]:
     for status in statuses:
         counts.setdefault(status.stage, Counter())[status.state] += 1
     return counts
+
+
+def file_counts(run: RunDir) -> dict[str, Counter]:
+    """Per stage, how many points are in each of FILE_STATES, from the run folder's files alone: no scheduler is
+    asked (a submitted point with neither result nor error file is "active": `sfhpc status` asks SLURM whether it is
+    pending, running or gone), no file's contents but results are read, and nothing is written (the result index
+    is used, not updated)."""
+    manifest = run.read_manifest()
+    jobs = run.latest_jobs()
+    index = run.result_index()
+    keys = [(stage, point["id"]) for stage, point in manifest_points(manifest)]
+    folders = {key: run.point_dir(*key) for key in keys}
+    checks = index.check_many([(folders[key] / RESULT_NAME, key[1]) for key in keys])
+    errors = _error_files([key for key, check in zip(keys, checks, strict=True) if check.state == "missing"], folders)
+    counts: dict[str, Counter] = {}
+    for key, check in zip(keys, checks, strict=True):
+        counts.setdefault(key[0], Counter())[_file_state(jobs.get(key), check, key in errors)] += 1
+    return counts
+
+
+def _file_state(job: JobRecord | None, result: ResultCheck, has_error: bool) -> str:
+    """A point's state as `point_status` decides it, without the scheduler and without reading an error or a log."""
+    if result.state == "ok":
+        return "done"
+    if result.state == "corrupt" or has_error:
+        return "failed"
+    if job is None or job.blocked_by:
+        return "not submitted"
+    if job.executor == "slurm" or job_is_alive(job):
+        return "active"
+    return "failed" if job.job_id else "not submitted"  # ended without a result; or its launcher stopped first
+
+
+def run_folders(folder: Path) -> list[Path]:
+    """`folder` itself when it is a run folder, else its sub-folders that hold a manifest (a run's or not), by name."""
+    if (folder / MANIFEST_NAME).exists():
+        return [folder]
+    return sorted(child for child in folder.iterdir() if (child / MANIFEST_NAME).exists())

@@ -60,6 +60,11 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
 
 
+def one_line(text: str) -> str:
+    """A name (a folder's) on one line, with its line breaks shown as \\n: a cell it spanned would read as two."""
+    return printable(text.replace("\r", "\\r").replace("\n", "\\n"))
+
+
 def tsv_cell(text: str) -> str:
     """A value as one TSV field: backslash, tab, newline and carriage return escaped (\\\\, \\t, \\n, \\r)."""
     return printable(text.translate(_TSV_ESCAPES))
