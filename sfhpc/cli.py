@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # -h too, on every command
 app = typer.Typer(help="Brain-alignment and robustness sweeps: expand, launch, watch, aggregate.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   context_settings=HELP_OPTIONS)
 sweep_app = typer.Typer(help="Expand or launch a sweep file.", no_args_is_help=True, context_settings=HELP_OPTIONS)
 app.add_typer(sweep_app, name="sweep")

@@ -201,3 +201,23 @@ def test_a_value_with_a_newline_spans_two_lines_of_its_cell():
 
 def test_tsv_escapes_what_would_break_a_line_or_a_field():
     assert tsv_text(Grid(None, ["a"], [["x\ty\nz\\w\x1b"]])) == "a\nx\\ty\\nz\\\\w\\x1b\n"
+
+
+def test_shell_completion_can_be_shown_and_completes_commands_and_choices():
+    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="sfhpc")
+    assert script.exit_code == 0 and "complete -o default -F _sfhpc_completion sfhpc" in script.stdout
+    for words, expected in (("sfhpc ru", "runs\n"), ("sfhpc status --format ", "table\ntsv\nmd\njson\n")):
+        env = {"_SFHPC_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split(" ")) - 1)}
+        assert runner.invoke(app, [], env=env, prog_name="sfhpc").stdout == expected
+
+
+def test_version_prints_the_package_version():
+    from importlib.metadata import version
+
+    assert sfhpc("--version").stdout == f"sfhpc {version('sfhpc')}\n"
+
+
+@pytest.mark.parametrize("command", ["logs", "runs"])
+def test_dash_h_is_help_on_the_new_commands(command: str):
+    short, long = runner.invoke(app, [command, "-h"]), runner.invoke(app, [command, "--help"])
+    assert short.exit_code == 0 and short.stdout == long.stdout and "Usage: " in short.stdout
