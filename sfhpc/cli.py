@@ -172,9 +172,10 @@ def sweep_expand(sweep_file: Path = typer.Argument(..., help="Sweep YAML file.")
     (an ImageNet copy, prepared NSD files, weights) does not stop the plan: the checks that need it are listed as
     skipped, and `sweep launch` runs them."""
     from sfhpc.sweep import expand_file
+    from sfhpc.terminal import working
 
     skipped: list[str] = []
-    with _user_errors(as_json):
+    with _user_errors(as_json), working(f"expanding {sweep_file}"):
         plan = _calibrated(expand_file(sweep_file, max_points=max_points, skipped=skipped), calibrate)
     if as_json:
         hours = {s.name: s.hours() for s in plan.stages}
@@ -265,12 +266,14 @@ def sweep_launch(
     """Submit every point without a valid result. Local runs wait and show progress; SLURM returns at once."""
     from sfhpc.launch import launch
     from sfhpc.sweep import expand_file
+    from sfhpc.terminal import working
 
     if executor not in (None, "auto", "local", "slurm", "debug"):
         _fail(f"--executor {executor!r}: allowed: auto, local, slurm, debug", as_json)
     with _stoppable_launch(), _user_errors(as_json):
         output = _run_folder_option(output)
-        plan = _calibrated(expand_file(sweep_file, max_points=max_points), calibrate)
+        with working(f"expanding {sweep_file}"):
+            plan = _calibrated(expand_file(sweep_file, max_points=max_points), calibrate)
         calibration = _calibration_line(plan)
         if calibration and not as_json:
             _console().print(calibration + " (the run's manifest keeps these estimates)", soft_wrap=True)
@@ -312,41 +315,48 @@ def _finish_launch(report: LaunchReport, as_json: bool) -> None:
 
 
 class _LaunchProgress:
-    """A rich progress bar over the points a local launch runs, with one line per finished point."""
+    """What a launch is doing, drawn only on a terminal: a spinner while it prepares and submits its points, then a
+    bar over the points a local launch runs (left on screen when it ends). One line per finished point, on a
+    terminal or not."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
+        self.console = _console()
         self.bar: Progress | None = None
+        self.queued = self.finished = 0
 
     def __enter__(self) -> _LaunchProgress:
+        from sfhpc.terminal import is_terminal
+
+        if self.enabled and is_terminal(sys.stdout):
+            self._start()
         return self
 
-    def _start(self) -> Progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def _start(self) -> None:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=_console())
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+                            TextColumn("{task.fields[count]}"), TimeElapsedColumn(), console=self.console,
+                            transient=True, refresh_per_second=4)
         self.bar.start()
-        self.task = self.bar.add_task("points", total=0)
-        return self.bar
+        self.task = self.bar.add_task("preparing and submitting the points", total=None, count="")
 
     def update(self, stage: str, point_id: str, event: str) -> None:
         if not self.enabled:
             return
-        # started by the first job, so that early errors print cleanly
-        bar = self.bar if self.bar is not None else self._start()
         if event == "queued":
-            bar.update(self.task, total=(bar.tasks[0].total or 0) + 1)
-            return
-        if event == "started":
-            bar.update(self.task, description=f"{stage}/{point_id}")
-            return
-        bar.advance(self.task)
-        style = STATE_STYLE.get(event, "")
-        bar.console.print(_styled((f"{event:>6}", style), f" {stage}/{point_id}"))
+            self.queued += 1
+        elif event != "started":
+            self.finished += 1
+            self.console.print(_styled((f"{event:>6}", STATE_STYLE.get(event, "")), f" {stage}/{point_id}"))
+        if self.bar is not None:
+            self.bar.update(self.task, total=self.queued, completed=self.finished,
+                            description=f"{stage}/{point_id}" if event == "started" else None,
+                            count=f"{self.finished}/{self.queued}")
 
     def __exit__(self, *exc: object) -> None:
-        if self.bar:
+        if self.bar is not None:
+            self.bar.live.transient = not self.queued  # the points' bar stays as a summary; the spinner goes
             self.bar.stop()
 
 
@@ -848,11 +858,13 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
     from sfhpc.report import controls_json, findings_json, headline_rows, summarize, write_report, write_summary
     from sfhpc.report.render import findings_line
     from sfhpc.rundir import RunDir
+    from sfhpc.terminal import WorkProgress
 
     shown_as = _output_format(output_format, as_json)
-    with _user_errors(shown_as == "json"):
+    with _user_errors(shown_as == "json"), WorkProgress() as progress:
         run_dir = RunDir.find(run)
-        summary = summarize(run_dir)
+        summary = summarize(run_dir, progress.counter("checking result files"))
+        progress.step("writing summary.csv, report.md and figures")
         csv_path, md_path = write_summary(run_dir, summary)
         files = write_report(run_dir, summary)
     written = [csv_path, md_path, str(files.conditions_csv), str(files.controls_csv), str(files.report_md),

@@ -7,6 +7,7 @@ per refresh, for the jobs whose points have neither a result nor an error yet.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,15 +37,17 @@ class PointStatus:
         return asdict(self)
 
 
-def run_status(run: RunDir, index: ResultIndex | None = None) -> list[PointStatus]:
+def run_status(run: RunDir, index: ResultIndex | None = None,
+               progress: Callable[[int, int], None] | None = None) -> list[PointStatus]:
     """The state of every point of the run, in manifest order. `index`: the run's result index, for a caller that
-    wants the metrics it reads on the way (`ResultIndex.metrics`)."""
+    wants the metrics it reads on the way (`ResultIndex.metrics`); `progress(opened, to_open)`: called as result
+    files not seen before are opened (`ResultIndex.check_many`)."""
     manifest = run.read_manifest()
     jobs = run.latest_jobs()
     index = index or run.result_index()
     keys = [(stage, point["id"]) for stage, point in manifest_points(manifest)]
     folders = {key: run.point_dir(*key) for key in keys}  # built once: 10,000 points make pathlib count
-    checks = index.check_many([(folders[key] / RESULT_NAME, key[1]) for key in keys])
+    checks = index.check_many([(folders[key] / RESULT_NAME, key[1]) for key in keys], progress=progress)
     results = dict(zip(keys, checks, strict=True))
     errors = _error_files([key for key in keys if results[key].state == "missing"], folders)
     undecided = [jobs[k] for k in keys if k in jobs and results[k].state == "missing" and k not in errors]

@@ -1,8 +1,10 @@
-"""How the CLI shows a table, for people and for pipes.
+"""How the CLI shows a table, for people and for pipes, and its progress displays.
 
 A table is printed as a box table when it fits the console's width (a pipe's is 80 columns unless COLUMNS says
 otherwise), else as one block per row; either way every value is there in full, never cut to an ellipsis. The same
 table can be printed as TSV (a header and one line per row) or as a GitHub markdown table.
+
+Progress goes to stderr and only to a terminal: a pipe, a file or a CI log gets none of it.
 
 Login-node code: imports rich only when it prints, never torch.
 """
@@ -10,13 +12,16 @@ Login-node code: imports rich only when it prints, never torch.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress, TaskID
     from rich.text import Text
 
 
@@ -181,3 +186,74 @@ def _blocks(grid: Grid) -> Text:
                         style=grid.styles.get(name) or None)
     text.rstrip()
     return text
+
+
+# ------------------------------------------------------------------------------------------------ progress
+def is_terminal(stream: TextIO) -> bool:
+    """Is `stream` a terminal, whatever the environment says? (FORCE_COLOR or TTY_COMPATIBLE, set in many CI
+    systems, make rich draw for a terminal into a log file; a progress display there is noise.)"""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no such method; closed
+        return False
+
+
+class WorkProgress:
+    """A progress display on stderr while long work runs (checking thousands of result files, expanding a large
+    sweep), drawn only when stderr is a terminal and gone when the work ends. `step` names work without a count,
+    `counter` gives a hook(done, total) for work with one. Elsewhere every call does nothing."""
+
+    def __init__(self, enabled: bool = True):
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False, markup=False)
+        self.enabled = enabled and is_terminal(sys.stderr)
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+        self.description = ""
+
+    def __enter__(self) -> WorkProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def step(self, description: str, total: int | None = None) -> None:
+        """Show `description` (and, with a total, a bar counting to it) in place of the work shown before."""
+        if not self.enabled:
+            return
+        bar = self.bar or self._start()
+        if self.task is not None:
+            bar.remove_task(self.task)
+        self.description = description
+        self.task = bar.add_task(printable(description), total=total, count=f"0/{total}" if total else "")
+
+    def counter(self, description: str) -> Callable[[int, int], None]:
+        """A hook(done, total) that shows `description` with a bar counting to `total`, from its first call."""
+        def update(done: int, total: int) -> None:
+            if not self.enabled:
+                return
+            if self.task is None or self.description != description:
+                self.step(description, total)
+            assert self.bar is not None and self.task is not None
+            self.bar.update(self.task, completed=done, total=total, count=f"{done}/{total}")
+        return update
+
+    def _start(self) -> Progress:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+                            TextColumn("{task.fields[count]}", markup=False), TimeElapsedColumn(),
+                            console=self.console, transient=True, refresh_per_second=4)
+        self.bar.start()
+        return self.bar
+
+
+@contextmanager
+def working(description: str, enabled: bool = True) -> Iterator[WorkProgress]:
+    """A WorkProgress that shows `description` from the start."""
+    with WorkProgress(enabled) as progress:
+        progress.step(description)
+        yield progress

@@ -4,6 +4,7 @@ and no metric: its columns are the points' parameters and whatever scalars their
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +36,13 @@ class Summary:
     metrics: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (stage, point) with a valid result
 
 
-def summarize(run: RunDir) -> Summary:
-    """Check every planned point's result file and read the scalars of the valid ones."""
+def summarize(run: RunDir, progress: Callable[[int, int], None] | None = None) -> Summary:
+    """Check every planned point's result file and read the scalars of the valid ones. `progress(opened, to_open)`:
+    called as result files not seen before are opened."""
     manifest = run.read_manifest()
     axes_of = {stage["name"]: stage["axes"] for stage in manifest["plan"]["stages"]}
     index = run.result_index()
-    statuses = {(s.stage, s.point): s for s in run_status(run, index)}
+    statuses = {(s.stage, s.point): s for s in run_status(run, index, progress)}
     tables: dict[str, StageTable] = {}
     problems: list[Problem] = []
     metrics_of: dict[tuple[str, str], dict[str, Any]] = {}
