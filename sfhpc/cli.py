@@ -211,7 +211,8 @@ def _print_plan(plan: Plan) -> None:
                      f"{hours['gpu_hours']:.1f}" if hours else "?", f"{hours['cpu_hours']:.1f}" if hours else "?"])
     print_grid(console, Grid(f"sweep {plan.sweep.name}: {plan.n_points} points",
                              ["stage", "points", "axes", "reads", "resources per point", "GPU-h", "CPU-h"], rows,
-                             right=frozenset({"GPU-h", "CPU-h"})))
+                             right=frozenset({"GPU-h", "CPU-h"}), wrap=frozenset({"axes", "reads",
+                                                                                 "resources per point"})))
     unknown = [s.job for s in plan.stages if s.hours() is None]
     console.print(f"estimate: {totals['gpu_hours']:.1f} GPU-hours, {totals['cpu_hours']:.1f} CPU-hours"
                   + (f" (without {', '.join(unknown)}: no expected_minutes in their job files)" if unknown else "")

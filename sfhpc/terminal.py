@@ -47,8 +47,9 @@ _TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r
 class Grid:
     """A table as text: a title, the column names, one list of cells per row. The first `keys` columns name a row
     (a block's heading when the table is too wide: `name: value; ...`, or the values alone where they say what
-    they are, without `named_keys`); `right`: the columns aligned right; `styles`: a style per column name (for a
-    terminal only)."""
+    they are, without `named_keys`); `right`: the columns aligned right; `wrap`: the columns of prose or lists,
+    whose text may wrap at its spaces to make the table fit; `styles`: a style per column name (for a terminal
+    only)."""
 
     title: str | None
     header: list[str]
@@ -56,6 +57,7 @@ class Grid:
     keys: int = 1
     named_keys: bool = True
     right: frozenset[str] = frozenset()
+    wrap: frozenset[str] = frozenset()
     styles: dict[str, str] = field(default_factory=dict)
 
 
@@ -105,11 +107,48 @@ def box_width(widths: list[int]) -> int:
 
 
 def grid_text(grid: Grid, width: int) -> Text:
-    """The grid as a box table when it is at most `width` cells wide, else as one block per row."""
+    """The grid as a box table when it fits in `width` cells (its `wrap` columns wrapped at spaces if need be), else
+    as one block per row."""
     safe = replace(grid, title=_cell(grid.title) if grid.title else None, header=[_cell(h) for h in grid.header],
                    rows=[[_cell(c) for c in row] for row in grid.rows])
-    widths = column_widths(safe)
-    return _box(safe, widths) if box_width(widths) <= width else _blocks(safe)
+    widths = fitted_widths(safe, width)
+    return _box(safe, widths) if widths is not None else _blocks(safe)
+
+
+def fitted_widths(grid: Grid, width: int) -> list[int] | None:
+    """Column widths of a box table at most `width` cells wide: each column's longest line, the `wrap` columns
+    narrowed (the one with the most to spare first) down to their longest word; None when that is still too wide."""
+    widths = column_widths(grid)
+    excess = box_width(widths) - width
+    floors = {i: _longest_word(grid, i) for i, name in enumerate(grid.header) if name in grid.wrap}
+    if excess > sum(widths[i] - floor for i, floor in floors.items()):
+        return None
+    while excess > 0:
+        narrowed = max(floors, key=lambda i: widths[i] - floors[i])
+        widths[narrowed] -= 1
+        excess -= 1
+    return widths
+
+
+def _longest_word(grid: Grid, column: int) -> int:
+    from rich.cells import cell_len
+
+    return max(cell_len(word) for text in [grid.header[column], *(row[column] for row in grid.rows)]
+               for word in [*text.split(), ""])
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    """`text` in lines of at most `width` cells, broken at spaces only (a word longer than that has a line of its
+    own)."""
+    from rich.cells import cell_len
+
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and cell_len(lines[-1]) + 1 + cell_len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
 
 
 def _cell(text: str) -> str:
@@ -132,12 +171,13 @@ def _box(grid: Grid, widths: list[int]) -> Text:
     if grid.title:
         text.append(grid.title + "\n", style="italic")
     right = [name in grid.right for name in grid.header]
+    wrap = [name in grid.wrap for name in grid.header]
     text.append(_rule("┏━┳┓", widths) + "\n")
-    _append_row(text, grid.header, widths, "┃", lambda _: "bold", right)
+    _append_row(text, grid.header, widths, "┃", lambda _: "bold", right, wrap)
     text.append(_rule("┡━╇┩", widths) + "\n")
     styles = [grid.styles.get(name, "") for name in grid.header]
     for row in grid.rows:
-        _append_row(text, row, widths, "│", styles.__getitem__, right)
+        _append_row(text, row, widths, "│", styles.__getitem__, right, wrap)
     text.append(_rule("└─┴┘", widths))
     return text
 
@@ -149,10 +189,11 @@ def _rule(chars: str, widths: list[int]) -> str:
 
 
 def _append_row(text: Text, cells: Sequence[str], widths: list[int], wall: str, style: Callable[[int], str],
-                right: list[bool]) -> None:
+                right: list[bool], wrap: list[bool]) -> None:
     from rich.cells import cell_len
 
-    lines = [cell.split("\n") for cell in cells]
+    lines = [[part for line in cell.split("\n") for part in (_wrapped(line, widths[i]) if wrap[i] else [line])]
+             for i, cell in enumerate(cells)]
     for k in range(max(len(cell) for cell in lines)):
         text.append(wall)
         for i, cell in enumerate(lines):

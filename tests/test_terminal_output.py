@@ -161,7 +161,9 @@ def test_piped_sweep_expand_cuts_no_point_id(write_sweep):
     out = sfhpc("sweep", "expand", sweep).stdout
     ids = [p["id"] for p in json.loads(sfhpc("sweep", "expand", sweep, "--json").stdout)["stages"][0]["points"]]
     assert all(point_id in out for point_id in ids) and not any(mark in out for mark in ELLIPSES)
-    assert "1 node x 1 task, 2 cpu, 0 gpu, 8 GB, 60 min" in out
+    body = out[out.index("┡"):out.index("└")].splitlines()[1:]  # the plan's table, wrapped at spaces to fit
+    resources = " ".join(line.split("│")[5].strip() for line in body).strip()
+    assert resources == "1 node x 1 task, 2 cpu, 0 gpu, 8 GB, 60 min"
 
 
 def rendered(grid: Grid, width: int) -> str:
@@ -192,6 +194,16 @@ def test_a_table_too_wide_becomes_one_block_per_row_with_every_value_whole():
     assert text.splitlines()[:4] == ["conditions", long, "  n:              3", "  clean accuracy: 0.807 ± 0.018"]
     assert "┃" not in text and "…" not in text
     assert rendered(grid, 200).count(long) == 2 and "┃" in rendered(grid, 200)
+
+
+def test_a_column_of_prose_wraps_at_its_spaces_to_fit_and_never_breaks_a_word():
+    grid = Grid(None, ["stage", "axes"], [["train", "subject, roi, predictor, alpha"], ["attack", "shard"]],
+                wrap=frozenset({"axes"}))
+    lines = rendered(grid, 30).splitlines()
+    assert lines[3:6] == ["│ train  │ subject, roi,     │",
+                          "│        │ predictor, alpha  │",
+                          "│ attack │ shard             │"]
+    assert "┃" not in rendered(grid, 20)  # narrower than its longest word ("predictor,"): one block per row
 
 
 def test_a_value_with_a_newline_spans_two_lines_of_its_cell():
