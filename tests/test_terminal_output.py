@@ -87,6 +87,7 @@ def test_aggregate_as_tsv_is_one_line_per_point(reported_run: RunDir):
     with open(reported_run.path / "summary.csv") as f:
         assert rows == list(csv.reader(f))  # the rows of summary.csv, tab-separated
     assert rows[0][:3] == ["stage", "point", "state"] and "attack_shard" in rows[0]
+    assert len(set(rows[0])) == len(rows[0])  # each column once (band is an axis and a parameter)
     assert len(rows) == 1 + 6 + 6 + 12  # train, cbm and attack points, the corrupt and missing ones included
     assert "\x1b" not in out and "┃" not in out
 

@@ -45,10 +45,9 @@ def format_value(value: Any) -> str:
 def summary_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     """summary.csv's header and rows: one row per point with every parameter and metric; points without a result
     have their state and its reason."""
-    columns = ["stage", "point", "state"]
-    for table in summary.tables:
-        columns += [c for c in [*table.axes, *table.params, *table.metrics] if c not in columns]
-    columns.append("reason")
+    # each name once: an axis is a parameter too, and a stage may record a parameter as a metric (train's epochs)
+    named = (c for table in summary.tables for c in [*table.axes, *table.params, *table.metrics])
+    columns = list(dict.fromkeys(["stage", "point", "state", *named, "reason"]))
     rows = [{"stage": table.stage, "state": "done", **{k: format_value(v) for k, v in row.items()}}
             for table in summary.tables for row in table.rows]
     rows += [dict(problem) for problem in summary.problems]
