@@ -642,19 +642,21 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of run folde
 
 def _runs_counts(paths: list[Path]) -> tuple[list[tuple[Path, dict[str, Counter]]], list[str]]:
     """Each run folder's points per stage and state (`file_counts`), and `path: why` for each that is not a
-    readable run."""
+    readable run. On a terminal, a bar over the result files it opens (those no status or aggregate has seen)."""
     from sfhpc.errors import RunError
     from sfhpc.rundir import RunDir
     from sfhpc.status import file_counts
+    from sfhpc.terminal import WorkProgress
 
     counted, skipped = [], []
-    for path in paths:
-        try:
-            counted.append((path, file_counts(RunDir(path))))
-        except RunError as err:
-            skipped.append(f"{path}: {err}")
-        except OSError as err:
-            skipped.append(f"{path}: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
+    with WorkProgress() as progress:
+        for path in paths:
+            try:
+                counted.append((path, file_counts(RunDir(path), progress.counter(f"checking the results in {path}"))))
+            except RunError as err:
+                skipped.append(f"{path}: {err}")
+            except OSError as err:
+                skipped.append(f"{path}: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
     return counted, skipped
 
 
@@ -884,8 +886,9 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
 
         _print_grids("tsv", [Grid(None, *summary_rows(summary))])
     else:
-        _print_grids("md", [*(_stage_grid(table) for table in summary.tables), _conditions_grid(header, rows),
-                            _problems_grid(summary)])
+        grids = [*(_stage_grid(table) for table in summary.tables), _conditions_grid(header, rows),
+                 _problems_grid(summary)]
+        _print_grids("md", [grid for grid in grids if grid.rows])
     if strict and summary.problems:
         raise typer.Exit(1)
 

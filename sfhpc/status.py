@@ -161,17 +161,18 @@ def count_by_stage(statuses: list[PointStatus]) -> dict[str, Counter]:
     return counts
 
 
-def file_counts(run: RunDir) -> dict[str, Counter]:
+def file_counts(run: RunDir, progress: Callable[[int, int], None] | None = None) -> dict[str, Counter]:
     """Per stage, how many points are in each of FILE_STATES, from the run folder's files alone: no scheduler is
     asked (a submitted point with neither result nor error file is "active": `sfhpc status` asks SLURM whether it is
-    pending, running or gone), no file's contents but results are read, and nothing is written (the result index
-    is used, not updated)."""
+    pending, running or gone), no file's contents but results are read, and nothing is written: the result index is
+    used, not updated, so result files it does not know yet are opened on every call (`progress(opened, to_open)`
+    as they are)."""
     manifest = run.read_manifest()
     jobs = run.latest_jobs()
     index = run.result_index()
     keys = [(stage, point["id"]) for stage, point in manifest_points(manifest)]
     folders = {key: run.point_dir(*key) for key in keys}
-    checks = index.check_many([(folders[key] / RESULT_NAME, key[1]) for key in keys])
+    checks = index.check_many([(folders[key] / RESULT_NAME, key[1]) for key in keys], progress=progress)
     errors = _error_files([key for key, check in zip(keys, checks, strict=True) if check.state == "missing"], folders)
     counts: dict[str, Counter] = {}
     for key, check in zip(keys, checks, strict=True):

@@ -83,6 +83,7 @@ def test_runs_on_a_terminal_shows_a_table_and_what_it_skipped(runs_folder: Path)
     assert "│ lab's\\nsecond │ train │    2 │      2 │      1 │             1 │     6 │" in result.stdout
     assert f"skipped {runs_folder / 'damaged'}: cannot read" in result.stderr
     assert "notes" not in result.output and "README" not in result.output
+    assert "checking the results" not in result.output  # no progress in a pipe
 
 
 def test_runs_as_json(runs_folder: Path):
