@@ -13,24 +13,26 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
+from sfhpc.terminal import OutputFormat
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
-    from rich.table import Table
     from rich.text import Text
 
     from sfhpc.cost import StageCost
     from sfhpc.launch import LaunchReport
-    from sfhpc.report.summary import Summary
-    from sfhpc.rundir import RunDir
+    from sfhpc.report.summary import StageTable, Summary
+    from sfhpc.rundir import JobRecord, RunDir
     from sfhpc.stages.attack.export import RobustBenchExport
     from sfhpc.stages.rsa.export import RdmExport
     from sfhpc.status import PointStatus
     from sfhpc.sweep import Plan, StagePlan
+    from sfhpc.terminal import Grid
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # -h too, on every command
 app = typer.Typer(help="Brain-alignment and robustness sweeps: expand, launch, watch, aggregate.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   context_settings=HELP_OPTIONS)
 sweep_app = typer.Typer(help="Expand or launch a sweep file.", no_args_is_help=True, context_settings=HELP_OPTIONS)
 app.add_typer(sweep_app, name="sweep")
@@ -59,10 +61,14 @@ def _console(stderr: bool = False) -> Console:
 
 
 def _styled(*parts: str | tuple[str, str]) -> Text:
-    """A line of plain text and (text, style) parts; no part is read as markup."""
+    """A line of plain text and (text, style) parts; no part is read as markup, and control characters (an escape
+    sequence in an error line) show as escapes."""
     from rich.text import Text
 
-    return Text.assemble(*parts)
+    from sfhpc.terminal import printable
+
+    return Text.assemble(*(printable(part) if isinstance(part, str) else (printable(part[0]), part[1])
+                           for part in parts))
 
 
 def _fail(message: str, as_json: bool = False) -> NoReturn:
@@ -104,6 +110,24 @@ def _version_callback(value: bool) -> None:
 def main(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
                                       help="Print the version and exit.")) -> None:
     """sfhpc: run spatial-frequency and neural-guidance robustness experiments from a login node."""
+
+
+FORMAT_HELP = ("How to print: table (for a terminal: a table where it fits the width, one block per row where it "
+               "does not; no value is ever cut), tsv (a header and one line per row, tab-separated; a tab, newline "
+               "or backslash in a value as \\t, \\n, \\\\), md (GitHub markdown tables) or json (as --json).")
+
+
+def _format_option(tsv: str) -> Any:
+    """--format, whose help says what the TSV of this command holds."""
+    return typer.Option(OutputFormat.table, "--format", "-f", case_sensitive=False,
+                        help=f"{FORMAT_HELP} TSV: {tsv}")
+
+
+def _output_format(chosen: OutputFormat, as_json: bool) -> str:
+    """The format asked for: --json is --format json, and may not contradict another --format."""
+    if as_json and chosen not in (OutputFormat.table, OutputFormat.json):
+        _fail(f"--json and --format {chosen.value} ask for two formats; give one (--json is --format json)")
+    return "json" if as_json else chosen.value
 
 
 # ------------------------------------------------------------------------------------------ sweep
@@ -154,9 +178,10 @@ def sweep_expand(sweep_file: Path = typer.Argument(..., help="Sweep YAML file.")
     (an ImageNet copy, prepared NSD files, weights) does not stop the plan: the checks that need it are listed as
     skipped, and `sweep launch` runs them."""
     from sfhpc.sweep import expand_file
+    from sfhpc.terminal import working
 
     skipped: list[str] = []
-    with _user_errors(as_json):
+    with _user_errors(as_json), working(f"expanding {sweep_file}"):
         plan = _calibrated(expand_file(sweep_file, max_points=max_points, skipped=skipped), calibrate)
     if as_json:
         hours = {s.name: s.hours() for s in plan.stages}
@@ -176,23 +201,24 @@ def sweep_expand(sweep_file: Path = typer.Argument(..., help="Sweep YAML file.")
 
 
 def _print_plan(plan: Plan) -> None:
-    from rich.table import Table
+    from sfhpc.terminal import Grid, print_grid
 
     console = _console()
-    summary = Table(title=f"sweep {plan.sweep.name}: {plan.n_points} points", title_justify="left")
-    for column in ("stage", "points", "axes", "reads", "resources per point", "GPU-h", "CPU-h"):
-        summary.add_column(column, justify="right" if column.endswith("-h") else "left")
+    rows = []
     totals = {"gpu_hours": 0.0, "cpu_hours": 0.0}
     for stage in plan.stages:
         r = stage.resources
         hours = stage.hours()
         for key in totals:
             totals[key] += hours[key] if hours else 0.0
-        summary.add_row(stage.name, str(len(stage.points)), ", ".join(stage.axes) or "-", _reads(stage),
-                        f"{r.nodes} node x {r.tasks_per_node} task, {r.cpus_per_task} cpu, {r.gpus_per_node} gpu, "
-                        f"{r.mem_gb:g} GB, {r.timeout_min} min",
-                        f"{hours['gpu_hours']:.1f}" if hours else "?", f"{hours['cpu_hours']:.1f}" if hours else "?")
-    console.print(summary)
+        rows.append([stage.name, str(len(stage.points)), ", ".join(stage.axes) or "-", _reads(stage),
+                     f"{r.nodes} node x {r.tasks_per_node} task, {r.cpus_per_task} cpu, {r.gpus_per_node} gpu, "
+                     f"{r.mem_gb:g} GB, {r.timeout_min} min",
+                     f"{hours['gpu_hours']:.1f}" if hours else "?", f"{hours['cpu_hours']:.1f}" if hours else "?"])
+    print_grid(console, Grid(f"sweep {plan.sweep.name}: {plan.n_points} points",
+                             ["stage", "points", "axes", "reads", "resources per point", "GPU-h", "CPU-h"], rows,
+                             right=frozenset({"GPU-h", "CPU-h"}), wrap=frozenset({"axes", "reads",
+                                                                                 "resources per point"})))
     unknown = [s.job for s in plan.stages if s.hours() is None]
     console.print(f"estimate: {totals['gpu_hours']:.1f} GPU-hours, {totals['cpu_hours']:.1f} CPU-hours"
                   + (f" (without {', '.join(unknown)}: no expected_minutes in their job files)" if unknown else "")
@@ -204,18 +230,20 @@ def _print_plan(plan: Plan) -> None:
         console.print(calibration, soft_wrap=True)
     readers = Counter(key for stage in plan.stages for point in stage.points for key in point.upstream)
     for stage in plan.stages:
-        table = Table(title=f"{stage.name} points", title_justify="left")
-        table.add_column("#", justify="right")
-        table.add_column("point id")
-        for axis in stage.axes:
-            table.add_column(axis)
-        read = any(readers[f"{stage.name}/{p.id}"] for p in stage.points)
-        if read:
-            table.add_column("read by", justify="right")
-        for index, point in enumerate(stage.points):
-            used = [str(readers[f"{stage.name}/{point.id}"])] if read else []
-            table.add_row(str(index), point.id, *(str(point.labels[a]) for a in stage.axes), *used)
-        console.print(table)
+        print_grid(console, _points_grid(stage, readers))
+
+
+def _points_grid(stage: StagePlan, readers: Counter) -> Grid:
+    """A stage's points: index, id, the value of each axis, and how many downstream points read it (when any
+    does)."""
+    from sfhpc.terminal import Grid
+
+    read = any(readers[f"{stage.name}/{p.id}"] for p in stage.points)
+    header = ["#", "point id", *stage.axes, *(["read by"] if read else [])]
+    rows = [[str(index), point.id, *(str(point.labels[a]) for a in stage.axes),
+             *([str(readers[f"{stage.name}/{point.id}"])] if read else [])]
+            for index, point in enumerate(stage.points)]
+    return Grid(f"{stage.name} points", header, rows, keys=2, named_keys=False, right=frozenset({"#", "read by"}))
 
 
 def _reads(stage: StagePlan) -> str:
@@ -245,12 +273,14 @@ def sweep_launch(
     """Submit every point without a valid result. Local runs wait and show progress; SLURM returns at once."""
     from sfhpc.launch import launch
     from sfhpc.sweep import expand_file
+    from sfhpc.terminal import working
 
     if executor not in (None, "auto", "local", "slurm", "debug"):
         _fail(f"--executor {executor!r}: allowed: auto, local, slurm, debug", as_json)
     with _stoppable_launch(), _user_errors(as_json):
         output = _run_folder_option(output)
-        plan = _calibrated(expand_file(sweep_file, max_points=max_points), calibrate)
+        with working(f"expanding {sweep_file}"):
+            plan = _calibrated(expand_file(sweep_file, max_points=max_points), calibrate)
         calibration = _calibration_line(plan)
         if calibration and not as_json:
             _console().print(calibration + " (the run's manifest keeps these estimates)", soft_wrap=True)
@@ -292,41 +322,48 @@ def _finish_launch(report: LaunchReport, as_json: bool) -> None:
 
 
 class _LaunchProgress:
-    """A rich progress bar over the points a local launch runs, with one line per finished point."""
+    """What a launch is doing, drawn only on a terminal: a spinner while it prepares and submits its points, then a
+    bar over the points a local launch runs (left on screen when it ends). One line per finished point, on a
+    terminal or not."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
+        self.console = _console()
         self.bar: Progress | None = None
+        self.queued = self.finished = 0
 
     def __enter__(self) -> _LaunchProgress:
+        from sfhpc.terminal import is_terminal
+
+        if self.enabled and is_terminal(sys.stdout):
+            self._start()
         return self
 
-    def _start(self) -> Progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def _start(self) -> None:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=_console())
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+                            TextColumn("{task.fields[count]}"), TimeElapsedColumn(), console=self.console,
+                            transient=True, refresh_per_second=4)
         self.bar.start()
-        self.task = self.bar.add_task("points", total=0)
-        return self.bar
+        self.task = self.bar.add_task("preparing and submitting the points", total=None, count="")
 
     def update(self, stage: str, point_id: str, event: str) -> None:
         if not self.enabled:
             return
-        # started by the first job, so that early errors print cleanly
-        bar = self.bar if self.bar is not None else self._start()
         if event == "queued":
-            bar.update(self.task, total=(bar.tasks[0].total or 0) + 1)
-            return
-        if event == "started":
-            bar.update(self.task, description=f"{stage}/{point_id}")
-            return
-        bar.advance(self.task)
-        style = STATE_STYLE.get(event, "")
-        bar.console.print(_styled((f"{event:>6}", style), f" {stage}/{point_id}"))
+            self.queued += 1
+        elif event != "started":
+            self.finished += 1
+            self.console.print(_styled((f"{event:>6}", STATE_STYLE.get(event, "")), f" {stage}/{point_id}"))
+        if self.bar is not None:
+            self.bar.update(self.task, total=self.queued, completed=self.finished,
+                            description=f"{stage}/{point_id}" if event == "started" else None,
+                            count=f"{self.finished}/{self.queued}")
 
     def __exit__(self, *exc: object) -> None:
-        if self.bar:
+        if self.bar is not None:
+            self.bar.live.transient = not self.queued  # the points' bar stays as a summary; the spinner goes
             self.bar.stop()
 
 
@@ -405,6 +442,8 @@ def status(run: str = typer.Argument(..., help="Run folder, or a sweep name unde
            all_points: bool = typer.Option(False, "--all", help="List every point, not only the failed ones."),
            stage: str | None = typer.Option(None, "--stage", help="Only this stage."),
            as_json: bool = typer.Option(False, "--json", help="Print counts and points as JSON."),
+           output_format: OutputFormat = _format_option("one line per point listed (the failed ones, or every one "
+                                                        "with --all): stage, point, state, job, result, reason."),
            watch: float | None = typer.Option(
                None, "--watch", metavar="SECONDS", min=1,
                help="Refresh every SECONDS until no point is pending or running (one sacct call per refresh); "
@@ -414,24 +453,47 @@ def status(run: str = typer.Argument(..., help="Run folder, or a sweep name unde
     from sfhpc.rundir import RunDir
     from sfhpc.status import count_by_stage
 
+    shown_as = _output_format(output_format, as_json)
     console = _console()
-    with _user_errors(as_json):
+    with _user_errors(shown_as == "json"):
         run_dir = RunDir.find(run)
         _check_stage_option(run_dir, stage)
         if watch is None:
             statuses = _stage_status(run_dir, stage)
         else:
-            statuses = _watch_until_settled(run_dir, stage, watch, console, show_live=not as_json)
+            statuses = _watch_until_settled(run_dir, stage, watch, console, show_live=shown_as == "table")
     counts = count_by_stage(statuses)
-    if as_json:
+    listed = statuses if all_points else [s for s in statuses if s.state == "failed"]
+    if shown_as == "json":
         _print_json({"run": str(run_dir.path), "counts": {k: dict(v) for k, v in counts.items()},
                      "points": [s.to_json() for s in statuses]})
+    elif shown_as == "table":
+        from sfhpc.terminal import print_grid
+
+        console.print(f"run {run_dir.path}", soft_wrap=True)  # not a table title: a long path stays whole
+        print_grid(console, _counts_grid(counts))
+        _print_points(console, listed)
     else:
-        console.print(f"run {run_dir.path}", soft_wrap=True)  # not a table title, which would wrap a long path
-        console.print(_counts_table(counts))
-        _print_points(console, statuses if all_points else [s for s in statuses if s.state == "failed"])
+        points = _points_grid_of(listed, "points" if all_points else "failed points")
+        _print_grids(shown_as, [_counts_grid(counts, f"run {run_dir.path}"), points] if shown_as == "md" else [points])
     if any(s.state == "failed" for s in statuses) or (watch is not None and any(s.state != "done" for s in statuses)):
         raise typer.Exit(1)
+
+
+def _points_grid_of(statuses: list[PointStatus], title: str = "points") -> Grid:
+    """One row per point: stage, point, state, job, result, reason."""
+    from sfhpc.terminal import Grid
+
+    return Grid(title, ["stage", "point", "state", "job", "result", "reason"],
+                [[s.stage, s.point, s.state, s.job_id or "", s.result, s.reason] for s in statuses], keys=2)
+
+
+def _print_grids(shown_as: str, grids: list[Grid]) -> None:
+    """Grids as TSV (one after the other) or as markdown tables under their titles."""
+    from sfhpc.terminal import markdown_text, tsv_text
+
+    text = tsv_text if shown_as == "tsv" else markdown_text
+    sys.stdout.write(("\n" if shown_as == "md" else "").join(text(grid) for grid in grids))
 
 
 def _check_stage_option(run_dir: RunDir, stage: str | None) -> None:
@@ -461,6 +523,7 @@ def _watch_until_settled(run_dir: RunDir, stage: str | None, interval: float, co
     from rich.live import Live
 
     from sfhpc.status import count_by_stage
+    from sfhpc.terminal import grid_text
 
     live = Live(console=console, transient=True, auto_refresh=False) if show_live and console.is_terminal else None
     with live or contextlib.nullcontext():
@@ -469,25 +532,21 @@ def _watch_until_settled(run_dir: RunDir, stage: str | None, interval: float, co
             if not any(s.state in ("pending", "running") for s in statuses):
                 return statuses
             if live is not None:
-                live.update(_counts_table(count_by_stage(statuses),
-                                          f"refreshed {time.strftime('%H:%M:%S')}, every {interval:g} s; Ctrl-C "
-                                          "stops watching, not the run"), refresh=True)
+                view = grid_text(_counts_grid(count_by_stage(statuses)), console.width)
+                view.append(f"\nrefreshed {time.strftime('%H:%M:%S')}, every {interval:g} s; Ctrl-C stops watching, "
+                            "not the run")
+                live.update(view, refresh=True)
             time.sleep(interval)
 
 
-def _counts_table(counts: dict[str, Counter], caption: str | None = None) -> Table:
-    from rich.table import Table
-
+def _counts_grid(counts: dict[str, Counter], title: str | None = None) -> Grid:
+    """Points per stage and state, and in all."""
     from sfhpc.status import STATES
+    from sfhpc.terminal import Grid
 
-    table = Table(caption=caption, caption_justify="left")
-    table.add_column("stage")
-    for state in STATES:
-        table.add_column(state, justify="right", style=STATE_STYLE[state])
-    table.add_column("total", justify="right")
-    for name, counter in counts.items():
-        table.add_row(name, *(str(counter.get(state, 0)) for state in STATES), str(sum(counter.values())))
-    return table
+    rows = [[name, *(str(counter.get(state, 0)) for state in STATES), str(sum(counter.values()))]
+            for name, counter in counts.items()]
+    return Grid(title, ["stage", *STATES, "total"], rows, right=frozenset([*STATES, "total"]), styles=STATE_STYLE)
 
 
 def _print_points(console: Console, shown: list[PointStatus]) -> None:
@@ -496,8 +555,137 @@ def _print_points(console: Console, shown: list[PointStatus]) -> None:
         console.print(_styled((f"{s.state:>13}", STATE_STYLE[s.state]), f" {s.stage}/{s.point}{job}"
                               + (f": {s.reason}" if s.reason else "")), soft_wrap=True)
         if s.state == "failed" and s.detail:
-            console.print("\n".join("      " + line for line in s.detail.splitlines()), style="dim",
+            console.print(_styled(("\n".join("      " + line for line in s.detail.splitlines()), "dim")),
                           soft_wrap=True)
+
+
+@app.command("logs")
+def logs(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
+         point: str = typer.Argument(..., help="A point as `sfhpc status` prints it: STAGE/POINT_ID (or the id "
+                                               "alone, when one stage has it)."),
+         lines: int = typer.Option(20, "--lines", "-n", min=0, help="Show the last N lines of each file (0: only "
+                                                                     "where the files are)."),
+         as_json: bool = typer.Option(False, "--json", help="Print the job, the files and their last lines as "
+                                                            "JSON.")) -> None:
+    """Where a point's stdout and stderr are (its last job's files, one pair per task) and the error file of a
+    failed attempt, with their last lines."""
+    from sfhpc.logs import find_point, point_logs
+    from sfhpc.rundir import RunDir
+
+    with _user_errors(as_json):
+        run_dir = RunDir.find(run)
+        found = point_logs(run_dir, *find_point(run_dir, point))
+        tails = {file.path: _tail_or_none(file.path, lines) for file in found.files}
+    if as_json:
+        _print_json({"point": found.key, "job": found.job.__dict__ if found.job else None,
+                     "files": [{"kind": f.kind, "task": f.task, "path": str(f.path.absolute()),
+                                "exists": tails[f.path] is not None, "last_lines": tails[f.path] or []}
+                               for f in found.files]})
+        return
+    console = _console()
+    console.print(_styled(("point ", "bold"), found.key), soft_wrap=True)
+    console.print(_styled(("job   ", "bold"), _job_line(found.job)), soft_wrap=True)
+    multi_task = any(f.task for f in found.files)
+    for file in found.files:
+        tail = tails[file.path]
+        label = f"{file.kind} (task {file.task})" if multi_task and file.task is not None else file.kind
+        state = " (not written yet)" if tail is None else " (empty)" if not tail and lines else ""
+        console.print(_styled((f"{label:<6} ", "bold"), str(file.path.absolute()), (state, "dim")), soft_wrap=True)
+        for line in tail or []:
+            console.print(_styled(("  | ", "dim"), line), soft_wrap=True)
+
+
+def _tail_or_none(path: Path, lines: int) -> list[str] | None:
+    """The file's last lines, or None when it is not there (yet) or cannot be read."""
+    from sfhpc.logs import last_lines
+
+    try:
+        return last_lines(path, lines)
+    except OSError:
+        return None
+
+
+def _job_line(job: JobRecord | None) -> str:
+    if job is None:
+        return "none: the point was never submitted, so it has no logs (`sfhpc sweep launch` submits it)"
+    if job.blocked_by:
+        return f"none: the launch did not run it, its input {job.blocked_by} has no result"
+    if not job.job_id:
+        return f"none yet: queued by a local launch (pid {job.launcher_pid}) that had not started it"
+    return f"{job.job_id} ({job.executor}, submitted {job.submitted})"
+
+
+@app.command("runs")
+def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of run folders (default: runs), or one run "
+                                                          "folder."),
+         as_json: bool = typer.Option(False, "--json", help="Print every run's counts per stage as JSON."),
+         output_format: OutputFormat = _format_option("one line per run and stage: run, stage, the points in "
+                                                      "each state and in all.")) -> None:
+    """The run folders under FOLDER with their points per stage: done, failed, active, not submitted. From their
+    files alone, fast and without writing: no scheduler is asked, so a submitted point with neither result nor
+    error is "active" (`sfhpc status RUN` says whether it is pending or running). A folder that is not a readable
+    run is listed as skipped, with why."""
+    from sfhpc.errors import RunError
+    from sfhpc.status import run_folders
+
+    shown_as = _output_format(output_format, as_json)
+    with _user_errors(shown_as == "json"):
+        folder = folder.expanduser()
+        if not folder.is_dir():
+            raise RunError(f"no folder {folder} (run folders are made by `sfhpc sweep launch`, under runs/ unless "
+                           "--output says otherwise)")
+        counts, skipped = _runs_counts(run_folders(folder))
+    if shown_as == "json":
+        _print_json({"folder": str(folder), "runs": [{"run": str(path), "counts": {k: dict(v) for k, v in c.items()}}
+                                                      for path, c in counts], "skipped": skipped})
+        return
+    grid = _runs_grid(folder, counts, shown_as == "table")
+    if shown_as == "table":
+        from sfhpc.terminal import print_grid
+
+        console = _console()
+        if counts:
+            print_grid(console, grid)
+        else:
+            console.print(f"no run folders in {folder}", soft_wrap=True)
+    else:
+        _print_grids(shown_as, [grid])
+    for line in skipped:
+        _console(stderr=True).print(_styled(("skipped ", "yellow"), line), soft_wrap=True)
+
+
+def _runs_counts(paths: list[Path]) -> tuple[list[tuple[Path, dict[str, Counter]]], list[str]]:
+    """Each run folder's points per stage and state (`file_counts`), and `path: why` for each that is not a
+    readable run. On a terminal, a bar over the result files it opens (those no status or aggregate has seen)."""
+    from sfhpc.errors import RunError
+    from sfhpc.rundir import RunDir
+    from sfhpc.status import file_counts
+    from sfhpc.terminal import WorkProgress
+
+    counted, skipped = [], []
+    with WorkProgress() as progress:
+        for path in paths:
+            try:
+                counted.append((path, file_counts(RunDir(path), progress.counter(f"checking the results in {path}"))))
+            except RunError as err:
+                skipped.append(f"{path}: {err}")
+            except OSError as err:
+                skipped.append(f"{path}: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
+    return counted, skipped
+
+
+def _runs_grid(folder: Path, counts: list[tuple[Path, dict[str, Counter]]], for_terminal: bool) -> Grid:
+    """One row per run and stage: the points in each state and in all. A run is named by its path in `folder` (in
+    runs/, the name `sfhpc status NAME` takes); for a terminal, on one line whatever it holds."""
+    from sfhpc.status import FILE_STATES
+    from sfhpc.terminal import Grid, one_line
+
+    name = one_line if for_terminal else str
+    rows = [[name(str(path.relative_to(folder)) if path != folder else str(path)), stage,
+             *(str(counter.get(state, 0)) for state in FILE_STATES), str(sum(counter.values()))]
+            for path, by_stage in counts for stage, counter in (by_stage or {"-": Counter()}).items()]
+    return Grid(f"run folders in {folder}", ["run", "stage", *FILE_STATES, "total"], rows, keys=2,
+                right=frozenset([*FILE_STATES, "total"]), styles={**STATE_STYLE, "active": "cyan"})
 
 
 @app.command("cancel")
@@ -673,6 +861,10 @@ def data_nsd_prepare(
 def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
               as_json: bool = typer.Option(False, "--json",
                                            help="Print rows, conditions, controls, findings and problems as JSON."),
+              output_format: OutputFormat = _format_option("the rows of summary.csv: one line per point, with its "
+                                                           "state, parameters, metrics and the reason it has no "
+                                                           "valid result. md: every table the terminal shows, in "
+                                                           "full."),
               strict: bool = typer.Option(False, "--strict", help="Exit 1 when a point is missing, failed, "
                                                                   "corrupt or incomplete (the files are written "
                                                                   "all the same).")) -> None:
@@ -683,41 +875,50 @@ def aggregate(run: str = typer.Argument(..., help="Run folder, or a sweep name u
     from sfhpc.report import controls_json, findings_json, headline_rows, summarize, write_report, write_summary
     from sfhpc.report.render import findings_line
     from sfhpc.rundir import RunDir
+    from sfhpc.terminal import WorkProgress
 
-    with _user_errors(as_json):
+    shown_as = _output_format(output_format, as_json)
+    with _user_errors(shown_as == "json"), WorkProgress() as progress:
         run_dir = RunDir.find(run)
-        summary = summarize(run_dir)
+        summary = summarize(run_dir, progress.counter("checking result files"))
+        progress.step("writing summary.csv, report.md and figures")
         csv_path, md_path = write_summary(run_dir, summary)
         files = write_report(run_dir, summary)
     written = [csv_path, md_path, str(files.conditions_csv), str(files.controls_csv), str(files.report_md),
                str(files.report_html), *map(str, files.figures)]
     header, rows = headline_rows(files.report)
-    if as_json:
+    if shown_as == "json":
         _print_json({"tables": [t.__dict__ for t in summary.tables], "problems": summary.problems,
                      "conditions": [dict(zip(header, row, strict=True)) for row in rows],
                      "controls": controls_json(files.report), "findings": findings_json(files.report.findings),
                      "files": written})
-    else:
+    elif shown_as == "table":
         _print_aggregate(summary, header, rows, written, findings_line(files.report.findings))
+    elif shown_as == "tsv":
+        from sfhpc.report.render import summary_rows
+        from sfhpc.terminal import Grid
+
+        _print_grids("tsv", [Grid(None, *summary_rows(summary))])
+    else:
+        grids = [*(_stage_grid(table) for table in summary.tables), _conditions_grid(header, rows),
+                 _problems_grid(summary)]
+        _print_grids("md", [grid for grid in grids if grid.rows])
     if strict and summary.problems:
         raise typer.Exit(1)
+
+
+CONDITIONS_TITLE = "conditions (mean ± SEM over seeds; details and p-values in report.md)"
 
 
 def _print_aggregate(summary: Summary, header: list[str], rows: list[list[str]], written: list[str],
                      findings: str | None = None) -> None:
     """The point tables, the conditions table, the findings' verdicts, the problems and the files written."""
-    from rich.table import Table
+    from sfhpc.terminal import print_grid
 
     _print_point_tables(summary)
     console = _console()
     if rows:
-        view = Table(title="conditions (mean ± SEM over seeds; details and p-values in report.md)",
-                     title_justify="left")
-        for column in header:
-            view.add_column(column)
-        for row in rows[:MOST_CONDITION_ROWS]:
-            view.add_row(*row)
-        console.print(view)
+        print_grid(console, _conditions_grid(header, rows[:MOST_CONDITION_ROWS]))
         if len(rows) > MOST_CONDITION_ROWS:
             console.print(f"{len(rows) - MOST_CONDITION_ROWS} more conditions in conditions.csv and report.md")
     if findings:
@@ -728,12 +929,24 @@ def _print_aggregate(summary: Summary, header: list[str], rows: list[list[str]],
     console.print("wrote " + ", ".join(written), soft_wrap=True)
 
 
+def _conditions_grid(header: list[str], rows: list[list[str]]) -> Grid:
+    from sfhpc.terminal import Grid
+
+    return Grid(CONDITIONS_TITLE, header, rows, named_keys=False, right=frozenset({"n"}))
+
+
+def _problems_grid(summary: Summary) -> Grid:
+    from sfhpc.terminal import Grid
+
+    return Grid("points without a valid result", ["stage", "point", "state", "reason"],
+                [[p["stage"], p["point"], p["state"], p["reason"]] for p in summary.problems], keys=2)
+
+
 def _print_point_tables(summary: Summary, most_rows: int = 40, most_metrics: int = 6) -> None:
     """One table per stage (one row per point) with at most `most_metrics` metric columns; a long or wide one is
     left, in full or in part, to summary.csv."""
-    from rich.table import Table
-
     from sfhpc.report.render import constant_metrics, display_columns, format_value
+    from sfhpc.terminal import print_grid
 
     console = _console()
     for table in summary.tables:
@@ -746,15 +959,23 @@ def _print_point_tables(summary: Summary, most_rows: int = 40, most_metrics: int
             columns = [c for c in columns if c not in metrics[most_metrics:]]
             console.print(f"{table.stage}: {len(metrics) - most_metrics} more metrics per point in summary.csv "
                           f"({', '.join(metrics[most_metrics:most_metrics + 3])}, ...)", soft_wrap=True)
-        view = Table(title=f"{table.stage}: {len(table.rows)} points with results", title_justify="left")
-        for column in columns:
-            view.add_column(column, justify="right" if column in table.metrics else "left")
-        for row in table.rows:
-            view.add_row(*(format_value(row.get(c, "")) for c in columns))
-        console.print(view)
+        print_grid(console, _stage_grid(table, columns))
         constant = constant_metrics(table)
         if constant:
-            console.print("same for every point: " + ", ".join(f"{k}={format_value(v)}" for k, v in constant.items()))
+            console.print("same for every point: " + ", ".join(f"{k}={format_value(v)}" for k, v in constant.items()),
+                          soft_wrap=True)
+
+
+def _stage_grid(table: StageTable, columns: list[str] | None = None) -> Grid:
+    """A stage's points with a valid result, one row each: the columns that tell them apart, then `columns` (default:
+    every metric that differs between points)."""
+    from sfhpc.report.render import display_columns, format_value, row_keys
+    from sfhpc.terminal import Grid
+
+    columns = columns or display_columns(table)
+    return Grid(f"{table.stage}: {len(table.rows)} points with results", columns,
+                [[format_value(row.get(c, "")) for c in columns] for row in table.rows],
+                keys=len(row_keys(table)), right=frozenset(table.metrics))
 
 
 # ------------------------------------------------------------------------------------------ export

@@ -18,13 +18,14 @@ import os
 import secrets
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
 RESULT_NAME = "result.h5"
 
 
@@ -193,6 +194,19 @@ PARALLEL_FROM_FILES = 2000  # below this, starting worker processes costs more t
 MAX_WORKERS = 8
 
 
+def _reported(items: Iterable[T], total: int, progress: Callable[[int, int], None] | None) -> list[T]:
+    """The items as a list, with `progress(done, total)` called after each hundredth of them (and the last)."""
+    if progress is None:
+        return list(items)
+    step = max(1, total // 100)
+    done = []
+    for item in items:
+        done.append(item)
+        if len(done) % step == 0 or len(done) == total:
+            progress(len(done), total)
+    return done
+
+
 def _inspect_pair(pair: tuple[Path, str]) -> tuple[ResultCheck, dict[str, Any] | None]:
     return inspect_result(*pair)
 
@@ -214,11 +228,12 @@ class ResultIndex:
     def check(self, result: Path, point_id: str) -> ResultCheck:
         return self.check_many([(result, point_id)])[0]
 
-    def check_many(self, results: list[tuple[Path, str]], parallel_from: int = PARALLEL_FROM_FILES
-                   ) -> list[ResultCheck]:
+    def check_many(self, results: list[tuple[Path, str]], parallel_from: int = PARALLEL_FROM_FILES,
+                   progress: Callable[[int, int], None] | None = None) -> list[ResultCheck]:
         """The verdict on every (result file, point id), in order: remembered for an unchanged file, else read.
         When at least `parallel_from` files must be opened (a first aggregate of a large run), one worker process
-        per CPU opens them: opening and reading an HDF5 file is CPU-bound, and h5py serialises threads."""
+        per CPU opens them: opening and reading an HDF5 file is CPU-bound, and h5py serialises threads.
+        `progress(opened, to_open)` is called as files are opened (about a hundred times at most), when any is."""
         known = [self._known(path, point_id) for path, point_id in results]
         verdicts = {i: entry for i, entry in enumerate(known) if isinstance(entry, ResultCheck)}
         stale = {i: entry for i, entry in enumerate(known) if not isinstance(entry, ResultCheck)}
@@ -230,9 +245,10 @@ class ResultIndex:
 
             # fork: the workers need nothing but this module; no HDF5 file is open in this process here
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                inspected = list(pool.map(_inspect_pair, pairs, chunksize=max(1, len(pairs) // (4 * workers))))
+                chunk = max(1, len(pairs) // (4 * workers))
+                inspected = _reported(pool.map(_inspect_pair, pairs, chunksize=chunk), len(pairs), progress)
         else:
-            inspected = [_inspect_pair(pair) for pair in pairs]
+            inspected = _reported(map(_inspect_pair, pairs), len(pairs), progress)
         for (i, (key, signature)), (verdict, metrics) in zip(stale.items(), inspected, strict=True):
             # The metrics are kept too: a later aggregate of an unchanged run opens no result file at all.
             self.entries[key] = [*signature, verdict.state, verdict.reason, metrics]

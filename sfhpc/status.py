@@ -7,17 +7,20 @@ per refresh, for the jobs whose points have neither a result nor an error yet.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sfhpc.results import RESULT_NAME, ResultCheck, ResultIndex
-from sfhpc.rundir import ERROR_NAME, JobRecord, RunDir, manifest_points, process_identity, tail
+from sfhpc.rundir import ERROR_NAME, MANIFEST_NAME, JobRecord, RunDir, manifest_points, process_identity, tail
 
 if TYPE_CHECKING:
     from sfhpc.slurm import SlurmState
 
 STATES = ("done", "failed", "running", "pending", "not submitted")
+# `file_counts`' states: without the scheduler, a submitted point with neither result nor error is only "active"
+FILE_STATES = ("done", "failed", "active", "not submitted")
 
 # What a job killed for its memory leaves in its stderr when SLURM calls the job itself FAILED: a step killed in its
 # memory cgroup (submitit runs the point as an srun step: the step ends OUT_OF_MEMORY, the job FAILED), or the
@@ -39,15 +42,17 @@ class PointStatus:
         return asdict(self)
 
 
-def run_status(run: RunDir, index: ResultIndex | None = None) -> list[PointStatus]:
+def run_status(run: RunDir, index: ResultIndex | None = None,
+               progress: Callable[[int, int], None] | None = None) -> list[PointStatus]:
     """The state of every point of the run, in manifest order. `index`: the run's result index, for a caller that
-    wants the metrics it reads on the way (`ResultIndex.metrics`)."""
+    wants the metrics it reads on the way (`ResultIndex.metrics`); `progress(opened, to_open)`: called as result
+    files not seen before are opened (`ResultIndex.check_many`)."""
     manifest = run.read_manifest()
     jobs = run.latest_jobs()
     index = index or run.result_index()
     keys = [(stage, point["id"]) for stage, point in manifest_points(manifest)]
     folders = {key: run.point_dir(*key) for key in keys}  # built once: 10,000 points make pathlib count
-    checks = index.check_many([(folders[key] / RESULT_NAME, key[1]) for key in keys])
+    checks = index.check_many([(folders[key] / RESULT_NAME, key[1]) for key in keys], progress=progress)
     results = dict(zip(keys, checks, strict=True))
     errors = _error_files([key for key in keys if results[key].state == "missing"], folders)
     undecided = [jobs[k] for k in keys if k in jobs and results[k].state == "missing" and k not in errors]
@@ -181,3 +186,42 @@ def count_by_stage(statuses: list[PointStatus]) -> dict[str, Counter]:
     for status in statuses:
         counts.setdefault(status.stage, Counter())[status.state] += 1
     return counts
+
+
+def file_counts(run: RunDir, progress: Callable[[int, int], None] | None = None) -> dict[str, Counter]:
+    """Per stage, how many points are in each of FILE_STATES, from the run folder's files alone: no scheduler is
+    asked (a submitted point with neither result nor error file is "active": `sfhpc status` asks SLURM whether it is
+    pending, running or gone), no file's contents but results are read, and nothing is written: the result index is
+    used, not updated, so result files it does not know yet are opened on every call (`progress(opened, to_open)`
+    as they are)."""
+    manifest = run.read_manifest()
+    jobs = run.latest_jobs()
+    index = run.result_index()
+    keys = [(stage, point["id"]) for stage, point in manifest_points(manifest)]
+    folders = {key: run.point_dir(*key) for key in keys}
+    checks = index.check_many([(folders[key] / RESULT_NAME, key[1]) for key in keys], progress=progress)
+    errors = _error_files([key for key, check in zip(keys, checks, strict=True) if check.state == "missing"], folders)
+    counts: dict[str, Counter] = {}
+    for key, check in zip(keys, checks, strict=True):
+        counts.setdefault(key[0], Counter())[_file_state(jobs.get(key), check, key in errors)] += 1
+    return counts
+
+
+def _file_state(job: JobRecord | None, result: ResultCheck, has_error: bool) -> str:
+    """A point's state as `point_status` decides it, without the scheduler and without reading an error or a log."""
+    if result.state == "ok":
+        return "done"
+    if result.state == "corrupt" or has_error:
+        return "failed"
+    if job is None or job.blocked_by:
+        return "not submitted"
+    if job.executor == "slurm" or job_is_alive(job):
+        return "active"
+    return "failed" if job.job_id else "not submitted"  # ended without a result; or its launcher stopped first
+
+
+def run_folders(folder: Path) -> list[Path]:
+    """`folder` itself when it is a run folder, else its sub-folders that hold a manifest (a run's or not), by name."""
+    if (folder / MANIFEST_NAME).exists():
+        return [folder]
+    return sorted(child for child in folder.iterdir() if (child / MANIFEST_NAME).exists())

@@ -42,20 +42,25 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def summary_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
+    """summary.csv's header and rows: one row per point with every parameter and metric; points without a result
+    have their state and its reason."""
+    # each name once: an axis is a parameter too, and a stage may record a parameter as a metric (train's epochs)
+    named = (c for table in summary.tables for c in [*table.axes, *table.params, *table.metrics])
+    columns = list(dict.fromkeys(["stage", "point", "state", *named, "reason"]))
+    rows = [{"stage": table.stage, "state": "done", **{k: format_value(v) for k, v in row.items()}}
+            for table in summary.tables for row in table.rows]
+    rows += [dict(problem) for problem in summary.problems]
+    return columns, [[row.get(column, "") for column in columns] for row in rows]
+
+
 def summary_csv(summary: Summary) -> str:
-    """summary.csv: one row per point with every parameter and metric; points without a result have their state."""
+    """summary.csv: `summary_rows` as CSV."""
     out = io.StringIO()
-    columns = ["stage", "point", "state"]
-    for table in summary.tables:
-        columns += [c for c in [*table.axes, *table.params, *table.metrics] if c not in columns]
-    columns.append("reason")
-    writer = csv.DictWriter(out, columns, extrasaction="ignore")
-    writer.writeheader()
-    for table in summary.tables:
-        for row in table.rows:
-            writer.writerow({"stage": table.stage, "state": "done", **{k: format_value(v) for k, v in row.items()}})
-    for problem in summary.problems:
-        writer.writerow(problem)
+    header, rows = summary_rows(summary)
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
     return out.getvalue()
 
 
@@ -63,7 +68,7 @@ def summary_markdown(summary: Summary, title: str) -> str:
     """summary.md: one table per stage (its axes and metrics), then the points without a valid result."""
     parts = [f"# {title}"]
     for table in summary.tables:
-        columns = [*(table.axes or ["point"]), *table.metrics]
+        columns = [*row_keys(table), *table.metrics]
         rows = [[format_value(row.get(c, "")) for c in columns] for row in table.rows]
         parts.append(f"## {table.stage} ({len(table.rows)} points with results)\n\n" + markdown_table(columns, rows))
     if summary.problems:
@@ -76,16 +81,29 @@ def summary_markdown(summary: Summary, title: str) -> str:
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(markdown_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
+def markdown_cell(text: str) -> str:
+    """Text as one cell of a markdown table: `|` escaped, a line break as <br> (a newline would end the row)."""
+    return text.replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")
+
+
+def row_keys(table: StageTable) -> list[str]:
+    """The columns that tell the stage's points apart: their labels (the axes, and the shard of a sharded stage),
+    with the point id first when those do not (or the id alone for a stage without axes)."""
+    keys = table.labels or table.axes
+    distinct = len({tuple(repr(row.get(k)) for k in keys) for row in table.rows}) == len(table.rows)
+    return keys if keys and distinct else ["point", *keys]
+
+
 def display_columns(table: StageTable) -> list[str]:
-    """For a terminal: axes that vary (or the point id when nothing varies), then the metrics that differ
-    between points; the constant ones are listed once by `constant_metrics`."""
+    """For a terminal: the columns that tell the points apart (`row_keys`), then the metrics that differ between
+    points; the constant ones are listed once by `constant_metrics`."""
     constant = constant_metrics(table)
-    return [*(table.axes or ["point"]), *(m for m in table.metrics if m not in constant)]
+    return [*row_keys(table), *(m for m in table.metrics if m not in constant)]
 
 
 def constant_metrics(table: StageTable) -> dict[str, Any]:
