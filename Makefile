@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sfhpc-installed
 
-.PHONY: demo test lint bench cluster-start cluster-stop
+.PHONY: demo test lint bench brainscore-env cluster-start cluster-stop
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,19 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/attack_shards.py --image-size 64 --width 16
 	$(BIN)/python benchmarks/local_start.py
 	$(BIN)/python benchmarks/launch_scale.py
+
+# Brain-Score's own environment (.venv-brainscore), apart from .venv: brainscore-vision pins numpy 1.26 and pulls
+# jupyter. tests/test_brainscore_export.py registers an exported plugin in it and runs the plugin's test.py there; it
+# skips, saying so, while the environment is missing. Installing took 5 minutes on a 2-core machine from a local
+# package mirror (6.5 GB with CUDA torch).
+BS_VENV := .venv-brainscore
+BS_STAMP := $(BS_VENV)/.installed
+brainscore-env: $(BS_STAMP)
+$(BS_STAMP):
+	@test -x $(BS_VENV)/bin/python || $(PYTHON) -m venv $(BS_VENV)
+	$(BS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check brainscore-vision==2.4.2 pytest 2>&1 \
+		| grep -v "^WARNING: Location" || true
+	@$(BS_VENV)/bin/python -W ignore -c "import brainscore_vision, torch, pytest" && touch $(BS_STAMP)
 
 cluster-start:
 	bash slurm_templates/testcluster.sh start

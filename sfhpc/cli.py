@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sfhpc.rundir import JobRecord, RunDir
     from sfhpc.stages.attack.export import RobustBenchExport
     from sfhpc.stages.rsa.export import RdmExport
+    from sfhpc.stages.train.brainscore import BrainScoreExport
     from sfhpc.status import PointStatus
     from sfhpc.sweep import Plan, StagePlan
     from sfhpc.terminal import Grid
@@ -1068,6 +1069,49 @@ def _print_robustbench_export(report: RobustBenchExport) -> None:
     console.print(f"dataset {report.dataset} is not a RobustBench dataset: the numbers are not comparable with its "
                   "leaderboards; robust_acc (not autoattack_acc) marks an attack other than AutoAttack standard",
                   soft_wrap=True)
+
+
+@export_app.command("brainscore")
+def export_brainscore(run: str = typer.Argument(..., help="Run folder, or a sweep name under runs/."),
+                      point: str = typer.Argument(..., help="A finished train point: its id, or train/<id>."),
+                      folder: Path = typer.Argument(..., help="The plugin folder to write (new or empty; e.g. "
+                                                              "brainscore_vision/models/<identifier> in a clone of "
+                                                              "brain-score/vision)."),
+                      identifier: str = typer.Option(None, "--identifier", help="The model's Brain-Score identifier "
+                                                     "(default: <run name>_<point id>, other characters than "
+                                                     "letters and digits made _)."),
+                      force: bool = typer.Option(False, "--force", help="Replace an earlier export in FOLDER."),
+                      as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON.")) -> None:
+    """Write a train point's model into FOLDER as a Brain-Score vision model plugin.
+
+    __init__.py registers it (model_registry); model.py builds sfhpc's model with the run's trained weights (copied
+    into weights/, with the model code they were trained with, sfhpc_models/: the plugin needs torch, not sfhpc) and
+    names its layers and bibtex; region_layer_map/<identifier>.json commits V1, V2, V4 and IT to the four ResNet
+    stages; requirements.txt and test.py (pytest, where brainscore_vision is installed) complete it."""
+    from sfhpc.rundir import RunDir
+    from sfhpc.stages.train.brainscore import export_brainscore as export
+
+    with _user_errors(as_json):
+        report = export(RunDir.find(run), point, folder, identifier, force)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        _print_brainscore_export(report)
+
+
+def _print_brainscore_export(report: BrainScoreExport) -> None:
+    """What the plugin holds and how Brain-Score finds it."""
+    console = _console()
+    console.print(f"wrote Brain-Score plugin {report.identifier} ({report.point} of {report.run}) into "
+                  f"{report.folder}", soft_wrap=True)
+    console.print(f"  layers: {', '.join(report.layers)}", soft_wrap=True)
+    console.print("  region_layer_map: " + ", ".join(f"{region} {layer}"
+                                                     for region, layer in report.region_layer_map.items()),
+                  soft_wrap=True)
+    console.print(f"  input: {report.preprocessing}", soft_wrap=True)
+    console.print(f"  files: {', '.join(report.files)}", soft_wrap=True)
+    console.print(f"Brain-Score finds it in brainscore_vision/models/<folder>/: "
+                  f"brainscore_vision.load_model({report.identifier!r})", soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from sfhpc.results import RESULT_NAME, ResultIndex, atomic_write, now_iso
 MANIFEST_NAME = "manifest.json"
 ERROR_NAME = "error.txt"
 CHECKPOINT_NAME = "checkpoint.pt"  # a stage's resumable state, beside its result
+MODEL_NAME = "model.pt"  # a finished train or predictor point's weights, beside its result
 LOCK_NAME = ".lock"
 REPLACED_DIR = ".replaced"
 

@@ -25,10 +25,10 @@ from sfhpc.job import PointConfig, PointRun
 from sfhpc.models.bands import BandParams
 from sfhpc.models.classifier import Classifier, build_classifier
 from sfhpc.results import atomic_write
+from sfhpc.rundir import MODEL_NAME
 from sfhpc.stages.predictor import PredictorParams
 from sfhpc.stages.train import TrainParams
 
-MODEL_NAME = "model.pt"  # a finished train or predictor point's weights, beside its result
 EVAL_BATCH = 256  # images per forward pass when only evaluating (no gradients: memory allows more than training)
 
 
