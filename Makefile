@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/attack_shards.py
 	$(BIN)/python benchmarks/attack_shards.py --image-size 64 --width 16
+	$(BIN)/python benchmarks/attack_grid.py
 	$(BIN)/python benchmarks/local_start.py
 	$(BIN)/python benchmarks/launch_scale.py
 

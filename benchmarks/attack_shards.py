@@ -3,7 +3,9 @@
 The model is the train stage's small_resnet (width 8, or --width) trained for a few epochs by the stage's own
 `train_epoch` on 32 px (or --image-size) synthetic images (seeded: the same model every run; eval mode is
 deterministic, which `attack_shard` checks). The attack is a quick custom AutoAttack (pyautoattack): APGD-CE with 10
-iterations (--iterations; AutoAttack's own is 100) and 1 restart, Linf eps 2/255 and 8/255, batch size 64, seed 0.
+iterations (--iterations; AutoAttack's own is 100) and 1 restart, Linf eps 2/255 and 8/255, batch size 64, seed 0,
+on the attack stage's default epsilon grid, monotone (8/255 attacks only the images still robust at 2/255), or with
+--eps-grid independent (each epsilon attacks every clean-correct image; the only grid before grids existed).
 The sharded side attacks each of K contiguous shards of the test images (`shard_bounds`, as the attack stage splits
 them) with `attack_shard`, the stage's own call; the other side attacks all images in one `attack_shard` call. CPU
 time is this process's (`time.process_time`, every thread), on one torch thread so that thread spinning does not
@@ -27,7 +29,7 @@ run's. Robust accuracy from the shards is exact for the shards' own runs (robust
 equal a direct AutoAttack call on its images (tests/test_attack.py).
 
 Run: .venv/bin/python benchmarks/attack_shards.py [--shards 4] [--images 256] [--iterations 10] [--repeat 3]
-     [--image-size 32] [--width 8]
+     [--image-size 32] [--width 8] [--eps-grid monotone|independent]
 """
 
 from __future__ import annotations
@@ -47,16 +49,17 @@ import torch
 from sfhpc import distributed
 from sfhpc.config import DataConfig
 from sfhpc.data import load_dataset
-from sfhpc.evaluation.attack import AttackSettings, attack_shard, shard_bounds
+from sfhpc.evaluation.attack import EPS_GRIDS, attack_shard, grid_settings, shard_bounds
 from sfhpc.stages.common import build_model
 from sfhpc.stages.train import TrainParams
 from sfhpc.stages.train.run import train_epoch
 
 
-def trained_model(images: int, image_size: int = 32, width: int = 8
+def trained_model(images: int, image_size: int = 32, width: int = 8, n_classes: int = 4
                   ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """A small classifier trained by the stage's train_epoch, and `images` test images in [0, 1] with labels."""
-    data = DataConfig(kind="synthetic", image_size=image_size, n_classes=4, n_train=1024, n_val=64, n_test=images)
+    data = DataConfig(kind="synthetic", image_size=image_size, n_classes=n_classes, n_train=1024, n_val=64,
+                      n_test=images)
     dataset = load_dataset(data, None)
     params = TrainParams(arch="small_resnet", width=width, batch_size=64, lr=0.05, epochs=4)
     torch.manual_seed(params.seed)
@@ -85,11 +88,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10, help="APGD iterations (AutoAttack's own: 100)")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--width", type=int, default=8, help="small_resnet width")
+    parser.add_argument("--eps-grid", choices=EPS_GRIDS, default="monotone", help="the attack stage's default")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, x, y = trained_model(args.images, args.image_size, args.width)
-    settings = [AttackSettings("custom", ("apgd-ce",), "Linf", eps, seed=0, batch_size=64,
-                               apgd_iterations=args.iterations, apgd_restarts=1) for eps in (2 / 255, 8 / 255)]
+    settings = grid_settings({"Linf": (2 / 255, 8 / 255)}, args.eps_grid, version="custom", attacks=["apgd-ce"], seed=0,
+                             batch_size=64, apgd_iterations=args.iterations, apgd_restarts=1)
     bounds = [shard_bounds(len(y), args.shards, shard) for shard in range(args.shards)]
     with tempfile.TemporaryDirectory(prefix="sfhpc-attack-shards-") as tmp:
         def whole() -> dict[str, np.ndarray]:
@@ -111,8 +115,8 @@ def main() -> None:
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
     print(f"small_resnet width {args.width}, {len(y)} test images of {args.image_size} px (clean accuracy "
-          f"{clean:.3f}), APGD-CE {args.iterations} iterations, Linf eps 2/255 and 8/255, batch 64, 1 torch thread; "
-          f"median of {args.repeat}")
+          f"{clean:.3f}), APGD-CE {args.iterations} iterations, Linf eps 2/255 and 8/255 ({args.eps_grid} grid), "
+          f"batch 64, 1 torch thread; median of {args.repeat}")
     print(f"one run over all images       {statistics.median(one):7.2f} s CPU  (each: "
           f"{', '.join(f'{t:.2f}' for t in one)})")
     print(f"{args.shards} shards {str([b - a for a, b in bounds]):<20} {statistics.median(many):7.2f} s CPU  (each: "

@@ -24,7 +24,10 @@ from sfhpc.evaluation.attack import (
     attack_shard,
     check_model_for_attack,
     clean_correct,
+    grid_settings,
+    nonmonotone_images,
     shard_bounds,
+    still_adversarial,
     validate_attack_settings,
 )
 
@@ -91,11 +94,13 @@ def direct_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: Att
 
 
 class CountingAutoAttack(FastAutoAttack):
-    """AutoAttack that counts its constructions and can fail on a chosen one or on a chosen attack."""
+    """AutoAttack that counts its constructions and can fail on a chosen one or on a chosen attack (at any eps, or
+    at a chosen one)."""
 
     constructions = 0
     fail_on_construction: int | None = None
     fail_on_attack: str | None = None
+    fail_on_eps: float | None = None
 
     def __init__(self, *args, **kwargs):
         type(self).constructions += 1
@@ -104,7 +109,7 @@ class CountingAutoAttack(FastAutoAttack):
         super().__init__(*args, **kwargs)
 
     def run_standard_evaluation(self, *args, **kwargs):
-        if self.attacks_to_run == [self.fail_on_attack]:
+        if self.attacks_to_run == [self.fail_on_attack] and self.fail_on_eps in (None, self.epsilon):
             raise RuntimeError("simulated crash during an attack")
         return super().run_standard_evaluation(*args, **kwargs)
 
@@ -164,6 +169,7 @@ GOOD = {"version": "custom", "attacks": ["apgd-ce"], "norms": ["Linf", "L2"],
     ({"version": "fast", "attacks": None}, "unknown AutoAttack version 'fast'"),
     ({"norms": ["Linf", "Lp"], "epsilons": [0.1]}, "norm 'Lp' is not supported by AutoAttack; choose from Linf, L2"),
     ({"n_shards": 101}, "101 attack shards for a test set of 100 images"),
+    ({"epsilons": {"Linf": [0.1, 0.2, 0.1], "L2": [0.5]}}, r"epsilon\(s\) \[0.1\] given twice for norm Linf"),
 ])
 def test_validate_attack_settings_explains_each_mistake(change, message):
     with pytest.raises(ValueError, match=message):
@@ -363,3 +369,192 @@ def test_autoattacks_model_checks_run_once_per_shard_and_are_restored(model, dat
     with pytest.raises(RuntimeError, match="simulated crash"):
         attack_shard(model, *data, [settings(8 / 255)], tmp_path / "state2")
     assert {name: getattr(checks, name) for name in calls} == installed
+
+
+# --- epsilon grids ------------------------------------------------------------------------------------------------
+
+def monotone_grid(epsilons: tuple[float, ...] = (2 / 255, 0.5 / 255, 1 / 255),
+                  attacks: tuple[str, ...] = ("apgd-ce",)) -> list[AttackSettings]:
+    """A monotone Linf grid, given out of order as a sweep may give it."""
+    return grid_settings({"Linf": epsilons}, "monotone", version="custom", attacks=attacks, seed=0, batch_size=4)
+
+
+def direct_monotone_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: tuple[float, ...],
+                          attacks: tuple[str, ...] = ("apgd-ce",)) -> dict[float, np.ndarray]:
+    """The monotone grid by its definition, from plain AutoAttack calls: each epsilon, ascending, attacks the images
+    still robust at the previous one (all images at the first)."""
+    robust, grid = np.ones(len(x), dtype=bool), {}
+    for eps in sorted(epsilons):
+        index = np.flatnonzero(robust)
+        robust = np.zeros(len(x), dtype=bool)
+        if len(index):
+            robust[index] = direct_flags(model, x[index], y[index], settings(eps=eps, attacks=attacks))
+        grid[eps] = robust
+    return grid
+
+
+@pytest.fixture
+def attacked_images(monkeypatch) -> list[int]:
+    """How many images each APGD batch attacks, in order."""
+    sizes, real_perturb = [], APGDAttack.perturb
+
+    def recording(self, x, *args, **kwargs):
+        sizes.append(len(x))
+        return real_perturb(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(APGDAttack, "perturb", recording)
+    return sizes
+
+
+def test_grid_settings_give_each_monotone_pair_its_smaller_epsilons():
+    grid = grid_settings({"Linf": [0.3, 0.1, 0.2], "L2": [1.0]}, "monotone", version="custom", attacks=["apgd-ce"],
+                         seed=0, batch_size=4)
+    assert [(s.norm, s.eps, s.smaller_eps) for s in grid] == [("Linf", 0.3, (0.1, 0.2)), ("Linf", 0.1, ()),
+                                                             ("Linf", 0.2, (0.1,)), ("L2", 1.0, ())]
+    assert grid[0].previous() == grid[2] and grid[2].previous() == grid[1] and grid[1].previous() is None
+    assert all("-bs=4-monotone-" in s.key() for s in grid)
+    shorter = grid_settings({"Linf": [0.3, 0.2]}, "monotone", version="custom", attacks=["apgd-ce"], seed=0,
+                            batch_size=4)
+    assert shorter[0].key() != grid[0].key()  # a pair's key covers the grid below it: no state of another grid
+
+    independent = grid_settings({"Linf": [0.3, 0.1]}, "independent", version="custom", attacks=["apgd-ce"], seed=0,
+                                batch_size=4)
+    assert [(s.smaller_eps, s.previous()) for s in independent] == [((), None), ((), None)]
+    # an independent pair's key is the one written before grids existed, so its state stays valid
+    fields = {"version": "custom", "attacks": ["apgd-ce"], "norm": "Linf", "eps": 0.3, "seed": 0, "batch_size": 4,
+              "apgd_iterations": None, "apgd_restarts": None}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+    assert independent[0].key() == f"Linf-eps=0.3-custom-apgd-ce-seed=0-bs=4-{digest}"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"eps_grid": "sideways"}, "unknown epsilon grid 'sideways'"),
+    ({"smaller_eps": (0.1,)}, "smaller_eps belongs to a monotone grid"),
+    ({"eps_grid": "monotone", "smaller_eps": (0.2, 0.1)}, "must ascend"),
+    ({"eps_grid": "monotone", "smaller_eps": (0.1, 0.3)}, "below eps 0.3"),
+])
+def test_settings_refuse_a_broken_grid(change, message):
+    with pytest.raises(ValueError, match=message):
+        AttackSettings("custom", ("apgd-ce",), "Linf", 0.3, 0, 4, **change)
+
+
+def test_nonmonotone_images_counts_images_robust_after_a_smaller_eps_broke_them():
+    flags = {0.2: np.array([1, 0, 1, 0], bool), 0.1: np.array([1, 1, 0, 0], bool), 0.3: np.array([0, 1, 0, 0], bool)}
+    assert nonmonotone_images(flags) == 2  # image 1 (robust, broken, robust) and image 2 (broken, robust)
+    assert nonmonotone_images({0.1: np.array([1, 1, 0], bool), 0.2: np.array([1, 0, 0], bool)}) == 0
+    assert nonmonotone_images({}) == 0
+
+
+def test_still_adversarial_checks_the_class_the_ball_and_the_box(model, data):
+    x, y = data
+    autoattack = FastAutoAttack(model, norm="L2", eps=0.5, version="custom", attacks=["apgd-ce"], seed=0)
+    x_adv, y_adv = autoattack.run_standard_evaluation(x, y, batch_size=4)
+    broken = (y_adv != y).numpy()
+    assert broken.sum() > len(WRONG_LABELS)  # the attack broke some correctly classified images
+    np.testing.assert_array_equal(still_adversarial(model, x, x_adv, y, "L2", 0.5, 5), broken)
+    size = (x_adv - x).flatten(1).norm(dim=1).numpy()
+    smaller = float(np.median(size[broken & (size > 0)]))
+    np.testing.assert_array_equal(still_adversarial(model, x, x_adv, y, "L2", smaller, 5), broken & (size <= smaller))
+
+    wrong = list(WRONG_LABELS)  # misclassified as they are: their own adversarial examples, at distance 0
+    np.testing.assert_array_equal(np.flatnonzero(still_adversarial(model, x, x, y, "Linf", 1 / 255, 5)), wrong)
+    outside_box = x.clone()
+    outside_box[wrong, 0, 0, 0] = 1.001
+    with torch.no_grad():
+        assert (model(outside_box[wrong]).argmax(dim=1) != y[wrong]).all()  # still misclassified, but not an image
+    assert not still_adversarial(model, x, outside_box, y, "Linf", 1 / 255, 5)[wrong].any()
+    # a Linf example projected onto the ball's edge in float32 is inside, whatever the rounding
+    edge = (x + 1 / 255 * torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(2)))).clamp(0, 1)
+    with torch.no_grad():
+        misclassified = (model(edge).argmax(dim=1) != y).numpy()
+    np.testing.assert_array_equal(still_adversarial(model, x, edge, y, "Linf", 1 / 255, 5), misclassified)
+    assert not still_adversarial(model, x, edge, y, "Linf", 0.5 / 255, 5).any()
+
+
+def test_monotone_grid_never_claims_robust_after_a_smaller_eps_broke_an_image(model, data, tmp_path,
+                                                                              attacked_images):
+    x, y = data
+    grid = monotone_grid()
+    flags = attack_shard(model, x, y, grid, tmp_path)
+    by_eps = {s.eps: flags[s.key()] for s in grid}
+    small, middle, large = (by_eps[eps] for eps in sorted(by_eps))
+    assert nonmonotone_images(by_eps) == 0
+    assert not (middle & ~small).any() and not (large & ~middle).any()
+    assert small.sum() > middle.sum() > large.sum() > 0  # each epsilon broke some images, not all
+    # each epsilon attacked only the images robust at the previous one (the clean-correct ones at the first) ...
+    assert sum(attacked_images) == (N_IMAGES - len(WRONG_LABELS)) + small.sum() + middle.sum()
+    # ... as plain AutoAttack calls would, one per epsilon on those images
+    expected = direct_monotone_flags(model, x, y, tuple(by_eps))
+    for eps, robust in by_eps.items():
+        np.testing.assert_array_equal(robust, expected[eps])
+    np.testing.assert_array_equal(small, direct_flags(model, x, y, settings(eps=0.5 / 255)))  # the first: as ever
+    assert not list(tmp_path.glob("*.examples.npz"))  # the carried examples go when the grid is done
+
+
+def test_monotone_grid_resumes_mid_grid_as_if_never_interrupted(model, data, tmp_path, counting):
+    x, y = data
+    grid = monotone_grid(attacks=("apgd-ce", "apgd-dlr"))
+    first, middle, _ = sorted(grid, key=lambda s: s.eps)
+    uninterrupted = attack_shard(model, x, y, grid, tmp_path / "uninterrupted")
+    counting.fail_on_attack, counting.fail_on_eps = "apgd-dlr", middle.eps  # after the middle epsilon's APGD-CE
+    with pytest.raises(RuntimeError, match="during an attack"):
+        attack_shard(model, x, y, grid, tmp_path / "resumed")
+    state = tmp_path / "resumed"
+    assert (state / f"{first.key()}.done.npy").exists() and (state / f"{first.key()}.examples.npz").exists()
+    assert json.loads((state / f"{middle.key()}.progress.json").read_text())["attacks_done"] == ["apgd-ce"]
+    assert (state / f"{middle.key()}.examples.npz").exists()  # what APGD-CE broke there, for the largest epsilon
+
+    counting.constructions, counting.fail_on_attack = 0, None
+    resumed = attack_shard(model, x, y, grid, state)
+    assert counting.constructions == 2  # the middle and the largest epsilon; the smallest was done
+    for chosen in grid:
+        np.testing.assert_array_equal(resumed[chosen.key()], uninterrupted[chosen.key()])
+    assert not list(state.glob("*.examples.npz")) and not list(state.glob("*.progress.json"))
+
+
+def test_carried_examples_that_fail_the_check_are_attacked_again(model, data, tmp_path, counting, attacked_images):
+    x, y = data
+    grid = monotone_grid()
+    first, middle, last = sorted(grid, key=lambda s: s.eps)
+    counting.fail_on_attack, counting.fail_on_eps = "apgd-ce", middle.eps
+    with pytest.raises(RuntimeError, match="during an attack"):
+        attack_shard(model, x, y, grid, tmp_path)
+    small = np.load(tmp_path / f"{first.key()}.done.npy")
+    with np.load(tmp_path / f"{first.key()}.examples.npz") as stored:
+        lost = stored["index"]
+    assert len(lost) > 0
+    (tmp_path / f"{first.key()}.examples.npz").unlink()  # the clean images stand in for them: the check refuses them
+
+    counting.fail_on_attack = None
+    attacked_images.clear()
+    flags = attack_shard(model, x, y, grid, tmp_path)
+    assert sum(attacked_images) == small.sum() + len(lost) + flags[middle.key()].sum()
+    again = small.copy()
+    again[lost] = True
+    index = np.flatnonzero(again)
+    expected = np.zeros(N_IMAGES, dtype=bool)
+    expected[index] = direct_flags(model, x[index], y[index], settings(eps=middle.eps))
+    np.testing.assert_array_equal(flags[middle.key()], expected)  # the robust ones and the refused ones attacked
+
+
+def test_monotone_shards_are_each_their_own_grid_and_merge_exactly(model, data, tmp_path):
+    x, y = data
+    grid = monotone_grid()
+    parts = []
+    for shard in range(3):
+        start, stop = shard_bounds(N_IMAGES, 3, shard)
+        flags = attack_shard(model, x[start:stop], y[start:stop], grid, tmp_path / f"shard {shard}")
+        expected = direct_monotone_flags(model, x[start:stop], y[start:stop], tuple(s.eps for s in grid))
+        for chosen in grid:
+            np.testing.assert_array_equal(flags[chosen.key()], expected[chosen.eps])
+        parts.append(flags)
+    merged = {s.eps: np.concatenate([part[s.key()] for part in parts]) for s in grid}
+    assert nonmonotone_images(merged) == 0
+    for chosen in grid:
+        assert merged[chosen.eps].mean() == sum(int(part[chosen.key()].sum()) for part in parts) / N_IMAGES
+
+
+def test_a_monotone_pair_needs_its_smaller_epsilons(model, data, tmp_path, monkeypatch):
+    forbid_autoattack(monkeypatch)
+    with pytest.raises(ValueError, match="continues a monotone grid from eps 0.00392157, which is not among"):
+        attack_shard(model, *data, monotone_grid()[:2], tmp_path)

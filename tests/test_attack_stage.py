@@ -61,6 +61,8 @@ def test_shards_expand_per_trained_point(write_sweep):
     ("      attack_eps_unit: normalized\n      attack_eps: {Linf: [0.001, 5]}\n",
      ["Linf epsilon 5 in normalized units is 1.12 in pixel units (x SD 0.224)"]),
     ("      attack_eps: {Linf: [0.5, 1]}\n", ["Linf epsilon 1 (pixel units of [0, 1] images) is 1 or more"]),
+    ("      attack_eps: {Linf: [8/255, 0.1, 0.1]}\n", ["epsilon(s) [0.1] given twice for norm Linf"]),
+    ("      attack_eps_grid: sideways\n", ["'monotone'", "'independent'"]),
 ])
 def test_bad_attack_settings_fail_at_expand_time(write_sweep, attack, words):
     path = write_sweep(SWEEP.format(attack=attack))
@@ -87,8 +89,13 @@ def test_sharded_attack_runs_and_combines_exactly(write_sweep, awkward_dir: Path
             sizes.append(f.attrs["shard_stop"] - f.attrs["shard_start"])
             robust.append(f["curves/robust_Linf_eps0.0313725"][()])
             assert not (f["curves/robust_Linf_eps0.0313725"][()] & ~f["curves/clean_correct"][()]).any()
+            # the default grid is monotone: never robust at 0.1 where 8/255 broke an image, and recorded so
+            assert not (f["curves/robust_Linf_eps0.1"][()] & ~f["curves/robust_Linf_eps0.0313725"][()]).any()
+            assert f.attrs["eps_grid"] == "monotone" and json.loads(f.attrs["nonmonotone_images"]) == {"Linf": 0}
+        assert not list((path.parent / "attack_state").glob("*.examples.npz"))
     assert sizes == [4, 4, 4]
     merged = merge_attack_shards(shard_files)
+    assert merged.eps_grid == "monotone"
     accuracy = merged.robust_accuracy
     assert accuracy[("Linf", 8 / 255)] == np.concatenate(robust).sum() / 12
     assert accuracy[("Linf", 0.1)] <= accuracy[("Linf", 8 / 255)] <= merged.clean_accuracy

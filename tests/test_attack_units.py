@@ -15,6 +15,7 @@ from test_report_runs import make_run as make_plain_run
 from test_report_runs import write_point
 
 from sfhpc.evaluation.attack import (
+    EPS_GRIDS,
     EPS_UNITS,
     conversion_error,
     conversion_sd,
@@ -107,6 +108,11 @@ def test_the_params_units_are_the_conversions():
     assert AttackParams().attack_eps_unit == "pixel"
 
 
+def test_the_params_grids_are_the_evaluations_and_monotone_is_the_default():
+    assert typing.get_args(AttackParams.model_fields["attack_eps_grid"].annotation) == EPS_GRIDS
+    assert AttackParams().attack_eps_grid == "monotone"
+
+
 # --- what a result records ----------------------------------------------------------------------------------------
 
 def test_epsilon_record_states_both_units():
@@ -126,6 +132,25 @@ def test_epsilon_record_states_both_units():
     pixel = AttackParams(attack_eps={"Linf": ["8/255"]})
     (entry,) = json.loads(epsilon_record(pixel, settings_of(pixel, IMAGENET_SD), IMAGENET_SD)["settings"])
     assert entry["eps"] == 8 / 255 and entry["eps_normalized"] == pytest.approx(8 / 255 / 0.224)
+
+
+def test_settings_follow_the_grid_and_the_result_records_it():
+    from sfhpc.stages.attack.run import grid_record, settings_of
+
+    eps = {"Linf": ["4/255", "1/255", "2/255"], "L2": [0.5]}
+    monotone = AttackParams(attack_eps=eps)
+    settings = settings_of(monotone, IMAGENET_SD)
+    assert [(s.norm, s.eps, s.smaller_eps) for s in settings] == [
+        ("Linf", 4 / 255, (1 / 255, 2 / 255)), ("Linf", 1 / 255, ()), ("Linf", 2 / 255, (1 / 255,)), ("L2", 0.5, ())]
+    assert {s.eps_grid for s in settings} == {"monotone"}
+    flags = {s.key(): np.array(robust, dtype=bool)
+             for s, robust in zip(settings, ([0, 0, 1], [1, 1, 0], [1, 0, 1], [1, 1, 1]), strict=True)}
+    record = grid_record(monotone, settings, flags)
+    assert record["eps_grid"] == "monotone"
+    assert json.loads(record["nonmonotone_images"]) == {"Linf": 1, "L2": 0}  # image 2: robust at 2/255 and 4/255 only
+
+    independent = AttackParams(attack_eps=eps, attack_eps_grid="independent")
+    assert {(s.eps_grid, s.smaller_eps) for s in settings_of(independent, IMAGENET_SD)} == {("independent", ())}
 
 
 # --- the report ---------------------------------------------------------------------------------------------------
@@ -182,6 +207,7 @@ def test_merged_shards_keep_both_units(units_run):
                                                    ("L2", 0.387979 * 0.224): 0.387979}, rel=1e-12)
     assert merged.robust_accuracy[("Linf", 0.001 * 0.224)] == 4 / 8  # 2 robust images of 4 per shard
     assert merged.robust_accuracy[("L2", 0.387979 * 0.224)] == 2 / 8
+    assert merged.eps_grid == "independent"  # results that record no grid were attacked before grids existed
 
 
 def test_report_tables_and_terminal_show_both_units(units_run):
@@ -233,4 +259,25 @@ def test_shards_converted_with_other_sds_do_not_merge(units_run, tmp_path):
     with h5py.File(copies[1], "a") as f:
         f.attrs["eps_sd"] = 0.226
     with pytest.raises(ValueError, match="other settings than the others"):
+        merge_attack_shards(copies)
+
+
+def test_shards_attacked_on_other_epsilon_grids_do_not_merge(units_run, tmp_path):
+    import h5py
+
+    run, plan = units_run
+    copies = []
+    for i, point in enumerate(plan.stage("attack").points[:2]):
+        copy = tmp_path / f"shard{i}" / "result.h5"
+        copy.parent.mkdir()
+        copy.write_bytes(run.result_path("attack", point.id).read_bytes())
+        copies.append(copy)
+    for copy in copies:
+        with h5py.File(copy, "a") as f:
+            f.attrs["eps_grid"] = "monotone"
+    assert merge_attack_shards(copies).eps_grid == "monotone"
+    with h5py.File(copies[1], "a") as f:
+        f.attrs["eps_grid"] = "independent"
+    with pytest.raises(ValueError, match="shard1 was attacked on the independent epsilon grid, the others on the "
+                                         "monotone grid"):
         merge_attack_shards(copies)

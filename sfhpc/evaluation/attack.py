@@ -27,22 +27,38 @@ What pyautoattack 0.2.0 really does, and what this module builds on it:
   (:func:`check_model_for_attack` refuses what the first two would warn about, and pyautoattack's dynamic check
   runs once), and skips them inside its calls (:func:`_model_checked_once`).
 
+Epsilon grids (``eps_grid``): ``independent`` attacks every clean-correct image at every epsilon. ``monotone`` walks
+each norm's epsilons in ascending order: at each epsilon only the images still robust at the previous one are
+attacked, and every image broken there carries its adversarial example forward; a forward pass checks it again
+(:func:`still_adversarial`: still misclassified, inside the new ball and the [0, 1] box) before it counts as broken
+at the new epsilon. One that fails the check is attacked again with the still-robust ones. The carried examples
+are kept beside the flags until the whole grid is done:
+
+      state_dir/<key>.examples.npz     a monotone pair's adversarial examples (image index, image) of the images its
+                                       attacks broke; written before the progress they belong to, removed when
+                                       every pair of the call is done
+
+A monotone pair's flags are those of one AutoAttack call on the images it attacks (the previous pair's robust ones),
+and its key covers the smaller epsilons before it, so state made for another grid is never mixed in.
+
 Epsilons reach AutoAttack in pixel units of [0, 1] images. A sweep may give them in the model's normalisation units
 instead, as the study did (SCIENCE.md section 5); :func:`pixel_epsilons` converts them with one SD
 (:func:`conversion_sd`, which says why the smallest channel SD and how large the approximation is).
 
-Only :func:`check_model_for_attack`, :func:`clean_correct` and :func:`attack_shard` need torch and import it when
-called, so the login node can validate a sweep's attack settings (:func:`validate_attack_settings`) without it.
+Only :func:`check_model_for_attack`, :func:`clean_correct`, :func:`still_adversarial` and :func:`attack_shard` need
+torch and import it when called, so the login node can validate a sweep's attack settings
+(:func:`validate_attack_settings`) without it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,9 +74,16 @@ ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")  # py
 NORMS = ("Linf", "L2", "L1")  # AutoAttack asserts norm in these
 VERSIONS = ("standard", "plus", "rand", "custom")
 EPS_UNITS = ("pixel", "normalized")  # epsilons in pixels of [0, 1] images, or in the model's normalisation units
+EPS_GRIDS = ("monotone", "independent")  # each norm's epsilons attacked in ascending order, or each on its own
 MANIFEST_NAME = "manifest.json"
 PROBABILITY_TOLERANCE = 1e-4
 DETERMINISM_TOLERANCE = 1e-6
+# A carried adversarial example is inside the ball if its perturbation's norm is at most eps x (1 + relative) +
+# absolute: float32 rounding of x + delta (about 1e-7 near 1) can put a projected Linf example a few ulps outside,
+# and an L2 or L1 norm summed over 150,528 pixels carries a relative rounding error. Both are far below the study's
+# smallest epsilon (Linf 0.001 normalized = 2.24e-4 pixels) and its steps.
+BALL_RELATIVE_TOLERANCE = 1e-6
+BALL_ABSOLUTE_TOLERANCE = 1e-6
 
 
 def shard_bounds(n: int, n_shards: int, shard: int) -> tuple[int, int]:
@@ -98,6 +121,9 @@ def validate_attack_settings(version: str, attacks: Sequence[str] | None, norms:
             if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
                 raise ValueError(f"epsilon {eps!r} for norm {norm} must be a finite number > 0 (clean accuracy "
                                  "is reported separately, so eps = 0 is not an attack setting)")
+        twice = sorted({eps for eps in values if list(values).count(eps) > 1})
+        if twice:
+            raise ValueError(f"epsilon(s) {twice} given twice for norm {norm}; each (norm, eps) is attacked once")
     pixel_epsilons(per_norm, unit, std)  # an unknown unit, or a Linf ball that holds every image
     if n_shards < 1:
         raise ValueError(f"n_shards must be at least 1, got {n_shards}")
@@ -207,11 +233,15 @@ class AttackSettings:
     batch_size: int
     apgd_iterations: int | None = None  # quick runs: fewer APGD iterations than AutoAttack's 100
     apgd_restarts: int | None = None  # quick runs: fewer APGD-CE restarts than the version's own
+    eps_grid: str = "independent"  # monotone: attacked after this norm's smaller epsilons (see attack_shard)
+    smaller_eps: tuple[float, ...] = ()  # monotone: the smaller epsilons of its norm's grid, ascending
 
     def __post_init__(self) -> None:
         if self.attacks is not None:  # accept a list, but keep the frozen value hashable
             object.__setattr__(self, "attacks", tuple(self.attacks))
+        object.__setattr__(self, "smaller_eps", tuple(self.smaller_eps))
         validate_attack_settings(self.version, self.attacks, [self.norm], [self.eps], 1, 1)
+        self._check_grid()
         # AutoAttack falls back to time.time() for a None seed: flags would not be reproducible
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
@@ -222,12 +252,64 @@ class AttackSettings:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
+    def _check_grid(self) -> None:
+        if self.eps_grid not in EPS_GRIDS:
+            raise ValueError(f"unknown epsilon grid {self.eps_grid!r}; choose from " + ", ".join(EPS_GRIDS))
+        if self.smaller_eps and self.eps_grid != "monotone":
+            raise ValueError("smaller_eps belongs to a monotone grid; an independent pair is attacked on its own")
+        steps = (*self.smaller_eps, self.eps)
+        if any(not (isinstance(eps, int | float) and 0 < eps < larger) for eps, larger in itertools.pairwise(steps)):
+            raise ValueError(f"smaller_eps {list(self.smaller_eps)} must ascend, each > 0, below eps {self.eps}")
+
+    def identity(self) -> dict[str, Any]:
+        """What makes this pair's flags: every field, except that an independent pair leaves the grid fields out (its
+        key and manifest entry are those written before grids existed, so its state stays valid)."""
+        fields = asdict(self)
+        if self.eps_grid == "independent":
+            del fields["eps_grid"], fields["smaller_eps"]
+        return fields
+
     def key(self) -> str:
-        """Readable, stable identity naming this pair's state files; the hash covers the exact eps."""
-        exact = json.dumps(asdict(self), sort_keys=True)
+        """Readable, stable identity naming this pair's state files; the hash covers the exact eps (and a monotone
+        pair's smaller epsilons)."""
+        exact = json.dumps(self.identity(), sort_keys=True)
         digest = hashlib.sha256(exact.encode()).hexdigest()[:8]
         attacks = "-" + "+".join(self.attacks) if self.attacks else ""
-        return f"{self.norm}-eps={self.eps:.6g}-{self.version}{attacks}-seed={self.seed}-bs={self.batch_size}-{digest}"
+        grid = "-monotone" if self.eps_grid == "monotone" else ""
+        return (f"{self.norm}-eps={self.eps:.6g}-{self.version}{attacks}-seed={self.seed}-bs={self.batch_size}{grid}"
+                f"-{digest}")
+
+    def previous(self) -> AttackSettings | None:
+        """A monotone pair's predecessor in its grid (the next smaller epsilon), None for the first or an
+        independent pair."""
+        if not self.smaller_eps:
+            return None
+        return replace(self, eps=self.smaller_eps[-1], smaller_eps=self.smaller_eps[:-1])
+
+
+def grid_settings(epsilons: Mapping[str, Sequence[float]], eps_grid: str, *, version: str,
+                  attacks: Sequence[str] | None, seed: int, batch_size: int, apgd_iterations: int | None = None,
+                  apgd_restarts: int | None = None) -> list[AttackSettings]:
+    """One AttackSettings per (norm, eps), in the given order; in a monotone grid each knows its norm's smaller
+    epsilons, which attack_shard attacks first."""
+    names = tuple(attacks) if attacks else None
+    return [AttackSettings(version, names, norm, float(eps), seed, batch_size, apgd_iterations, apgd_restarts, eps_grid,
+                           tuple(sorted(float(e) for e in values if e < eps)) if eps_grid == "monotone" else ())
+            for norm, values in epsilons.items() for eps in values]
+
+
+def nonmonotone_images(flags_by_eps: Mapping[float, np.ndarray]) -> int:
+    """How many images of one norm are robust at some epsilon after being broken at a smaller one (0: the flags
+    are monotone). `flags_by_eps`: eps -> per-image robust flags."""
+    ascending = [flags_by_eps[eps] for eps in sorted(flags_by_eps)]
+    if not ascending:
+        return 0
+    broken_before = np.zeros_like(ascending[0], dtype=bool)
+    violating = np.zeros_like(broken_before)
+    for flags in ascending:
+        violating |= broken_before & flags
+        broken_before |= ~flags
+    return int(violating.sum())
 
 
 def check_model_for_attack(model: torch.nn.Module, x: torch.Tensor, device: Any = "cpu", *,
@@ -287,6 +369,32 @@ def clean_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batc
     return np.concatenate(correct) if correct else np.zeros(0, dtype=bool)
 
 
+def still_adversarial(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, norm: str,
+                      eps: float, batch_size: int, device: Any = "cpu") -> np.ndarray:
+    """Per image (bool): `x_adv` is an adversarial example of (`x`, `y`) at (`norm`, `eps`): misclassified by `model`
+    (a forward pass in eval mode, in batches of `batch_size`), inside the ball (its perturbation's norm at most eps,
+    up to float32 rounding: BALL_RELATIVE_TOLERANCE, BALL_ABSOLUTE_TOLERANCE) and inside the [0, 1] box."""
+    inside = np.zeros(len(x), dtype=bool)
+    for start in range(0, len(x), batch_size):
+        batch = slice(start, start + batch_size)
+        delta = (x_adv[batch].detach().cpu().double() - x[batch].detach().cpu().double()).flatten(1)
+        in_box = ((x_adv[batch] >= 0) & (x_adv[batch] <= 1)).flatten(1).all(dim=1).cpu()
+        in_ball = perturbation_norms(delta, norm) <= eps * (1 + BALL_RELATIVE_TOLERANCE) + BALL_ABSOLUTE_TOLERANCE
+        inside[batch] = (in_ball & in_box).numpy()
+    return inside & ~clean_correct(model, x_adv, y, batch_size, device)
+
+
+def perturbation_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """The `norm` of each row of `delta` (images flattened to rows), as AutoAttack measures its perturbations."""
+    if norm == "Linf":
+        return delta.abs().amax(dim=1)
+    if norm == "L2":
+        return delta.square().sum(dim=1).sqrt()
+    if norm == "L1":
+        return delta.abs().sum(dim=1)
+    raise ValueError(f"norm {norm!r} is not supported by AutoAttack; choose from " + ", ".join(NORMS))
+
+
 def attack_shard(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings_list: Sequence[AttackSettings],
                  state_dir: Path, device: Any = "cpu",
                  on_done: Callable[[AttackSettings, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
@@ -295,30 +403,96 @@ def attack_shard(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, setti
     `x` is in pixel space [0, 1] (normalisation belongs inside the model). Finished pairs are loaded from
     `state_dir`, never redone; an interrupted pair resumes after its last finished attack. `on_done(settings,
     flags)` is called for each pair computed in this call. Refuses state made for other settings or images.
+    A monotone pair needs the smaller epsilons of its grid in `settings_list` too: they are attacked first, and it
+    attacks only the images still robust at the previous one (the module docstring says how).
     """
     _check_images(x, y)
     keys = [settings.key() for settings in settings_list]
     if len(set(keys)) != len(keys):
         raise ValueError("settings_list names the same attack settings twice")
+    _check_grids_complete(settings_list)
     state_dir.mkdir(parents=True, exist_ok=True)
     _record_manifest(state_dir, settings_list, _shard_identity(y))
-    pending = [settings for settings in settings_list if not _done_path(state_dir, settings).exists()]
     flags_by_key = {settings.key(): _load_done(_done_path(state_dir, settings), len(x))
-                    for settings in settings_list if settings not in pending}
-    if not pending:
-        return flags_by_key
+                    for settings in settings_list if _done_path(state_dir, settings).exists()}
+    pending = [settings for settings in _in_grid_order(settings_list) if settings.key() not in flags_by_key]
+    if pending:
+        _attack_pending(model, x, y, pending, flags_by_key, state_dir, device, on_done)
+    for settings in settings_list:  # every pair is done: no grid needs its carried examples any more
+        _examples_path(state_dir, settings).unlink(missing_ok=True)
+    return {settings.key(): flags_by_key[settings.key()] for settings in settings_list}
+
+
+def _check_grids_complete(settings_list: Sequence[AttackSettings]) -> None:
+    """Refuse a monotone pair whose predecessor (its grid's next smaller epsilon) is not attacked with it."""
+    keys = {settings.key() for settings in settings_list}
+    for settings in settings_list:
+        previous = settings.previous()
+        if previous is not None and previous.key() not in keys:
+            raise ValueError(f"{settings.key()} continues a monotone grid from eps {previous.eps:.6g}, which is not "
+                             "among the settings; attack a grid's epsilons together")
+
+
+def _in_grid_order(settings_list: Sequence[AttackSettings]) -> list[AttackSettings]:
+    """The settings with each monotone grid in ascending order (a pair after its smaller epsilons)."""
+    return sorted(settings_list, key=lambda settings: len(settings.smaller_eps))  # stable: else the given order
+
+
+def _attack_pending(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, pending: list[AttackSettings],
+                    flags_by_key: dict[str, np.ndarray], state_dir: Path, device: Any,
+                    on_done: Callable[[AttackSettings, np.ndarray], None] | None) -> None:
+    """Attack each pending pair in turn, after checking the model once, adding its flags to `flags_by_key`."""
     first_batch = x[:max(settings.batch_size for settings in pending)]
     n_classes = check_model_for_attack(model, first_batch, device,
                                        allow_randomized=all(settings.version == "rand" for settings in pending))
     with _model_checked_once(model, first_batch, n_classes, device):
         for settings in pending:
-            flags = _attack_pair(model, x, y, settings, _progress_path(state_dir, settings), device)
+            previous = settings.previous()
+            if previous is None:
+                attacked = clean_correct(model, x, y, settings.batch_size, device)  # AutoAttack's first pass
+            else:
+                attacked = _robust_or_unconfirmed(model, x, y, settings, flags_by_key[previous.key()], state_dir,
+                                                  device)
+            flags = _attack_pair(model, x, y, settings, attacked, state_dir, device)
             _save_flags(_done_path(state_dir, settings), flags)
             _progress_path(state_dir, settings).unlink(missing_ok=True)
             flags_by_key[settings.key()] = flags
             if on_done is not None:
                 on_done(settings, flags)
-    return {settings.key(): flags_by_key[settings.key()] for settings in settings_list}
+
+
+def _robust_or_unconfirmed(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AttackSettings,
+                           previous_flags: np.ndarray, state_dir: Path, device: Any) -> np.ndarray:
+    """The images a monotone pair attacks: those robust at the previous epsilon, and those broken there whose
+    carried adversarial example fails the check at this epsilon (attacked again rather than trusted). A clean-
+    incorrect image carries itself."""
+    import torch
+
+    carried = np.flatnonzero(~previous_flags)
+    confirmed = np.zeros(len(x), dtype=bool)
+    if len(carried):
+        index = torch.from_numpy(carried)
+        examples = _carried_examples(state_dir, settings, x)
+        confirmed[carried] = still_adversarial(model, x[index], examples[index], y[index], settings.norm,
+                                               settings.eps, settings.batch_size, device)
+    return ~confirmed
+
+
+def _carried_examples(state_dir: Path, settings: AttackSettings, x: torch.Tensor) -> torch.Tensor:
+    """`x` with each image broken at a smaller epsilon of the grid replaced by its adversarial example from there
+    (the latest one, where an image was broken again after failing the check)."""
+    import torch
+
+    examples = x.clone()
+    previous = settings.previous()
+    earlier = []
+    while previous is not None:
+        earlier.append(previous)
+        previous = previous.previous()
+    for pair in reversed(earlier):  # ascending, so a later example replaces an earlier one
+        index, images = _read_examples(_examples_path(state_dir, pair), x)
+        examples[torch.from_numpy(index)] = images
+    return examples
 
 
 def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -361,7 +535,7 @@ def _record_manifest(state_dir: Path, settings_list: Sequence[AttackSettings], i
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     for settings in settings_list:
         key = settings.key()
-        entry = {"settings": json.loads(json.dumps(asdict(settings))), **identity}
+        entry = {"settings": json.loads(json.dumps(settings.identity())), **identity}
         if key not in manifest:
             if _done_path(state_dir, settings).exists() or _progress_path(state_dir, settings).exists():
                 raise ValueError(f"state for {key} in {state_dir} has no manifest entry, so what it was made for is "
@@ -390,24 +564,39 @@ def _save_progress(path: Path, finished: list[str], robust: np.ndarray) -> None:
 
 
 def _attack_pair(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: AttackSettings,
-                 progress_path: Path, device: Any) -> np.ndarray:
-    """Robust flags after all of the settings' attacks, checkpointed after each attack."""
+                 attacked: np.ndarray, state_dir: Path, device: Any) -> np.ndarray:
+    """Robust flags after all of the settings' attacks on the images `attacked` marks (the others are not robust),
+    checkpointed after each attack; a monotone pair also keeps the adversarial examples its attacks find."""
     import pyautoattack  # looked up at call time, so tests can stand in for AutoAttack
+    import torch
 
     autoattack = pyautoattack.AutoAttack(model, norm=settings.norm, eps=settings.eps, version=settings.version,
                                          attacks=list(settings.attacks) if settings.attacks else None,
                                          seed=settings.seed, device=device)
     _shorten_apgd(autoattack, settings)
     order = list(autoattack.attacks_to_run)  # a version's own list, or the custom one
+    progress_path, examples_path = _progress_path(state_dir, settings), _examples_path(state_dir, settings)
     finished, robust = _load_progress(progress_path, order, len(x))
     if robust is None:
-        robust = clean_correct(model, x, y, settings.batch_size, device)  # AutoAttack's first pass, same batches
+        robust = attacked
+    found, examples = None, None
+    if settings.eps_grid == "monotone":
+        found, examples = np.zeros(len(x), dtype=bool), x.clone()
+        index, images = _read_examples(examples_path, x)
+        found[index], examples[torch.from_numpy(index)] = True, images
+        found &= ~robust  # examples of an attack whose progress a crash did not save: it runs again
     if "fab-t" in finished:
         autoattack.fab.n_restarts = 1  # running fab-t leaves this set for later attacks in one AutoAttack call
     for attack in order[len(finished):]:
         if not robust.any():
             break  # as AutoAttack: nothing left to attack
-        robust = _run_attack(autoattack, attack, x, y, robust, settings.batch_size)
+        updated, index, adversarial = _run_attack(autoattack, attack, x, y, robust, settings.batch_size)
+        if found is not None and examples is not None:
+            broken = ~updated[index]
+            examples[torch.from_numpy(index[broken])] = adversarial[torch.from_numpy(broken)].to(examples.device)
+            found[index[broken]] = True
+            _save_examples(examples_path, found, examples)  # before the progress that relies on them
+        robust = updated
         finished.append(attack)
         _save_progress(progress_path, finished, robust)
     return robust
@@ -426,16 +615,45 @@ def _shorten_apgd(autoattack: Any, settings: AttackSettings) -> None:
 
 
 def _run_attack(autoattack: Any, attack: str, x: torch.Tensor, y: torch.Tensor, robust: np.ndarray,
-                batch_size: int) -> np.ndarray:
-    """Flags after one attack on the still-robust samples, in index order: AutoAttack's own batches for it."""
+                batch_size: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Flags after one attack on the still-robust samples, in index order (AutoAttack's own batches for it), with
+    the attacked samples' indices and AutoAttack's images for them (an adversarial example where it broke one)."""
     import torch
 
-    index = torch.from_numpy(np.flatnonzero(robust))
+    index = np.flatnonzero(robust)
+    rows = torch.from_numpy(index)
     autoattack.attacks_to_run = [attack]
-    _, y_adv = autoattack.run_standard_evaluation(x[index], y[index], batch_size=batch_size)
+    x_adv, y_adv = autoattack.run_standard_evaluation(x[rows], y[rows], batch_size=batch_size)
     updated = robust.copy()
-    updated[index.numpy()] = (y_adv.cpu() == y[index].cpu()).numpy()
-    return updated
+    updated[index] = (y_adv.cpu() == y[rows].cpu()).numpy()
+    return updated, index, x_adv.detach()
+
+
+def _examples_path(state_dir: Path, settings: AttackSettings) -> Path:
+    return state_dir / f"{settings.key()}.examples.npz"
+
+
+def _save_examples(path: Path, found: np.ndarray, examples: torch.Tensor) -> None:
+    """The found rows of `examples` with their indices; the others are the clean images, not stored."""
+    import torch
+
+    index = np.flatnonzero(found)
+    images = examples[torch.from_numpy(index)].cpu().numpy()
+    atomic_write(path, lambda tmp: np.savez(tmp, index=index, images=images), suffix=".npz")
+
+
+def _read_examples(path: Path, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(index, images): the adversarial examples stored in `path` for images of `x` (none when there is no file)."""
+    import torch
+
+    if not path.exists():
+        return np.zeros(0, dtype=np.int64), x[:0].clone()
+    with np.load(path) as stored:
+        index, images = stored["index"], stored["images"]
+    if images.shape[1:] != tuple(x.shape[1:]) or len(index) != len(images) or (index >= len(x)).any():
+        raise ValueError(f"{path} holds {len(images)} examples of shape {images.shape[1:]} for indices up to "
+                         f"{index.max(initial=-1)}; these are {len(x)} images of shape {tuple(x.shape[1:])}")
+    return index, torch.from_numpy(images).to(dtype=x.dtype, device=x.device)
 
 
 def _load_progress(path: Path, order: list[str], n_images: int) -> tuple[list[str], np.ndarray | None]:

@@ -2,6 +2,10 @@
 shards of a model merge exactly (robust accuracy = robust count / N). Torch-free; the attack itself is
 sfhpc.stages.attack.run.
 
+Each norm's epsilons form a grid (`attack_eps_grid`): monotone (the default) attacks them in ascending order, each
+only on the images still robust at the previous one, so a model's flags never say robust where a smaller epsilon
+broke it, and the images already broken cost no attack; independent attacks every epsilon on its own, as before.
+
 Epsilons are given in `attack_eps_unit`: pixel units of [0, 1] images, or the model's normalisation units, as the
 study's were; AutoAttack runs in pixels, with normalized epsilons times the smallest of the model's per-channel SDs
 (sfhpc.evaluation.attack.conversion_sd says why, and how large the approximation is). Every result records both
@@ -25,6 +29,8 @@ SETTINGS_ATTR = "settings"  # JSON list of the (norm, eps, ...) settings a shard
 # In each entry of SETTINGS_ATTR: "eps" is AutoAttack's epsilon (pixel units), this key the same in normalized units.
 EPS_NORMALIZED_KEY = "eps_normalized"
 EPS_UNIT_ATTR = "eps_unit"  # the unit the sweep gave the epsilons in: pixel or normalized
+EPS_GRID_ATTR = "eps_grid"  # monotone or independent (results written before grids existed: independent)
+NONMONOTONE_ATTR = "nonmonotone_images"  # images robust at some eps after being broken at a smaller one (per norm)
 NORMALIZATION_STD_ATTR = "normalization_std"  # the per-channel SDs the attacked model divides its inputs by
 EPS_SD_ATTR = "eps_sd"  # the one SD that converted between the units (pixel = normalized x SD)
 SHARD_ATTR = "shard"  # the shard's index, which the merge checks against the shard count
@@ -69,6 +75,10 @@ class AttackParams(Closed):
         "pixel", description="pixel: attack_eps in pixel units of [0, 1] images; normalized: in the model's input "
                              "normalisation units, as the study's (SCIENCE.md section 5), run as eps x the smallest "
                              "channel SD")
+    attack_eps_grid: Literal["monotone", "independent"] = Field(
+        "monotone", description="monotone: each norm's epsilons in ascending order, each attacking only the images "
+                                "still robust at the previous one (broken ones carry their checked adversarial "
+                                "example forward); independent: every epsilon attacks every clean-correct image")
     attack_shards: Int | None = Field(None, ge=1, le=MAX_SHARDS, description="shards per model (default: the job "
                                                                           "file's)")
     attack_images: Int | None = Field(None, ge=1, description="test images attacked (default: all)")

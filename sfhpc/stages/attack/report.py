@@ -31,6 +31,7 @@ from sfhpc.report.model import (
 )
 from sfhpc.stages.attack import (
     CLEAN_CORRECT_CURVE,
+    EPS_GRID_ATTR,
     EPS_NORMALIZED_KEY,
     EPS_SD_ATTR,
     SETTINGS_ATTR,
@@ -65,6 +66,7 @@ class MergedAttack:
     # results written before epsilons recorded their units
     eps_normalized: dict[tuple[str, float], float]
     eps_sd: float | None
+    eps_grid: str  # monotone or independent (results written before grids existed: independent)
 
 
 def merge_attack_shards(paths: list[Path]) -> MergedAttack:
@@ -79,6 +81,9 @@ def merge_attack_shards(paths: list[Path]) -> MergedAttack:
     for path in paths:
         with h5py.File(path, "r") as f:
             own = ShardEpsilons.of(f.attrs)
+            if epsilons is not None and own.grid != epsilons.grid:
+                raise ValueError(f"shard {path.parent.name} was attacked on the {own.grid} epsilon grid, the others "
+                                 f"on the {epsilons.grid} grid")
             if epsilons is not None and own != epsilons:
                 raise ValueError(f"shard {path.parent.name} was attacked with other settings than the others")
             epsilons = own
@@ -97,23 +102,26 @@ def merge_attack_shards(paths: list[Path]) -> MergedAttack:
         raise ValueError(f"shard files (shard, of) {sorted(shards)} are not shards 0..{len(paths) - 1} of {len(paths)}")
     normalized = {(norm, eps): value for norm, eps, value in epsilons.settings if value is not None}
     return MergedAttack(images, clean / images, {key: count / images for key, count in robust.items()}, normalized,
-                        epsilons.sd)
+                        epsilons.sd, epsilons.grid)
 
 
 @dataclass(frozen=True)
 class ShardEpsilons:
-    """What a shard's result says of its epsilons: (norm, pixel eps, normalized eps) per setting and the SD that
-    converted; the normalized eps and the SD are None in results written before epsilons recorded their units."""
+    """What a shard's result says of its epsilons: (norm, pixel eps, normalized eps) per setting, the SD that
+    converted, and the grid they were attacked on; the normalized eps and the SD are None in results written before
+    epsilons recorded their units, and the grid is independent in results written before grids existed."""
 
     settings: tuple[tuple[str, float, float | None], ...]
     sd: float | None
+    grid: str = "independent"
 
     @classmethod
     def of(cls, attrs: Any) -> ShardEpsilons:
         """From a result file's attributes (h5py's AttributeManager)."""
         settings = tuple((s["norm"], float(s["eps"]), float(s[EPS_NORMALIZED_KEY]) if EPS_NORMALIZED_KEY in s else None)
                          for s in json.loads(attrs[SETTINGS_ATTR]))
-        return cls(settings, float(attrs[EPS_SD_ATTR]) if EPS_SD_ATTR in attrs else None)
+        return cls(settings, float(attrs[EPS_SD_ATTR]) if EPS_SD_ATTR in attrs else None,
+                   str(attrs.get(EPS_GRID_ATTR, "independent")))
 
 
 def accuracy_auc(clean: float, robust: dict[float, float]) -> float:
@@ -251,7 +259,9 @@ REPORT = StageReport(
                "Clean accuracy of the attacked images (ε = 0) and robust accuracy per norm and ε under AutoAttack, "
                "each merged over all attack shards of a model (count / N). ε in pixel units of [0, 1] images (px), "
                "the ones AutoAttack ran with, and in the model's input-normalisation units (norm.): pixel ε / the "
-               "smallest of its per-channel SDs."),
+               "smallest of its per-channel SDs. On a monotone ε grid (attack_eps_grid, the default) an image "
+               "broken at a smaller ε counts as broken at every larger one (its adversarial example checked again), "
+               "and only the others are attacked there; on an independent grid each ε is attacked on its own."),
         Family(AUC_FAMILY, "Area under the accuracy-ε curve",
                "Per norm: trapezoid rule over [0, ε_max] with the clean accuracy at ε = 0, divided by ε_max, so that "
                "it is the curve's average accuracy, in [0, 1]."),

@@ -1,10 +1,12 @@
 """The attack stage: AutoAttack on one shard of a trained model's test images (SCIENCE.md section 5).
 
 Each shard writes per-sample clean correctness and robust flags for every (norm, eps); shards of one model combine
-exactly (robust accuracy = robust count / N). Finished (norm, eps) pairs are kept in the point folder and never
-redone when a shard is requeued or relaunched. Epsilons given in normalized units are converted with the SDs the
-trained model itself divides its inputs by (its `std` buffer, saved with its weights), and every result records
-both units.
+exactly (robust accuracy = robust count / N). The result records the epsilon grid (monotone or independent) and
+counts the images whose flags are not monotone in eps (0 for a monotone grid unless a carried adversarial example
+failed its check and the image then withstood the attack at the larger epsilon). Finished (norm, eps) pairs are
+kept in the point folder and never redone when a shard is requeued or relaunched. Epsilons given in normalized units
+are converted with the SDs the trained model itself divides its inputs by (its `std` buffer, saved with its
+weights), and every result records both units.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from sfhpc.evaluation.attack import (
     attack_shard,
     clean_correct,
     conversion_sd,
+    grid_settings,
+    nonmonotone_images,
     normalized_epsilon,
     pixel_epsilons,
     shard_bounds,
@@ -31,9 +35,11 @@ from sfhpc.models.classifier import Classifier
 from sfhpc.results import package_version
 from sfhpc.stages.attack import (
     CLEAN_CORRECT_CURVE,
+    EPS_GRID_ATTR,
     EPS_NORMALIZED_KEY,
     EPS_SD_ATTR,
     EPS_UNIT_ATTR,
+    NONMONOTONE_ATTR,
     NORMALIZATION_STD_ATTR,
     SETTINGS_ATTR,
     SPEC,
@@ -54,12 +60,19 @@ def normalization_std(model: Classifier) -> tuple[float, ...]:
 
 def settings_of(params: AttackParams, std: tuple[float, ...]) -> list[AttackSettings]:
     """One AutoAttack configuration per (norm, eps), in the sweep's order, with eps in pixel units (converted with
-    the model's SDs `std` when the sweep gave normalized ones)."""
-    names = tuple(params.attack_names) if params.attack_names else None
-    return [AttackSettings(params.attack_version, names, norm, eps, params.attack_seed, params.attack_batch_size,
-                           params.attack_apgd_iterations, params.attack_apgd_restarts)
-            for norm, values in pixel_epsilons(params.epsilons(), params.attack_eps_unit, std).items()
-            for eps in values]
+    the model's SDs `std` when the sweep gave normalized ones), in the sweep's epsilon grid."""
+    return grid_settings(pixel_epsilons(params.epsilons(), params.attack_eps_unit, std), params.attack_eps_grid,
+                         version=params.attack_version, attacks=params.attack_names, seed=params.attack_seed,
+                         batch_size=params.attack_batch_size, apgd_iterations=params.attack_apgd_iterations,
+                         apgd_restarts=params.attack_apgd_restarts)
+
+
+def grid_record(params: AttackParams, settings: list[AttackSettings], flags: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The result attributes that say how the epsilons were attacked: the grid, and per norm the images whose flags
+    are not monotone in eps (JSON: norm -> count)."""
+    counts = {norm: nonmonotone_images({s.eps: flags[s.key()] for s in settings if s.norm == norm})
+              for norm in dict.fromkeys(s.norm for s in settings)}
+    return {EPS_GRID_ATTR: params.attack_eps_grid, NONMONOTONE_ATTR: json.dumps(counts)}
 
 
 def epsilon_record(params: AttackParams, settings: list[AttackSettings], std: tuple[float, ...]) -> dict[str, Any]:
@@ -91,5 +104,6 @@ def run(point: PointRun[AttackParams]) -> Path:
         curves={CLEAN_CORRECT_CURVE: clean, **{robust_curve_name(s.norm, s.eps): flags[s.key()] for s in settings}},
         attrs={"upstream": point.only_upstream(), "shard": params.attack_shard, "shards": shards,
                "shard_start": start, "shard_stop": stop, **epsilon_record(params, settings, std),
+               **grid_record(params, settings, flags),
                "pyautoattack_version": package_version("pyautoattack")},
     )
