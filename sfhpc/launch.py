@@ -495,7 +495,7 @@ def _queue_arrays(run: RunDir, plan: Plan, todo: dict[str, list[Point]], throttl
             params = slurm.executor_parameters(override.apply(stage.resources), plan.cluster,
                                                f"sfhpc.{plan.sweep.name}.{stage.name}", dependency, throttle)
             params["setup"] = [*params["setup"], *code.setup_lines()]
-            params["additional_parameters"].update(override.sbatch_options())
+            params["additional_parameters"].update(override.sbatch_options(params["additional_parameters"]))
             job_ids, script = submit(stage, chunk, params)
             array_id = job_ids[0].split("_", 1)[0]
             keys = [f"{stage.name}/{p.id}" for p in chunk]

@@ -41,8 +41,15 @@ class Override:
             update["timeout_min"] = self.timeout_min
         return resources.model_copy(update=update)
 
-    def sbatch_options(self) -> dict[str, str]:
-        return {"exclude": ",".join(self.exclude)} if self.exclude else {}
+    def sbatch_options(self, profile: dict[str, Any] | None = None) -> dict[str, str]:
+        """The sbatch options the override adds to the cluster profile's `additional` ones: its nodes to exclude,
+        with those the profile already excludes."""
+        from sfhpc.slurm import expand_hostlist
+
+        if not self.exclude:
+            return {}
+        already = expand_hostlist(str((profile or {}).get("exclude") or ""))
+        return {"exclude": ",".join([*already, *(name for name in self.exclude if name not in already)])}
 
     def to_json(self) -> dict[str, Any] | None:
         data = {key: value for key, value in (("mem_gb", self.mem_gb), ("timeout_min", self.timeout_min),

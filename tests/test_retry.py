@@ -102,6 +102,9 @@ def test_a_points_overrides_are_carried_to_its_next_submission(tmp_path: Path):
     assert Override(mem_gb=2, exclude=("node2",)).apply(ONE_GB).mem_gb == 2
     assert Override.from_json(Override(3, 20, ("a", "b")).to_json()) == Override(3, 20, ("a", "b"))
     assert Override().to_json() is None and Override(exclude=("a", "b")).sbatch_options() == {"exclude": "a,b"}
+    # a profile's own exclusions stay excluded
+    assert Override(exclude=("n2",)).sbatch_options({"exclude": "n[1-2],gpu7"}) == {"exclude": "n1,n2,gpu7"}
+    assert Override().sbatch_options({"exclude": "n1"}) == {}
 
 
 def test_points_with_overrides_get_arrays_of_their_own(tmp_path: Path):
