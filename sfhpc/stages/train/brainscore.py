@@ -191,7 +191,7 @@ def train_point_id(run: RunDir, manifest: dict[str, Any], point: str) -> str:
         if point in (entry["id"], f"{stage}/{entry['id']}"):
             models = [up for up in entry["upstream"] if up.startswith(f"{SPEC.name}/")]
             evaluates = f"; it evaluates {models[0]}" if len(models) == 1 else ""
-            raise RunError(f"{point} is a {stage} point of {run.path}, not a {SPEC.name} point{evaluates}")
+            raise RunError(f"{point} is a point of stage {stage} in {run.path}, not a {SPEC.name} point{evaluates}")
     shown = ", ".join(train[:5]) + (f", ... ({len(train)} in all)" if len(train) > 5 else "")
     raise RunError(f"no {SPEC.name} point {point} in {run.path}; its {SPEC.name} points: {shown}")
 
