@@ -272,7 +272,7 @@ def test_mistakes_are_one_line_errors(run, tmp_path):
         ((tmp_path / "nowhere", point, tmp_path / "out"), "no run folder"),
         ((run.path, "seed=9-00000000", tmp_path / "out"), f"no train point seed=9-00000000 in {run.path.resolve()}; "
                                                           "its train points: "),
-        ((run.path, f"predictor/{predictor}", tmp_path / "out"), "is a predictor point"),
+        ((run.path, f"predictor/{predictor}", tmp_path / "out"), "is a point of stage predictor in"),
         ((unfinished.path, point, tmp_path / "out"), f"train point {point} is not finished (missing"),
         ((run.path, point, a_file), "is a file; give a new or empty folder"),
         ((run.path, point, tmp_path / "full"), "is not empty and holds no Brain-Score plugin exported by sfhpc"),
