@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	-bash slurm_templates/testcluster.sh start
 	@command -v chromium >/dev/null || { echo "installing chromium (report.html's browser tests)"; \
-		{ apt-get update -qq && apt-get install -y -qq chromium; } > $(VENV)/chromium-install.log 2>&1 \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } > $(VENV)/chromium-install.log 2>&1 \
 		|| echo "could not install chromium (see $(VENV)/chromium-install.log)"; }
 	$(BIN)/ruff check sfhpc tests benchmarks
 	$(BIN)/mypy
