@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -997,12 +997,18 @@ def export_rdms(run: str = typer.Argument(..., help="Run folder, or a sweep name
     from sfhpc.rundir import RunDir
     from sfhpc.stages.rsa.export import export_rdms as export
 
+    _export(lambda: export(RunDir.find(run), folder), _print_rdm_export, as_json, strict)
+
+
+def _export(make: Callable[[], Any], show: Callable[[Any], None], as_json: bool, strict: bool) -> None:
+    """Run an export (`make`), print its report (`show`, or as JSON) and, with `strict`, exit 1 when it lists a
+    problem: what `export rdms` and `export robustbench` share."""
     with _user_errors(as_json):
-        report = export(RunDir.find(run), folder)
+        report = make()
     if as_json:
         _print_json(report.to_json())
     else:
-        _print_rdm_export(report)
+        show(report)
     if strict and report.problems:
         raise typer.Exit(1)
 
@@ -1042,14 +1048,7 @@ def export_robustbench(run: str = typer.Argument(..., help="Run folder, or a swe
     from sfhpc.rundir import RunDir
     from sfhpc.stages.attack.export import export_robustbench as export
 
-    with _user_errors(as_json):
-        report = export(RunDir.find(run), folder)
-    if as_json:
-        _print_json(report.to_json())
-    else:
-        _print_robustbench_export(report)
-    if strict and report.problems:
-        raise typer.Exit(1)
+    _export(lambda: export(RunDir.find(run), folder), _print_robustbench_export, as_json, strict)
 
 
 def _print_robustbench_export(report: RobustBenchExport) -> None:

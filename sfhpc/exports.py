@@ -4,6 +4,7 @@ sfhpc.stages.attack.export: model-info files for RobustBench). Login-node code: 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,3 +27,15 @@ def export_folder(folder: Path) -> Path:
         raise RunError(f"{folder} is a file; give a folder to export into")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def copy_hashed(source: Path, target: Path, chunk_bytes: int = 1 << 20) -> str:
+    """Copy `source` onto `target` (its folder made), returning the SHA-256 of the bytes copied: one read of the
+    file for both."""
+    digest = hashlib.sha256()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as reader, open(target, "wb") as writer:
+        while chunk := reader.read(chunk_bytes):
+            digest.update(chunk)
+            writer.write(chunk)
+    return digest.hexdigest()

@@ -8,7 +8,6 @@ that is missing or changed are listed as problems, never skipped quietly. Login-
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from collections import Counter
@@ -17,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from sfhpc.errors import RunError
-from sfhpc.exports import ExportProblem, export_folder
+from sfhpc.exports import ExportProblem, copy_hashed, export_folder
 from sfhpc.results import atomic_write, check_result, now_iso, read_metrics
 from sfhpc.rundir import RunDir, manifest_points
 from sfhpc.stages.rsa import RDM_FILES_ATTR, SPEC
-from sfhpc.stages.rsa.rdm_file import DISSIMILARITY_MEASURE, HASH_CHUNK
+from sfhpc.stages.rsa.rdm_file import DISSIMILARITY_MEASURE
 
 INDEX_NAME = "rdms.json"
 READ_WITH = "rsatoolbox.rdm.load_rdm(path, file_type='hdf5')"
@@ -151,15 +150,10 @@ def copy_recorded(entry: RdmFile, folder: Path) -> ExportProblem | None:
 def _copy_checked(entry: RdmFile, target: Path) -> None:
     """Copy the file onto `target`, hashing its bytes as they pass; _NotCopied when it is missing or their SHA-256
     is not the one its result recorded."""
-    digest = hashlib.sha256()
     try:
-        reader = open(entry.source, "rb")
+        digest = copy_hashed(Path(entry.source), target)
     except FileNotFoundError:
         raise _NotCopied("file missing", f"{entry.source}: recorded by its result, not there") from None
-    with reader, open(target, "wb") as writer:
-        while chunk := reader.read(HASH_CHUNK):
-            digest.update(chunk)
-            writer.write(chunk)
-    if digest.hexdigest() != entry.sha256:
+    if digest != entry.sha256:
         raise _NotCopied("file changed", f"{entry.source}: not the file its result was written with (a later run "
                                          "of the point that did not finish?); rerun the point")

@@ -13,7 +13,6 @@ against the built model).
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from sfhpc.errors import RunError
+from sfhpc.exports import copy_hashed
 from sfhpc.job import PointConfig
 from sfhpc.models.bands import BandParams
 from sfhpc.results import check_result, now_iso, read_metrics
@@ -47,7 +47,6 @@ PLUGIN_ARGUMENTS = ("arch", "n_classes", "band", "image_size", "width", "blocks"
 # An identifier names the plugin's folder (a Python package: pytest imports its test.py only from a folder whose name is
 # one), its region map file and its registry entry, inside Python quotes as it is.
 IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,99}")
-HASH_CHUNK = 1 << 20
 LITERAL_LINE = 80  # characters of a value in model.py that fit on its line
 # Brain-Score's ventral-stream regions, in depth order; the default map commits each to one of the four ResNet stages.
 REGIONS = ("V1", "V2", "V4", "IT")
@@ -370,17 +369,6 @@ def requirements(attrs: dict[str, Any]) -> str:
 
 def plugin_files(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
-
-
-def copy_hashed(source: Path, target: Path) -> str:
-    """Copy `source` onto `target` (its folder made), returning the SHA-256 of the bytes copied."""
-    digest = hashlib.sha256()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(source, "rb") as reader, open(target, "wb") as writer:
-        while chunk := reader.read(HASH_CHUNK):
-            digest.update(chunk)
-            writer.write(chunk)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ the folder
