@@ -89,7 +89,7 @@ def launch(plan: Plan, *, executor: str | None = None, output: Path | None = Non
         todo = _points_to_run(run, plan, index, force, only, report)
         retries = {key: retry for key, retry in (retries or {}).items() if key[1] in report.to_run.get(key[0], ())}
         report.retries = [retry.to_json() for retry in retries.values()]
-        overrides = {**carried_overrides(run), **{key: retry.override for key, retry in retries.items()}}
+        overrides = {**carried_overrides(run.latest_jobs()), **{key: retry.override for key, retry in retries.items()}}
         if kind == "slurm":
             _check_requests(plan, todo, dry_run, overrides)
         if dry_run:

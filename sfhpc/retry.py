@@ -82,17 +82,17 @@ class Retry:
                 "note": self.note, "resources": self.override.to_json()}
 
 
-def carried_overrides(run: RunDir) -> dict[tuple[str, str], Override]:
-    """The overrides each point's last submission had: its next one keeps them."""
-    return {key: Override.from_json(record.resources) for key, record in run.latest_jobs().items()
-            if record.resources}
+def carried_overrides(jobs: dict[tuple[str, str], JobRecord]) -> dict[tuple[str, str], Override]:
+    """The overrides each point's last submission (`RunDir.latest_jobs`) had: its next one keeps them."""
+    return {key: Override.from_json(record.resources) for key, record in jobs.items() if record.resources}
 
 
 def plan_retries(run: RunDir, plan: Plan, failed: list[tuple[str, str]], states: dict[str, SlurmState],
                  nodes: list[NodeCapacity]) -> dict[tuple[str, str], Retry]:
     """The retry of each failed SLURM point whose failure a change of resources can help (`states`: SLURM's view
     of their last jobs; `nodes`: the partition's)."""
-    jobs, carried = run.latest_jobs(), carried_overrides(run)
+    jobs = run.latest_jobs()
+    carried = carried_overrides(jobs)
     retries = {}
     for key in failed:
         record = jobs.get(key)

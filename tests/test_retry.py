@@ -98,7 +98,7 @@ def test_a_points_overrides_are_carried_to_its_next_submission(tmp_path: Path):
     run = RunDir(tmp_path)
     job(run, "p1", {"mem_gb": 2, "exclude": ["node2"]})
     job(run, "p2")
-    assert carried_overrides(run) == {("train", "p1"): Override(mem_gb=2, exclude=("node2",))}
+    assert carried_overrides(run.latest_jobs()) == {("train", "p1"): Override(mem_gb=2, exclude=("node2",))}
     assert Override(mem_gb=2, exclude=("node2",)).apply(ONE_GB).mem_gb == 2
     assert Override.from_json(Override(3, 20, ("a", "b")).to_json()) == Override(3, 20, ("a", "b"))
     assert Override().to_json() is None and Override(exclude=("a", "b")).sbatch_options() == {"exclude": "a,b"}
