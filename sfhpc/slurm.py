@@ -312,7 +312,8 @@ class StateCache:
         from sfhpc.results import atomic_write
 
         terminal = {k: _as_json(v) for k, v in states.items()
-                    if v.terminal and v.state not in MAYBE_REQUEUED and not v.collapsed}
+                    if v.terminal and v.state not in MAYBE_REQUEUED and not v.collapsed
+                    and v != CANCELLED_WHILE_PENDING}  # inferred, not read: asked again until accounting has it
         if terminal and terminal.keys() - self.states.keys():
             merged = {**{k: _as_json(v) for k, v in self.states.items()}, **terminal}
             atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(merged)))
@@ -329,12 +330,14 @@ def query_states(job_ids: list[str], cache: StateCache | None = None) -> tuple[d
     states = {j: cache.states[j] for j in job_ids if cache and j in cache.states}
     unknown = [j for j in job_ids if j not in states]
     calls = 0
+    recorded_arrays: set[str] = set()  # arrays sacct has a record of
     if unknown:
         calls += 1
         try:
             out = run_command(["sacct", "-X", "-n", "-P", "--duplicates", "-o", "JobID,State,ExitCode,Reason,NodeList",
                                "-j", ",".join(array_ids(unknown))])
             found = parse_sacct(out)
+            recorded_arrays = {k.split("_", 1)[0] for k in found}
             # An array that never started is one record under its own id: it speaks for all its tasks.
             states.update({j: found.get(j) or replace(found[j.split("_", 1)[0]], collapsed=True) for j in unknown
                            if j in found or j.split("_", 1)[0] in found})
@@ -356,6 +359,8 @@ def query_states(job_ids: list[str], cache: StateCache | None = None) -> tuple[d
                     states[job_id] = SlurmState(queued.state, queued.exit_code, queued.reason, queued.nodes, earlier)
                 elif before and before.collapsed:
                     states[job_id] = replace(before, collapsed=False)  # not queued: it did end with its array
+                elif before is None and job_id.split("_", 1)[0] in recorded_arrays:
+                    states[job_id] = CANCELLED_WHILE_PENDING
     if cache:
         cache.save(states)
     return states, calls
@@ -370,6 +375,13 @@ def queued_states(array_ids: list[str]) -> dict[str, SlurmState] | None:
         return {} if "Invalid job id" in str(err) else None
 
 
+# A pending array task cancelled on its own is split off its array's record and never reaches accounting: neither
+# sacct nor squeue knows it afterwards (SLURM 22.05). The array's record being there tells it from accounting lag.
+CANCELLED_WHILE_PENDING = SlurmState("CANCELLED", reason="cancelled while pending: no accounting record, not queued")
+
+
 def cancel(job_ids: list[str]) -> None:
+    """Cancel these jobs' arrays whole ('12' for '12_3'): every task of an array is the same run's and stage's, and
+    a whole-array cancel keeps the pending tasks in the array's accounting record, which task-by-task cancels lose."""
     if job_ids:
-        run_command(["scancel", *job_ids])
+        run_command(["scancel", *array_ids(job_ids)])

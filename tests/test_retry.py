@@ -72,7 +72,8 @@ def test_timeout_after_a_checkpoint_goes_on_with_the_time_it_had(tmp_path: Path)
     os.utime(checkpoint, (old, old))  # written by an earlier job: no progress in this one
     assert right_size(run, job(run), SlurmState("TIMEOUT"), ONE_GB, Override(), NODES).changes
     record = job(run, submitted=now_iso())
-    os.utime(checkpoint)  # written after this job was submitted
+    written = time.time() + 1  # a second after this job was submitted (file times use a coarse clock, which can
+    os.utime(checkpoint, (written, written))  # read a few ms behind time.time(): utime() with no time races it)
     retry = right_size(run, record, SlurmState("TIMEOUT"), ONE_GB, Override(), NODES)
     assert retry is not None and retry.changes == [] and "checkpointed" in retry.note
 

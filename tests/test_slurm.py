@@ -304,6 +304,23 @@ def test_arrays_larger_than_max_array_size_are_chunked_and_status_makes_one_sacc
     assert calls == []  # every state is terminal and cached: no scheduler call at all
 
 
+def test_a_pending_task_cancelled_on_its_own_reads_cancelled_not_pending_forever(slurm_cluster, write_sweep, tmp_path):
+    # SLURM splits a pending task cancelled by itself off its array's record and never accounts for it: sacct and
+    # squeue both lose it. A user (or a tool) cancelling one task of a run must not leave it "pending" forever.
+    run = tmp_path / "runs" / "one-task"
+    sweep = make_sweep(write_sweep, "one-task", grid="  seed: [0, 1, 2]", cluster="  additional: {hold: true}")
+    launch(sweep, run)
+    try:
+        job_ids = sorted(json.loads(line)["job_id"] for line in (run / "jobs.jsonl").open())
+        subprocess.run(["scancel", job_ids[0]], check=True, env=os.environ)
+        current = wait_until(run, lambda s: s["counts"] == {"train": {"failed": 1, "pending": 2}}, timeout=60)
+        cancelled = next(p for p in current["points"] if p["job_id"] == job_ids[0])
+        assert "cancelled while pending" in cancelled["reason"], cancelled
+    finally:
+        sfhpc("cancel", run, "--json")
+    wait_until(run, lambda s: s["counts"] == {"train": {"failed": 3}}, timeout=60)
+
+
 def test_squeue_reads_jobs_the_controller_has_forgotten_as_not_queued(slurm_cluster):
     # A job id slurmctld does not know, as one it forgot MinJobAge after it ended: squeue refuses it when it is
     # the only id asked about, and leaves it out among others. Either way it is not queued (status may cache its
