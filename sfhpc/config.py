@@ -109,7 +109,7 @@ REFERENCE_NOISE_CEILING: dict[str, float] = {"V1": 31.1, "V2": 29.9, "V4": 31.8,
 
 
 # How the simulated brain's ROIs respond (sfhpc.data.simulated_nsd.roi_tuning).
-Tuning = Literal["hierarchy", "coarse_above_v1"]
+Tuning = Literal["hierarchy", "coarse_above_v1", "coarse_category_above_v1"]
 
 
 class NeuralConfig(Closed):
@@ -129,7 +129,9 @@ class NeuralConfig(Closed):
         "hierarchy", description="simulated: how the ROIs respond. hierarchy: tuning moves along the hierarchy from "
         "fine, local, oriented energy (V1) to coarse shape and category (TO); coarse_above_v1: a planted effect for "
         "positive controls, every ROI above V1 responds to the energy of the coarsest bands only (no category "
-        "term): a check that the pipeline sees a low-frequency shift that is there, not a model of a brain")
+        "term); coarse_category_above_v1: the same, plus the category as the coarse bands alone show it (class "
+        "evidence from the spectrum up to 4 c/img): checks that the pipeline sees a low-frequency shift that is "
+        "there, not models of a brain")
 
 
 # A CBM category's name, as a class list gives it: printable text on one line.

@@ -143,10 +143,10 @@ def test_bad_settings_are_refused(tmp_path):
 def _signals_of(images: np.ndarray, roi: str, tuning: str, labels: np.ndarray) -> np.ndarray:
     import scipy.fft
 
-    from sfhpc.data.simulated_nsd import energy_maps, voxel_signals
+    from sfhpc.data.simulated_nsd import category_inputs, energy_maps, voxel_signals
 
     spectra = scipy.fft.rfft2(energy_maps(images))
-    return voxel_signals(np.random.default_rng(7), roi, spectra, labels, 60, tuning)
+    return voxel_signals(np.random.default_rng(7), roi, spectra, category_inputs(images, labels, tuning), 60, tuning)
 
 
 def _low_passed(images: np.ndarray, cutoff_cpi: float) -> np.ndarray:
@@ -170,3 +170,33 @@ def test_the_planted_tuning_makes_higher_rois_respond_to_coarse_bands_only():
     assert kept("V1", "coarse_above_v1") < 0.7  # V1 keeps its fine, local tuning
     assert roi_tuning("V1", "coarse_above_v1") == roi_tuning("V1")
     assert roi_tuning("TO", "coarse_above_v1").category_share == 0 < roi_tuning("TO").category_share
+
+
+def test_the_coarse_category_tuning_carries_the_category_as_coarse_bands_show_it():
+    from sfhpc.data.simulated_nsd import coarse_category_evidence, roi_tuning, simulated_images
+
+    images, labels = simulated_images(NeuralConfig(n_images=400, n_shared=20), SIZE)
+    evidence = coarse_category_evidence(images, labels)
+    assert np.allclose(evidence.sum(axis=1), 1) and (evidence.argmax(axis=1) == labels).mean() > 0.5  # chance 1/8
+    blurred = _low_passed(images, 6.0)  # keeps every frequency the evidence reads (up to 4 c/img)
+    from_blurred = coarse_category_evidence(blurred, labels)  # the same up to the blurred images' uint8 rounding
+    assert np.abs(from_blurred - evidence).mean() < 0.02 and (from_blurred.argmax(1) == evidence.argmax(1)).mean() > 0.9
+    shuffled = np.random.default_rng(0).permutation(labels)  # no class to find: near-uniform evidence for it
+    assert (coarse_category_evidence(images, shuffled).argmax(axis=1) == shuffled).mean() < 0.35
+
+    def kept(roi: str) -> float:  # as in the test above, with the coarse category term
+        a = _signals_of(images, roi, "coarse_category_above_v1", labels)
+        b = _signals_of(blurred, roi, "coarse_category_above_v1", labels)
+        return float(np.mean([np.corrcoef(a[:, v], b[:, v])[0, 1] for v in range(a.shape[1])]))
+
+    assert kept("TO") > 0.95 > kept("V1")
+    assert roi_tuning("TO", "coarse_category_above_v1").category_share == roi_tuning("TO").category_share > 0
+
+
+def test_the_category_term_reads_one_hot_labels_exactly_as_class_rows():
+    from sfhpc.data.simulated_nsd import category_inputs
+
+    labels = np.array([3, 0, 7, 3])
+    weights = np.random.default_rng(1).normal(size=(8, 5))
+    assert np.array_equal(category_inputs(np.zeros((4, 3, 8, 8), np.uint8), labels, "hierarchy") @ weights,
+                          weights[labels])

@@ -14,10 +14,13 @@ Encoding model, per ROI and voxel (a population-receptive-field energy model wit
      orientation selectivity fades, and a category term (a random tuning over the image's class label) grows from
      none to 60% of the signal variance. Early ROIs thus follow local, oriented, high-frequency energy; higher ROIs
      coarse shape and category structure.
-     A planted effect (NeuralConfig.tuning `coarse_above_v1`, for positive controls): every ROI above V1 responds
-     to the coarsest band's energy only (2-4 c/img at any image size), with no category term. A model guided by
-     such an ROI is pushed toward low frequencies by construction: a sweep on it checks that the pipeline can see
-     a shift that is there. It says nothing about brains.
+     Planted effects (NeuralConfig.tuning, for positive controls): with `coarse_above_v1` every ROI above V1
+     responds to the coarsest band's energy only (2-4 c/img at any image size), with no category term; with
+     `coarse_category_above_v1` it responds to that energy and, in place of the category term, to the category as
+     the coarse bands alone show it: the class probabilities of a linear discriminant of the image's amplitude
+     spectrum up to COARSE_EVIDENCE_CPI c/img (coarse_category_evidence), fitted on the scenes, with the
+     hierarchy's category share. A model guided by such an ROI is pushed toward low frequencies by construction: a
+     sweep on it checks that the pipeline can see a shift that is there. It says nothing about brains.
   4. Each voxel's signal is scaled to a gain in % signal change (log-normal around 1%) over a baseline.
 Every subject's voxels differ (positions, tuning, gains, noise) by a seed derived from (NeuralConfig.seed, subject).
 
@@ -77,6 +80,9 @@ BAND_SIGMA_OCTAVES = 0.42  # log-Gabor radial SD: about one octave at half heigh
 ORIENTATION_SIGMA = np.pi / 8
 LOWEST_BAND_CPI = 2.0
 COARSE_BAND_WIDTH = 0.35  # coarse_above_v1: SD (in bands) of the tuning to the coarsest band
+COARSE_EVIDENCE_CPI = 4.0  # coarse_category_above_v1: the category evidence is read from frequencies up to this
+DISCRIMINANT_SHRINKAGE = 0.1  # of the pooled covariance toward its mean variance (a stable inverse)
+PLANTED = ("coarse_above_v1", "coarse_category_above_v1")
 _STIMULUS_TAG = 0x5EED_0F_B0  # mixed into the image seed so neural images differ from classification images
 _QUANTILES = 256  # nodes of the average over the noise-variance estimate's distribution
 _IMAGE_CHUNK = 100  # images per FFT batch: bounds the complex temporaries (about 25 MB at 128 px)
@@ -102,8 +108,9 @@ def roi_tuning(roi: str, tuning: Tuning = "hierarchy") -> RoiTuning:
     hierarchy = RoiTuning(depth=depth, rf_sigma=0.035 * (0.30 / 0.035) ** depth, preferred_band=0.05 + 0.9 * depth,
                           band_width=0.6 + 0.6 * depth, orientation_concentration=2.0 * (1 - depth) ** 2,
                           category_share=0.6 * depth**1.5)
-    if tuning == "coarse_above_v1" and depth > 0:
-        return replace(hierarchy, preferred_band=1.0, band_width=COARSE_BAND_WIDTH, category_share=0.0)
+    if tuning in PLANTED and depth > 0:
+        return replace(hierarchy, preferred_band=1.0, band_width=COARSE_BAND_WIDTH,
+                       category_share=hierarchy.category_share if tuning == "coarse_category_above_v1" else 0.0)
     return hierarchy
 
 
@@ -222,6 +229,55 @@ def _pooled_at(spectra: np.ndarray, sigma: float, centres: np.ndarray) -> np.nda
             + np.take(blurred, y1 * grid + x1, axis=-1) * (fx_ * fy_))
 
 
+# ------------------------------------------------------------------------------------------ category
+def one_hot(labels: np.ndarray, n_classes: int = len(CLASS_NAMES)) -> np.ndarray:
+    """float64 (n, n_classes): each image's class as a row of zeros with a one: the category term's input."""
+    return np.eye(n_classes)[labels]
+
+
+def coarse_spectrum_features(images: np.ndarray, max_cpi: float = COARSE_EVIDENCE_CPI) -> np.ndarray:
+    """float64 (n, features): log amplitude of each image's luminance spectrum at the frequencies from 1 to `max_cpi`
+    c/img (half plane): what the coarse bands show, whatever the shape's position or contrast sign."""
+    size = images.shape[-1]
+    fy = np.fft.fftfreq(size, 1 / size)[:, None]
+    fx = np.fft.rfftfreq(size, 1 / size)[None, :]
+    radius = np.hypot(fy, fx)
+    keep = (radius >= 1) & (radius <= max_cpi) & ~((fx == 0) & (fy < 0))  # each real image's coefficient once
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None, None]
+    features = []
+    for start in range(0, len(images), _IMAGE_CHUNK):
+        luminance = (images[start:start + _IMAGE_CHUNK].astype(np.float32) / 255 * weights).sum(axis=1)
+        amplitude = np.abs(scipy.fft.rfft2(luminance, workers=_fft_workers())[:, keep]) / size**2
+        features.append(np.log(amplitude.astype(np.float64) + 1e-6))
+    return np.concatenate(features)
+
+
+def coarse_category_evidence(images: np.ndarray, labels: np.ndarray, n_classes: int = len(CLASS_NAMES)
+                             ) -> np.ndarray:
+    """float64 (n, n_classes): the category as the coarse bands alone show it: class probabilities of a linear
+    discriminant (class means, a shrunk pooled covariance, equal priors) of coarse_spectrum_features, fitted on
+    these images. Rows sum to 1."""
+    features = coarse_spectrum_features(images)
+    features = (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-12)
+    means = np.stack([features[labels == c].mean(axis=0) if (labels == c).any() else np.zeros(features.shape[1])
+                      for c in range(n_classes)])
+    within = features - means[labels]
+    covariance = within.T @ within / max(len(features) - n_classes, 1)
+    covariance = ((1 - DISCRIMINANT_SHRINKAGE) * covariance
+                  + DISCRIMINANT_SHRINKAGE * np.trace(covariance) / len(covariance) * np.eye(len(covariance)))
+    projected = np.linalg.solve(covariance, means.T)  # (features, classes)
+    scores = features @ projected - 0.5 * np.sum(means.T * projected, axis=0)
+    scores -= scores.max(axis=1, keepdims=True)
+    probabilities = np.exp(scores)
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def category_inputs(images: np.ndarray, labels: np.ndarray, tuning: Tuning) -> np.ndarray:
+    """What the category term of every ROI reads: the class itself, or (coarse_category_above_v1) its coarse-band
+    evidence."""
+    return coarse_category_evidence(images, labels) if tuning == "coarse_category_above_v1" else one_hot(labels)
+
+
 # ------------------------------------------------------------------------------------------ voxels
 def _standardize(values: np.ndarray) -> np.ndarray:
     """Columns to zero mean and unit SD over images (rows)."""
@@ -243,15 +299,16 @@ def _energy_tuning(rng: np.random.Generator, tuning: RoiTuning, n_bands: int, n_
     return weights / weights.sum(axis=(1, 2), keepdims=True)
 
 
-def voxel_signals(rng: np.random.Generator, roi: str, spectra: np.ndarray, labels: np.ndarray,
+def voxel_signals(rng: np.random.Generator, roi: str, spectra: np.ndarray, category: np.ndarray,
                   n_voxels: int, tuning: Tuning = "hierarchy") -> np.ndarray:
     """float64 (n_images, voxels) noise-free responses with unit variance over images, from the energy maps'
-    rfft2 `spectra` (n_images, bands, orientations, POOL_GRID, POOL_GRID // 2 + 1) and the class labels."""
+    rfft2 `spectra` (n_images, bands, orientations, POOL_GRID, POOL_GRID // 2 + 1) and the category term's input
+    (n_images, classes): one_hot(labels), or coarse_category_evidence (category_inputs)."""
     roi_tuned = roi_tuning(roi, tuning)
     centres = rng.uniform(0.05, 0.95, (n_voxels, 2))
     pooled = np.sqrt(np.maximum(_pooled_at(spectra, roi_tuned.rf_sigma, centres), 0))  # compressive, as in pRF models
     energy = np.einsum("nbov,vbo->nv", pooled, _energy_tuning(rng, roi_tuned, spectra.shape[1], n_voxels))
-    category = rng.normal(size=(len(CLASS_NAMES), n_voxels))[labels]
+    category = category @ rng.normal(size=(len(CLASS_NAMES), n_voxels))  # one-hot rows pick a class's row exactly
     share = roi_tuned.category_share
     signal = np.sqrt(1 - share) * _standardize(energy) + np.sqrt(share) * _standardize(category)
     return _standardize(signal)
@@ -302,12 +359,12 @@ def simulated_design(rng: np.random.Generator, n_images: int, n_shared: int) -> 
                        trial_image=trial_image.astype(np.int64), trial_session=trial_session.astype(np.int64))
 
 
-def simulated_roi_trials(config: NeuralConfig, subject: str, roi: str, spectra: np.ndarray, labels: np.ndarray,
+def simulated_roi_trials(config: NeuralConfig, subject: str, roi: str, spectra: np.ndarray, category: np.ndarray,
                          design: TrialDesign) -> RoiTrials:
     """One ROI's single-trial responses (% signal change) for one subject."""
     rng = np.random.default_rng([config.seed, SUBJECTS.index(subject), ROIS.index(roi)])
     n_voxels = N_VOXELS[roi]
-    signal = voxel_signals(rng, roi, spectra, labels, n_voxels, config.tuning)
+    signal = voxel_signals(rng, roi, spectra, category, n_voxels, config.tuning)
     gain = rng.lognormal(np.log(1.0), 0.3, n_voxels)
     baseline = rng.normal(0.5, 0.5, n_voxels)
     ceilings = voxel_ceilings(rng, simulated_ceilings(config)[roi], n_voxels)
@@ -328,6 +385,7 @@ def make_simulated_subject(config: NeuralConfig, subject: str, image_size: int, 
     images, labels = simulated_images(config, image_size)
     # The energy maps' spectra, computed once: every ROI's receptive-field pooling starts from them.
     spectra = scipy.fft.rfft2(energy_maps(images), workers=_fft_workers())
+    category = category_inputs(images, labels, config.tuning)
     design = simulated_design(np.random.default_rng([config.seed, SUBJECTS.index(subject)]), config.n_images,
                               config.n_shared)
     settings = {"simulation_version": SIMULATION_VERSION, "seed": config.seed, "image_seed": image_seed(config),
@@ -336,7 +394,7 @@ def make_simulated_subject(config: NeuralConfig, subject: str, image_size: int, 
                 "noise_ceiling": {roi: simulated_ceilings(config)[roi] for roi in rois},
                 "voxels": {roi: N_VOXELS[roi] for roi in rois}}
     write_canonical(path, subject, "simulated", design,
-                    (simulated_roi_trials(config, subject, roi, spectra, labels, design) for roi in rois),
+                    (simulated_roi_trials(config, subject, roi, spectra, category, design) for roi in rois),
                     images=np.ascontiguousarray(images.transpose(0, 2, 3, 1)),
                     provenance={"simulation": json.dumps(settings)})
 
