@@ -159,6 +159,10 @@ class DataConfig(Closed):
     n_test: Int = Field(400, ge=1, description="synthetic only (imagefolder: the other half of val/)")
     seed: Seed = Field(0, description="synthetic: seed of the images; imagefolder: seed of the val/test halves "
                                       "and of each split's order")
+    class_cue: Float = Field(0.0, ge=0, le=1, description="synthetic: relative contrast of a grating inside each "
+                             "shape whose orientation names the class (at a fifth of the image size in c/img): a "
+                             "fine-frequency shortcut for positive controls, absent from the simulated brain's "
+                             "scenes. 0 (the default): none")
     root: str | None = Field(None, description="imagefolder: folder holding train/ and val/, each with one folder "
                                                "of images per class (ImageNet layout)")
     classes_file: str | None = Field(None, description="imagefolder: the classes used, one class folder per line "
@@ -180,6 +184,8 @@ class DataConfig(Closed):
 
     @model_validator(mode="after")
     def _keys_match_kind(self) -> DataConfig:
+        if self.kind == "imagefolder" and self.class_cue:
+            raise _key_error("class_cue", "is only read by kind synthetic (kind is imagefolder)", self.class_cue)
         if self.kind == "imagefolder":
             for key, what in (("root", "the folder holding train/ and val/"), ("classes_file", "the class list")):
                 if getattr(self, key) is None:
@@ -209,6 +215,8 @@ class DataConfig(Closed):
         dumped: dict[str, Any] = dump(self)
         if self.categories is None:
             dumped.pop("categories", None)
+        if not self.class_cue:  # the same for a synthetic cue that is off
+            dumped.pop("class_cue", None)
         return dumped
 
     def class_categories(self) -> tuple[str, ...]:

@@ -134,3 +134,31 @@ def test_run_cache_gives_the_same_dataset_and_survives_damage(tmp_path):
             assert np.array_equal(getattr(dataset, split).labels, getattr(fresh, split).labels)
     cache.write_bytes(b"damaged")
     assert np.array_equal(load_dataset(config, tmp_path).test.images, fresh.test.images)
+
+
+def test_the_class_cue_is_a_grating_whose_orientation_names_the_class() -> None:
+    cued = make_synthetic(dataclasses.replace(SMALL, class_cue=0.3)).train
+    plain = make_synthetic(SMALL).train
+    np.testing.assert_array_equal(cued.labels, plain.labels)
+    changed = (cued.images != plain.images).any(axis=1)
+    assert changed.any() and not changed[:, :2, :2].any()  # only inside the shapes (never at the corners here)
+    # The grating's energy at its frequency lies along the class's orientation: the nearest class orientation to
+    # the strongest Fourier coefficient at that frequency is the label.
+    size = SMALL.image_size
+    difference = cued.images.astype(float).mean(axis=1) - plain.images.astype(float).mean(axis=1)
+    spectrum = np.abs(np.fft.fft2(difference))
+    f = np.fft.fftfreq(size, 1 / size)
+    radius, angle = np.hypot(f[None, :], f[:, None]), np.mod(np.arctan2(f[:, None], f[None, :]), np.pi)
+    ring = np.abs(radius - synthetic.CUE_FREQUENCY_FRACTION * size) < 1.5
+    peaks = [angle[ring][np.argmax(image[ring])] for image in spectrum]
+    orientations = np.pi * np.arange(SMALL.n_classes) / SMALL.n_classes
+    distance = np.abs(np.angle(np.exp(2j * (np.array(peaks)[:, None] - orientations[None, :])))) / 2
+    assert (distance.argmin(axis=1) == cued.labels).mean() > 0.9
+
+
+def test_a_sweep_without_the_cue_keeps_its_data_config_dump() -> None:
+    from sfhpc.config import DataConfig
+
+    assert "class_cue" not in DataConfig().model_dump() and DataConfig(class_cue=0.2).model_dump()["class_cue"] == 0.2
+    with pytest.raises(ValueError, match="class_cue must be between 0 and 1"):
+        make_synthetic(dataclasses.replace(SMALL, class_cue=1.5))

@@ -38,6 +38,9 @@ BACKGROUND_CONTRAST = (0.03, 0.06)  # SD of the background's luminance field
 SHAPE_CONTRAST = (0.3, 0.45)  # shape minus background mean, either sign
 COLOUR_JITTER = 0.08  # per-channel offset of the shape colour
 TEXTURE_CONTRAST = (0.03, 0.08)  # relative SD of the shape's texture
+# SyntheticSpec.class_cue (off by default): a grating inside each shape whose orientation names the class, at this
+# fraction of the image size in c/img (22.4 c/img at 112 px), in image coordinates (the shape's tilt does not turn it).
+CUE_FREQUENCY_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,10 @@ class SyntheticSpec:
     n_val: int = 400
     n_test: int = 400
     seed: int = 0
+    # Relative contrast of a class-specific fine grating inside each shape (CUE_FREQUENCY_FRACTION): a shortcut
+    # that names the class from fine frequencies alone, for positive controls. 0 (the default) draws nothing extra,
+    # so the images are those of a spec without it.
+    class_cue: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -228,7 +235,18 @@ def _shape_alpha(draws: _Draws, size: int, class_names: tuple[str, ...]) -> np.n
     return np.clip(0.5 - distance_px, 0.0, 1.0)
 
 
-def _render_chunk(rng: np.random.Generator, labels: np.ndarray, size: int, class_names: tuple[str, ...]) -> np.ndarray:
+def _class_gratings(rng: np.random.Generator, labels: np.ndarray, size: int, n_classes: int) -> np.ndarray:
+    """float32 (n, H, W) unit-amplitude gratings at CUE_FREQUENCY_FRACTION * size c/img, oriented at pi * label /
+    n_classes, each with a random phase."""
+    grid = (np.arange(size, dtype=np.float32) + 0.5) / size
+    theta = (np.pi * labels / n_classes).astype(np.float32)[:, None, None]
+    phase = rng.uniform(0, 2 * np.pi, len(labels)).astype(np.float32)[:, None, None]
+    along = grid[None, None, :] * np.cos(theta) + grid[None, :, None] * np.sin(theta)
+    return np.cos(np.float32(2 * np.pi * CUE_FREQUENCY_FRACTION * size) * along + phase)
+
+
+def _render_chunk(rng: np.random.Generator, labels: np.ndarray, size: int, class_names: tuple[str, ...],
+                  class_cue: float = 0.0) -> np.ndarray:
     draws = _draw_parameters(rng, labels, size)
     n = len(labels)
     # Three 1/f fields per image: background luminance, background chroma, shape texture.
@@ -239,9 +257,10 @@ def _render_chunk(rng: np.random.Generator, labels: np.ndarray, size: int, class
     image = np.repeat(contrast * luminance[:, None], 3, axis=1)
     image += (0.5 * contrast * draws.chroma_direction.astype(f32)[:, :, None, None]) * chroma[:, None]
     image += draws.background_mean.astype(f32)[:, :, None, None]
-    fill = draws.shape_colour.astype(f32)[:, :, None, None] * (
-        1 + draws.texture_contrast.astype(f32)[:, None, None, None] * texture[:, None]
-    )
+    modulation = 1 + draws.texture_contrast.astype(f32)[:, None, None] * texture
+    if class_cue > 0:  # drawn last, and only then: the stream of a spec without the cue is unchanged
+        modulation += f32(class_cue) * _class_gratings(rng, labels, size, len(class_names))
+    fill = draws.shape_colour.astype(f32)[:, :, None, None] * modulation[:, None]
     fill -= image
     fill *= _shape_alpha(draws, size, class_names)[:, None]
     image += fill
@@ -263,7 +282,7 @@ def _make_split(n: int, seed: int, split_index: int, spec: SyntheticSpec) -> Spl
     images = np.empty((n, 3, spec.image_size, spec.image_size), dtype=np.uint8)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
-        images[start:stop] = _render_chunk(rng, labels[start:stop], spec.image_size, class_names)
+        images[start:stop] = _render_chunk(rng, labels[start:stop], spec.image_size, class_names, spec.class_cue)
     return Split(images=images, labels=labels)
 
 
@@ -278,6 +297,8 @@ def _validate(spec: SyntheticSpec) -> None:
             f"synthetic n_classes must be between 2 and {len(CLASS_NAMES)} (the available shapes: "
             f"{', '.join(CLASS_NAMES)}); got {spec.n_classes}"
         )
+    if not 0 <= spec.class_cue <= 1:
+        raise ValueError(f"synthetic class_cue must be between 0 and 1; got {spec.class_cue}")
     for name in ("n_train", "n_val", "n_test"):
         if getattr(spec, name) < 1:
             raise ValueError(f"synthetic {name} must be >= 1; got {getattr(spec, name)}")
