@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from pydantic import ValidationError
 
 import sfhpc.stages.predictor.run as predictor
@@ -302,3 +303,35 @@ def test_rsa_features_through_the_loader_equal_the_plain_ones():
 def test_chunks_cover_every_index_once_in_order():
     assert [c.tolist() for c in chunks(7, 3)] == [[0, 1, 2], [3, 4, 5], [6]]
     assert chunks(0, 3) == []
+
+
+# ----------------------------------------------------------------------------------- evaluating stages
+EVAL_DATA = {"kind": "synthetic", "image_size": 32, "n_classes": 4, "n_train": 32, "n_val": 8, "n_test": 8, "seed": 0,
+             "neural": {"n_images": 40, "n_shared": 12}}
+PLAN_KEYS = ("device", "memory_format", "prefetch_batches", "pin_memory", "cudnn_benchmark")
+
+
+def run_in(run_dir: Path, stage: str, point_id: str, params: dict, upstream: list[str]) -> dict:
+    """Run one point inside run_dir as the local executor does; its result's attributes."""
+    point_dir = run_dir / stage / point_id
+    point_dir.mkdir(parents=True)
+    config = point_config(stage, params, EVAL_DATA, point_id=point_id, run_dir=str(run_dir), upstream=upstream)
+    (point_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    with h5py.File(run_point(config, point_dir)) as f:
+        return dict(f.attrs)
+
+
+def test_evaluating_stages_run_the_trained_model_in_its_layout_and_record_their_plan(tmp_path: Path):
+    """cbm, rsa and attack run on the node's GPU, else the CPU, in the memory layout of their train point (here
+    forced to channels_last, which a CPU runs too), and say so in their results."""
+    train_params = {"width": 4, "epochs": 1, "batch_size": 16, "memory_format": "channels_last"}
+    assert run_in(tmp_path, "train", "t", train_params, [])["memory_format"] == "channels_last"
+    evaluated = [run_in(tmp_path, "cbm", "c", {"cbm_images": 8}, ["train/t"]),
+                 run_in(tmp_path, "rsa", "r", {"rsa_subjects": ["subj01"], "rsa_permutations": 5}, ["train/t"]),
+                 run_in(tmp_path, "attack", "a", {"attack_version": "custom", "attack_names": ["apgd-ce"],
+                                                  "attack_eps": {"Linf": [8 / 255]}, "attack_apgd_iterations": 2,
+                                                  "attack_shards": 1}, ["train/t"])]
+    for attrs in evaluated:
+        assert {key: attrs[key] for key in PLAN_KEYS} == {
+            "device": "cpu", "memory_format": "channels_last", "prefetch_batches": 0, "pin_memory": False,
+            "cudnn_benchmark": False}
