@@ -36,8 +36,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # The benchmarks' own environment (benchmarks/.venv): hydra-submitit-launcher and pandas, what users would pick
-# instead; the project depends on neither. Scripts skip their comparison when it is missing; the one that needs the
-# SLURM test cluster runs last and skips with the reason when the cluster is not running.
+# instead; the project depends on neither. Scripts skip their comparison when it is missing; gpu_calibrate.py says
+# so and exits 0 without a GPU; the one that needs the SLURM test cluster runs last and skips with the reason when
+# the cluster is not running.
 BENCH_VENV := benchmarks/.venv
 bench: $(STAMP)
 	-@test -f $(BENCH_VENV)/.installed || { test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV); \
@@ -52,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/attack_shards.py
 	$(BIN)/python benchmarks/attack_shards.py --image-size 64 --width 16
 	$(BIN)/python benchmarks/attack_grid.py
+	$(BIN)/python benchmarks/gpu_calibrate.py
 	$(BIN)/python benchmarks/local_start.py
 	$(BIN)/python benchmarks/launch_scale.py
 

@@ -99,6 +99,30 @@ Precision = Literal["float32", "bf16"]
 PRECISION_HELP = ("training arithmetic: float32, or bf16 autocast of the forward pass and loss (weights, optimizer "
                   "and every evaluation stay float32; about 2x faster on CPUs with AMX/AVX512-BF16 and on GPUs)")
 
+# How a training stage lays out and feeds its images (sfhpc.stages.device chooses per device; results record it).
+# channels_last helps convolutions on GPUs with tensor cores; on CPUs it changes the convolution kernels, and so the
+# results' last bits, for no gain measured here, so `auto` keeps CPUs contiguous.
+MemoryFormat = Literal["auto", "channels_last", "contiguous"]
+MEMORY_FORMAT_HELP = ("the memory layout of images and convolution weights: channels_last (NHWC), contiguous (NCHW), "
+                      "or auto: channels_last on CUDA, contiguous on CPUs (whose results stay those of the plain "
+                      "loop)")
+# Batches a loader thread prepares ahead of the step: gathered from the (memory-mapped) image array, pinned on CUDA
+# and copied without blocking. 0: gathered in the step's own thread. The same batches in the same order either way.
+MAX_PREFETCH = 64
+
+
+def _prefetch_value(value: Any) -> Any:
+    # Before the union, whose own errors would name its branches ("constrained-int") in the error's location.
+    if value == "auto" or (type(value) is int and 0 <= value <= MAX_PREFETCH):
+        return value
+    raise ValueError(f"got {describe(value)}; expected auto or a number of batches from 0 to {MAX_PREFETCH}")
+
+
+Prefetch = Annotated[int | Literal["auto"], BeforeValidator(_prefetch_value)]
+PREFETCH_HELP = ("training batches a loader thread prepares ahead of the step (gathered from the image array, in "
+                 "pinned memory on CUDA, copied without blocking); 0: none, each batch gathered when the step needs "
+                 "it; auto: 2 on CUDA, 0 on CPUs. The batches and their order are the same either way")
+
 
 # --------------------------------------------------------------------------------------------- data
 ROIS: tuple[str, ...] = ("V1", "V2", "V4", "VO", "PHC", "LO", "TO")  # hierarchy order (SCIENCE.md section 1)

@@ -18,6 +18,7 @@ import sfhpc.stages.predictor.run as predictor
 import sfhpc.stages.train.run as train
 from sfhpc.job import run_point
 from sfhpc.stages.common import build_model, load_predictor, load_trained
+from sfhpc.stages.device import DevicePlan
 from sfhpc.stages.predictor import PredictorParams
 from sfhpc.stages.train import TrainParams
 
@@ -146,7 +147,7 @@ def test_a_normalized_loss_needs_alpha_below_one():
 def test_standardized_targets_have_unit_scale_on_the_training_images(run_dir: Path):
     guide_model = load_predictor(run_dir, "predictor/p")
     images = (np.random.default_rng(0).random((40, 3, 32, 32)) * 255).astype(np.uint8)
-    mean, sd = train.target_scale(guide_model, images, torch.device("cpu"))
+    mean, sd = train.target_scale(guide_model, images, DevicePlan(torch.device("cpu")))
     guide = train.NeuralGuide(guide_model, 0.9, (mean, sd))
     pixels = torch.from_numpy(images).float() / 255
     targets = guide.targets(pixels)
@@ -160,7 +161,7 @@ def test_scaled_targets_keep_the_outputs_relative_variances(run_dir: Path):
     guide_model = load_predictor(run_dir, "predictor/p")
     images = (np.random.default_rng(0).random((40, 3, 32, 32)) * 255).astype(np.uint8)
     pixels = torch.from_numpy(images).float() / 255
-    guide = train.NeuralGuide(guide_model, 0.9, train.target_scale(guide_model, images, torch.device("cpu"),
+    guide = train.NeuralGuide(guide_model, 0.9, train.target_scale(guide_model, images, DevicePlan(torch.device("cpu")),
                                                                    per_output=False))
     targets, raw = guide.targets(pixels).double(), guide_model(pixels).double()
     np.testing.assert_allclose(targets.mean(dim=0).numpy(), 0, atol=1e-4)

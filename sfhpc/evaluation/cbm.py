@@ -240,7 +240,7 @@ def accuracy_grid(
     return grid
 
 
-def torch_probabilities(model: torch.nn.Module, device: str = "cpu") -> Probabilities:
+def torch_probabilities(model: torch.nn.Module, device: str | torch.device = "cpu") -> Probabilities:
     """Wrap a classifier that returns logits (B, classes) as a function from a float32 batch to its softmax
     probabilities (B, classes), for :func:`category_predictor`.
 
@@ -261,7 +261,8 @@ def torch_probabilities(model: torch.nn.Module, device: str = "cpu") -> Probabil
     return probabilities
 
 
-def torch_predictor(model: torch.nn.Module, categories: Categories | None = None, device: str = "cpu") -> Predictor:
+def torch_predictor(model: torch.nn.Module, categories: Categories | None = None,
+                    device: str | torch.device = "cpu") -> Predictor:
     """A ``predict`` for :func:`accuracy_grid` from a classifier that returns logits: its category by mean softmax
     probability over each category's classes (SCIENCE.md section 4), or, without ``categories``, its class (argmax
     over classes: every class its own category)."""

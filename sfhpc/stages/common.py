@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -26,6 +25,7 @@ from sfhpc.models.bands import BandParams
 from sfhpc.models.classifier import Classifier, build_classifier
 from sfhpc.results import atomic_write
 from sfhpc.rundir import MODEL_NAME
+from sfhpc.stages.device import DevicePlan, evaluation_plan, place_model
 from sfhpc.stages.predictor import PredictorParams
 from sfhpc.stages.train import TrainParams
 
@@ -49,11 +49,6 @@ def slurm_cpus() -> int | None:
 def autocast(device: torch.device, precision: Precision) -> torch.autocast:
     """The autocast context of a training step: bfloat16 for precision bf16, off (float32) otherwise."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def to_float(images: np.ndarray, index: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The images at `index` (uint8, N x C x H x W) as floats in [0, 1] on `device`."""
-    return torch.from_numpy(images[index.numpy()]).to(device).float().div_(255.0)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -173,6 +168,14 @@ def load_upstream_model(point: PointRun[Any], device: torch.device | str = "cpu"
     model of its one upstream train point and that point's config (whose `data` the model was trained on)."""
     use_threads(point.config.threads)
     return load_trained(upstream_run_dir(point), point.only_upstream(), device)
+
+
+def evaluation_model(point: PointRun[Any]) -> tuple[Classifier, PointConfig, DevicePlan]:
+    """For a stage that evaluates one trained model (cbm, attack, rsa): load_upstream_model on the node's first GPU
+    (else the CPU), in the memory layout the trained point resolved to there, and the plan it runs with."""
+    model, trained = load_upstream_model(point)
+    plan = evaluation_plan(TrainParams.model_validate(trained.params).memory_format)
+    return place_model(model, plan), trained, plan
 
 
 def load_predictor(run_dir: Path | str, upstream: str, device: torch.device | str = "cpu") -> Classifier:

@@ -47,7 +47,7 @@ from sfhpc.stages.attack import (
     robust_accuracy_metric,
     robust_curve_name,
 )
-from sfhpc.stages.common import load_upstream_model
+from sfhpc.stages.common import evaluation_model
 
 STATE_DIR = "attack_state"
 
@@ -86,8 +86,8 @@ def epsilon_record(params: AttackParams, settings: list[AttackSettings], std: tu
 def run(point: PointRun[AttackParams]) -> Path:
     """Attack this point's shard of the test images and write its per-sample flags."""
     params = point.params
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, trained = load_upstream_model(point, device)
+    model, trained, plan = evaluation_model(point)
+    device = plan.device
     test = load_dataset(trained.data, point.data_cache).test
     total = min(params.attack_images or len(test.labels), len(test.labels))
     shards = SPEC.n_shards(params.model_dump(), point.config.job)
@@ -105,5 +105,5 @@ def run(point: PointRun[AttackParams]) -> Path:
         attrs={"upstream": point.only_upstream(), "shard": params.attack_shard, "shards": shards,
                "shard_start": start, "shard_stop": stop, **epsilon_record(params, settings, std),
                **grid_record(params, settings, flags),
-               "pyautoattack_version": package_version("pyautoattack")},
+               "pyautoattack_version": package_version("pyautoattack"), **plan.attrs()},
     )

@@ -37,7 +37,7 @@ from sfhpc.stages.cbm import (
     CbmParams,
     criterion_rule,
 )
-from sfhpc.stages.common import load_upstream_model
+from sfhpc.stages.common import evaluation_model
 
 STATUS = "status"  # the channel's status ("fitted", or "not fitted: <why>"), written as CHANNEL_FIT_ATTR
 
@@ -45,13 +45,14 @@ STATUS = "status"  # the channel's status ("fitted", or "not fitted: <why>"), wr
 def run(point: PointRun[CbmParams]) -> Path:
     """Measure one trained model's spatial-frequency reliance and write the point's result file."""
     params = point.params
-    model, trained = load_upstream_model(point)
+    model, trained, plan = evaluation_model(point)
     data_cfg = trained.data
     categories = cbm.Categories.of_classes(data_cfg.class_categories())
     test = load_dataset(data_cfg, point.data_cache).test
     count = min(params.cbm_images or len(test.labels), len(test.labels))
     images = cbm.to_cbm_images(test.images[:count])
-    accuracy = cbm.accuracy_grid(cbm.torch_predictor(model, categories), images, categories.labels(test.labels[:count]),
+    predictor = cbm.torch_predictor(model, categories, plan.device)  # batches of cbm_batch_size images
+    accuracy = cbm.accuracy_grid(predictor, images, categories.labels(test.labels[:count]),
                                  data_cfg.image_size, noise_sds=params.cbm_noise_sds, seed=params.cbm_seed,
                                  batch_size=params.cbm_batch_size)
     noise_free = float(accuracy[0].mean())
@@ -65,7 +66,7 @@ def run(point: PointRun[CbmParams]) -> Path:
                 BAND_CENTRES_CURVE: np.asarray(cbm.band_centres_cpi(data_cfg.image_size))},
         attrs={"upstream": point.only_upstream(), CHANNEL_FIT_ATTR: channel[STATUS], CRITERION_ATTR: criterion,
                CRITERION_RULE_ATTR: criterion_rule(params.cbm_criterion),
-               DECISION_RULE_ATTR: categories.decision_rule},
+               DECISION_RULE_ATTR: categories.decision_rule, **plan.attrs()},
     )
 
 

@@ -10,7 +10,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from sfhpc.config import (
+    MEMORY_FORMAT_HELP,
     PRECISION_HELP,
+    PREFETCH_HELP,
     ROIS,
     SUBJECTS,
     Closed,
@@ -18,7 +20,9 @@ from sfhpc.config import (
     Float,
     Int,
     JobSpec,
+    MemoryFormat,
     Precision,
+    Prefetch,
     Seed,
     known_subject,
 )
@@ -43,6 +47,8 @@ class PredictorParams(Closed):
     predictor_weight_decay: Float = Field(5e-4, ge=0)
     predictor_seed: Seed = 0
     predictor_precision: Precision = Field("float32", description=PRECISION_HELP)
+    predictor_memory_format: MemoryFormat = Field("auto", description=MEMORY_FORMAT_HELP)
+    predictor_prefetch_batches: Prefetch = Field("auto", description=PREFETCH_HELP)
 
     @field_validator("subject")
     @classmethod

@@ -30,10 +30,10 @@ from sfhpc.stages.common import (
     load_checkpoint,
     save_checkpoint,
     save_model,
-    to_float,
     training_identity,
     use_threads,
 )
+from sfhpc.stages.device import DevicePlan, chunks, image_batches, place_model, plan_for, use_plan
 from sfhpc.stages.predictor import PredictorParams
 
 
@@ -45,6 +45,8 @@ def run(point: PointRun[PredictorParams]) -> Path:
         raise RuntimeError(f"the predictor stage runs as one process, got {env.world_size} ranks ({env.source}); "
                            "give it nodes: 1 and tasks_per_node: 1")
     device = distributed.setup(env)
+    plan = plan_for(device, params.predictor_memory_format, params.predictor_prefetch_batches)
+    use_plan(plan)
     use_threads(point.config.threads)
 
     neural = open_neural(neural_file(data_cfg.neural, params.subject, point.data_cache or point_dir,
@@ -57,7 +59,7 @@ def run(point: PointRun[PredictorParams]) -> Path:
     train_images, val_images = images[train_index], images[val_index]  # indexed once, not every epoch
 
     torch.manual_seed(params.predictor_seed)
-    model = build_predictor(params, scores.shape[1], data_cfg.image_size).to(device)
+    model = place_model(build_predictor(params, scores.shape[1], data_cfg.image_size), plan)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.predictor_lr, weight_decay=params.predictor_weight_decay)
     checkpoint = point_dir / CHECKPOINT_NAME
     identity = training_identity(params, data_cfg, extendable="predictor_epochs")
@@ -67,16 +69,16 @@ def run(point: PointRun[PredictorParams]) -> Path:
     for epoch in range(start_epoch, epochs):
         tic = time.perf_counter()
         history.train_loss.append(fit_epoch(model, optimizer, train_images, train_targets, params, epoch, device))
-        history.val_score.append(float(np.nanmean(per_image_pearson(predict(model, val_images, device),
+        history.val_score.append(float(np.nanmean(per_image_pearson(predict(model, val_images, plan),
                                                                     scores[val_index]))))
         history.attempt.append(attempt)
         history.seconds.append(time.perf_counter() - tic)
         save_checkpoint(checkpoint, identity, model, optimizer, None, history)
 
-    val_predicted = predict(model, val_images, device)
+    val_predicted = predict(model, val_images, plan)
     val_r = per_image_pearson(val_predicted, scores[val_index])
     val_r2 = r2_per_component(val_predicted, scores[val_index])
-    train_r = per_image_pearson(predict(model, train_images, device), scores[train_index])
+    train_r = per_image_pearson(predict(model, train_images, plan), scores[train_index])
     ceiling = val_pearson_ceiling(neural, roi)
     val_r_mean = float(np.nanmean(val_r))
     save_model(point_dir, model)
@@ -91,7 +93,7 @@ def run(point: PointRun[PredictorParams]) -> Path:
         curves={"val_pearson": val_r, "val_r2": val_r2, "train_loss": history.train_loss,
                 "val_pearson_mean_per_epoch": history.val_score, "attempt": history.attempt},
         attrs={"subject": params.subject, "roi": params.roi, "control": params.predictor,
-               "neural_file": str(neural.path), "device": str(device), "resumed_from_epoch": start_epoch},
+               "neural_file": str(neural.path), **plan.attrs(), "resumed_from_epoch": start_epoch},
     )
 
 
@@ -115,29 +117,29 @@ def control_targets(targets: np.ndarray, params: PredictorParams) -> np.ndarray:
 def fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray, targets: np.ndarray,
               params: PredictorParams, epoch: int, device: torch.device) -> float:
     """One epoch of Adam on the squared error summed over PCs (mean over the batch), in predictor_precision;
-    returns the mean loss."""
+    returns the mean loss. Batches come as predictor_memory_format and predictor_prefetch_batches resolve on
+    `device` (sfhpc.stages.device); the losses are read back once, at the end of the epoch."""
     model.train()
+    plan = plan_for(device, params.predictor_memory_format, params.predictor_prefetch_batches)
     order = epoch_order(len(targets), params.predictor_seed, epoch)
-    target_tensor = torch.from_numpy(targets)
+    batches = [index for index in order.split(params.predictor_batch_size)
+               if len(index) >= 2]  # BatchNorm cannot train on one image
     losses = []
-    for start in range(0, len(order), params.predictor_batch_size):
-        index = order[start:start + params.predictor_batch_size]
-        if len(index) < 2:  # BatchNorm cannot train on one image
-            continue
+    for batch, batch_targets in image_batches(images, batches, plan, torch.from_numpy(targets)):
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, params.predictor_precision):
-            error = model(to_float(images, index, device)).float() - target_tensor[index].to(device)
+            error = model(plan.layout(batch)).float() - batch_targets
             loss = error.pow(2).sum(dim=1).mean()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-    return float(np.mean(losses)) if losses else float("nan")
+        losses.append(loss.detach())
+    return float(np.mean(torch.stack(losses).cpu().double().numpy())) if losses else float("nan")
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
+def predict(model: nn.Module, images: np.ndarray, plan: DevicePlan) -> np.ndarray:
     """The model's outputs for every image, in evaluation mode."""
     model.eval()
-    outputs = [model(to_float(images, torch.arange(start, min(start + EVAL_BATCH, len(images))), device)).cpu()
-               for start in range(0, len(images), EVAL_BATCH)]
+    outputs = [model(plan.layout(batch)).cpu() for batch, in image_batches(images, chunks(len(images), EVAL_BATCH),
+                                                                          plan)]
     return torch.cat(outputs).numpy()

@@ -29,7 +29,8 @@ from sfhpc.evaluation.rsa import MIN_IMAGES, RoiPatterns, RsaRow, rdm, rows_to_a
 from sfhpc.job import PointConfig, PointRun
 from sfhpc.models.classifier import Classifier
 from sfhpc.rundir import RunDir, manifest_points
-from sfhpc.stages.common import EVAL_BATCH, load_upstream_model, read_point_config, to_float, upstream_run_dir
+from sfhpc.stages.common import EVAL_BATCH, evaluation_model, read_point_config, upstream_run_dir
+from sfhpc.stages.device import DevicePlan, chunks, image_batches
 from sfhpc.stages.predictor import PredictorParams
 from sfhpc.stages.rsa import (
     IMAGES_ATTR,
@@ -55,7 +56,7 @@ def run(point: PointRun[RsaParams]) -> Path:
     """Compare one trained model with every ROI of its subjects; write each subject's RDM files, then the point's
     result file, which records them."""
     params = point.params
-    model, trained = load_upstream_model(point)
+    model, trained, plan = evaluation_model(point)
     data_cfg = trained.data
     subjects = compared_subjects(params, trained, upstream_run_dir(point))
     rows: list[tuple[str, RsaRow]] = []
@@ -64,7 +65,7 @@ def run(point: PointRun[RsaParams]) -> Path:
     for subject in subjects:
         neural = open_neural(neural_file(data_cfg.neural, subject, point.data_cache or point.dir,
                                          data_cfg.image_size))
-        compared = compare_subject(model, point.only_upstream(), neural, params, data_cfg.image_size)
+        compared = compare_subject(model, point.only_upstream(), neural, params, data_cfg.image_size, plan)
         rows += [(subject, row) for row in compared.rows]
         data_rows += compared.data
         subject_rdms.append(compared.rdms)
@@ -86,7 +87,7 @@ def run(point: PointRun[RsaParams]) -> Path:
                "comparison": "Spearman rho of upper triangles", "test": "one-sided image permutation",
                "rdm_noise_ceiling": f"lower and upper bound over the {CEILING_REPEATS} single-repeat RDMs, as "
                                     "rsatoolbox.inference.boot_noise_ceiling(method='spearman') computes them",
-               RDM_FILES_ATTR: rdm_files},
+               RDM_FILES_ATTR: rdm_files, **plan.attrs()},
     )
 
 
@@ -128,16 +129,17 @@ class SubjectComparison(NamedTuple):
     rdms: SubjectRdms
 
 
-def compare_subject(model: Classifier, model_name: str, neural: NeuralData, params: RsaParams, image_size: int
-                    ) -> SubjectComparison:
+def compare_subject(model: Classifier, model_name: str, neural: NeuralData, params: RsaParams, image_size: int,
+                    plan: DevicePlan | None = None) -> SubjectComparison:
     """The model (`model_name`: its train point) against every ROI of one subject over the shared images shown
-    CEILING_REPEATS times, the table of the data compared with (one row per ROI) and every RDM compared."""
+    CEILING_REPEATS times, the table of the data compared with (one row per ROI) and every RDM compared. `plan`:
+    where the model runs (default: the CPU)."""
     shared = np.asarray(neural.val_index)
     images = neural.images_with_repeats(shared, CEILING_REPEATS)
     if len(images) < MIN_IMAGES:
         raise NeuralDataError(f"{neural.path}: {len(images)} of the {len(shared)} shared images were shown "
                               f"{CEILING_REPEATS} times; RSA and its noise ceiling need at least {MIN_IMAGES}")
-    features = layer_features(model, neural.images(images, image_size))
+    features = layer_features(model, neural.images(images, image_size), plan)
     rois = {name: neural.roi(name) for name in neural.rois}
     patterns = {name: roi_patterns(neural, roi, images, params.rsa_roi_patterns) for name, roi in rois.items()}
     compared = rsa_against_rois(features, patterns, params.rsa_permutations, params.rsa_seed)
@@ -163,16 +165,15 @@ def roi_patterns(neural: NeuralData, roi: RoiData, images: np.ndarray, kind: str
 
 
 @torch.no_grad()
-def layer_features(model: Classifier, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Pooled penultimate features of every image, and the neural head's outputs when the model has one."""
-    pooled = []
-    for start in range(0, len(images), EVAL_BATCH):
-        batch = to_float(images, torch.arange(start, min(start + EVAL_BATCH, len(images))), torch.device("cpu"))
-        pooled.append(model.features(batch))
-    features = torch.cat(pooled)
-    layers = {POOLED_LAYER: features.numpy().astype(np.float64)}
+def layer_features(model: Classifier, images: np.ndarray, plan: DevicePlan | None = None) -> dict[str, np.ndarray]:
+    """Pooled penultimate features of every image, and the neural head's outputs when the model has one, computed
+    in batches of EVAL_BATCH on the plan's device (default: the CPU, where the model must then be)."""
+    plan = plan or DevicePlan(torch.device("cpu"))
+    features = torch.cat([model.features(plan.layout(batch))
+                          for batch, in image_batches(images, chunks(len(images), EVAL_BATCH), plan)])
+    layers = {POOLED_LAYER: features.cpu().numpy().astype(np.float64)}
     if model.neural_head is not None:
-        layers["neural_head"] = model.neural_head(features).numpy().astype(np.float64)
+        layers["neural_head"] = model.neural_head(features).cpu().numpy().astype(np.float64)
     return layers
 
 

@@ -11,7 +11,22 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sfhpc.config import PRECISION_HELP, Bool, Closed, DataConfig, Float, Int, JobSpec, Precision, Seed, describe
+from sfhpc.config import (
+    MEMORY_FORMAT_HELP,
+    PRECISION_HELP,
+    PREFETCH_HELP,
+    Bool,
+    Closed,
+    DataConfig,
+    Float,
+    Int,
+    JobSpec,
+    MemoryFormat,
+    Precision,
+    Prefetch,
+    Seed,
+    describe,
+)
 from sfhpc.stages.spec import DataAbsent, OptionalUpstream, ParamError, StageSpec
 
 Band = Literal["none", "lsf", "human", "lsf+human"]
@@ -41,6 +56,8 @@ class TrainParams(Closed):
     human_floor: Bool = Field(False, description="human channel with a gain floor instead of pure band-pass")
     alpha: Float = Field(0.0, ge=0.0, le=1.0, description="neural co-training weight: L = (1-a) CE + a MSE")
     precision: Precision = Field("float32", description=PRECISION_HELP)
+    memory_format: MemoryFormat = Field("auto", description=MEMORY_FORMAT_HELP)
+    prefetch_batches: Prefetch = Field("auto", description=PREFETCH_HELP)
     loss_normalized: Bool = Field(False, description="guided: train on L / (1 - alpha) = CE + alpha / (1 - alpha) "
                                   "MSE, the study's loss divided by the cross-entropy's weight: the same balance "
                                   "of the two terms, with cross-entropy at the unguided model's step size (at alpha "

@@ -38,11 +38,11 @@ from sfhpc.stages.common import (
     save_checkpoint,
     save_model,
     slurm_cpus,
-    to_float,
     training_identity,
     upstream_run_dir,
     use_threads,
 )
+from sfhpc.stages.device import DevicePlan, chunks, image_batches, place_model, plan_for, use_plan
 from sfhpc.stages.train import NEURAL_SHARE, TEST_ACCURACY, ResolvedCrop, TrainParams, resolve_crop
 
 
@@ -103,26 +103,25 @@ class NeuralGuide:
         return (loss / (1 - self.alpha) if self.normalized else loss), ce, mse
 
 
-def neural_guide(point: PointRun[TrainParams], train_images: np.ndarray, device: torch.device
-                 ) -> NeuralGuide | None:
-    """The frozen predictor a guided point (alpha > 0) is co-trained with (its one upstream point's), and the scale
-    of its targets over `train_images` unless neural_target is raw."""
+def neural_guide(point: PointRun[TrainParams], train_images: np.ndarray, plan: DevicePlan) -> NeuralGuide | None:
+    """The frozen predictor a guided point (alpha > 0) is co-trained with (its one upstream point's), on the plan's
+    device and in its layout, and the scale of its targets over `train_images` unless neural_target is raw."""
     if point.params.alpha == 0:
         return None
-    predictor = load_predictor(upstream_run_dir(point), point.only_upstream(), device)
+    predictor = place_model(load_predictor(upstream_run_dir(point), point.only_upstream(), plan.device), plan)
     kind = point.params.neural_target
-    scale = None if kind == "raw" else target_scale(predictor, train_images, device, per_output=kind == "standardized")
+    scale = None if kind == "raw" else target_scale(predictor, train_images, plan, per_output=kind == "standardized")
     return NeuralGuide(predictor, point.params.alpha, scale, point.params.loss_normalized)
 
 
 @torch.no_grad()
-def target_scale(predictor: Classifier, images: np.ndarray, device: torch.device, per_output: bool = True
+def target_scale(predictor: Classifier, images: np.ndarray, plan: DevicePlan, per_output: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of each of the predictor's outputs over `images` (the training images, unaugmented), and the SD to
     divide by: each output's own (ddof 0; 1 where an output is constant), or with `per_output` False one for all,
     the root mean variance (1 if every output is constant). The same on every rank."""
-    outputs = torch.cat([predictor(to_float(images, torch.arange(start, min(start + EVAL_BATCH, len(images))),
-                                            device)) for start in range(0, len(images), EVAL_BATCH)]).double()
+    outputs = torch.cat([predictor(plan.layout(batch))
+                         for batch, in image_batches(images, chunks(len(images), EVAL_BATCH), plan)]).double()
     sd = outputs.std(dim=0, correction=0)
     if not per_output:
         sd = torch.full_like(sd, float(sd.square().mean().sqrt()))
@@ -132,12 +131,14 @@ def target_scale(predictor: Classifier, images: np.ndarray, device: torch.device
 def _train_and_evaluate(point: PointRun[TrainParams], env: distributed.DistEnv, device: torch.device) -> Path:
     params, data_cfg, point_dir = point.params, point.data, point.dir
     torch.manual_seed(params.seed)  # same initial weights on every rank
+    plan = plan_for(device, params.memory_format, params.prefetch_batches)
+    use_plan(plan)
     dataset = load_dataset(data_cfg, point.data_cache)
-    guide = neural_guide(point, dataset.train.images, device)
+    guide = neural_guide(point, dataset.train.images, plan)
     neural_dim = guide.n_outputs if guide else None
     model = build_model(params, len(dataset.class_names), data_cfg.image_size, neural_dim)
     weights_sha256 = start_from_pretrained(model, params.pretrained)
-    model = model.to(device)
+    model = place_model(model, plan)
     ddp_model = _wrap_ddp(model, env, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
                                 weight_decay=params.weight_decay)
@@ -159,7 +160,7 @@ def _train_and_evaluate(point: PointRun[TrainParams], env: distributed.DistEnv, 
         losses = train_epoch(ddp_model, optimizer, dataset.train.images, dataset.train.labels, params, epoch,
                              env, per_rank, device, guide, data_kind=data_cfg.kind)
         scheduler.step()
-        accuracy = evaluate(model, dataset.val.images, dataset.val.labels, env, device)
+        accuracy = evaluate(model, dataset.val.images, dataset.val.labels, env, device, plan)
         history.train_loss.append(losses.total)
         history.loss_ce.append(losses.ce)
         history.loss_neural.append(losses.neural)
@@ -170,8 +171,8 @@ def _train_and_evaluate(point: PointRun[TrainParams], env: distributed.DistEnv, 
             save_checkpoint(checkpoint, identity, model, optimizer, scheduler, history)
         _barrier(env)
 
-    test_accuracy = evaluate(model, dataset.test.images, dataset.test.labels, env, device)
-    neural_fit = neural_fit_r(model, guide, dataset.test.images, device) if guide and env.is_main else float("nan")
+    test_accuracy = evaluate(model, dataset.test.images, dataset.test.labels, env, device, plan)
+    neural_fit = neural_fit_r(model, guide, dataset.test.images, plan) if guide and env.is_main else float("nan")
     hosts = distributed.all_hosts(env)
     result_path = point_dir / RESULT_NAME
     if env.is_main:
@@ -192,7 +193,7 @@ def _train_and_evaluate(point: PointRun[TrainParams], env: distributed.DistEnv, 
                     "attempt": history.attempt, "epoch_seconds": history.seconds,
                     "loss_ce": history.loss_ce, "loss_neural": history.loss_neural},
             attrs={"hosts": json.dumps(hosts), "world_size": env.world_size, "dist_source": env.source,
-                   "device": str(device), "resumed_from_epoch": start_epoch, "attempts": attempt + 1,
+                   **plan.attrs(), "resumed_from_epoch": start_epoch, "attempts": attempt + 1,
                    **recipe_attrs(params, crop, weights_sha256)},
         )
     _barrier(env)
@@ -274,31 +275,41 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
                labels: torch.Tensor, guide: NeuralGuide | None = None, precision: Precision = "float32") -> Losses:
     """One SGD step on mean cross-entropy (or the co-training loss, with a guide), in `precision`; under DDP the
     gradient is averaged over ranks. Returns this rank's loss and its terms."""
+    return Losses(*step_losses(model, optimizer, images, labels, guide, precision).tolist())
+
+
+def step_losses(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+                guide: NeuralGuide | None, precision: Precision) -> torch.Tensor:
+    """train_step's step, its loss and terms (total, cross-entropy, neural MSE or NaN) left on the device as a
+    float32 tensor of 3: reading them back every step would make the host wait for the GPU before it can queue the
+    next step."""
     optimizer.zero_grad(set_to_none=True)
     with autocast(images.device, precision):
         if guide:
             loss, ce, mse = guide.loss_terms(model, images, labels)
         else:
             loss = ce = F.cross_entropy(model(images), labels)
+            mse = torch.full_like(loss, float("nan"))
     loss.backward()
     optimizer.step()
-    return Losses(loss.item(), ce.item(), mse.item() if guide else float("nan"))
+    return torch.stack([loss.detach(), ce.detach(), mse.detach()]).float()
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray, labels: np.ndarray,
                 params: TrainParams, epoch: int, env: distributed.DistEnv, per_rank: int,
                 device: torch.device, guide: NeuralGuide | None = None, data_kind: str = "synthetic") -> Losses:
     """One epoch; returns the mean training loss and terms over all ranks' batches. `data_kind` (the data config's
-    kind) resolves augment_crop auto."""
+    kind) resolves augment_crop auto. Batches come from a loader thread as the point's memory_format and
+    prefetch_batches resolve on `device` (sfhpc.stages.device): the same batches, augmented alike, either way."""
     model.train()
+    plan = plan_for(device, params.memory_format, params.prefetch_batches)
     generator = torch.Generator().manual_seed(distributed.rank_seed(params.seed, env.rank) * 1_000 + epoch)
     crop = resolve_crop(params, data_kind)
-    label_tensor = torch.from_numpy(labels)
-    steps = []
-    for index in rank_batches(epoch_order(len(labels), params.seed, epoch), params.batch_size, env, per_rank):
-        batch = augment(to_float(images, index, device), params, crop, generator)
-        steps.append(train_step(model, optimizer, batch, label_tensor[index].to(device), guide, params.precision))
-    means = np.mean([[step.total, step.ce, step.neural] for step in steps], axis=0) if steps else [float("nan")] * 3
+    batches = rank_batches(epoch_order(len(labels), params.seed, epoch), params.batch_size, env, per_rank)
+    steps = [step_losses(model, optimizer, plan.layout(augment(batch, params, crop, generator)), batch_labels, guide,
+                         params.precision)
+             for batch, batch_labels in image_batches(images, batches, plan, torch.from_numpy(labels))]
+    means = np.mean(torch.stack(steps).cpu().double().numpy(), axis=0) if steps else [float("nan")] * 3
     return Losses(*_mean_over_ranks([float(m) for m in means], env, device))
 
 
@@ -324,15 +335,17 @@ def mean_neural_share(history: History, alpha: float) -> float:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, env: distributed.DistEnv,
-             device: torch.device) -> float:
-    """Accuracy over all images; each rank scores a strided share and the counts are summed."""
+             device: torch.device, plan: DevicePlan | None = None) -> float:
+    """Accuracy over all images; each rank scores a strided share and the counts are summed. `plan`: how batches
+    reach `device` (default: the plain way)."""
     model.eval()
+    plan = plan or DevicePlan(device)
     mine = torch.arange(env.rank, len(labels), env.world_size)
     correct = torch.zeros(1, dtype=torch.float64, device=device)
     label_tensor = torch.from_numpy(labels)
-    for start in range(0, len(mine), EVAL_BATCH):
-        index = mine[start:start + EVAL_BATCH]
-        predictions = model(to_float(images, index, device)).argmax(1).cpu()
+    batches = [mine[start:start + EVAL_BATCH] for start in range(0, len(mine), EVAL_BATCH)]
+    for index, (batch,) in zip(batches, image_batches(images, batches, plan), strict=True):
+        predictions = model(plan.layout(batch)).argmax(1).cpu()
         correct += (predictions == label_tensor[index]).sum().item()
     if env.world_size > 1:
         torch.distributed.all_reduce(correct)
@@ -340,15 +353,15 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, env: dist
 
 
 @torch.no_grad()
-def neural_fit_r(model: nn.Module, guide: NeuralGuide, images: np.ndarray, device: torch.device) -> float:
+def neural_fit_r(model: nn.Module, guide: NeuralGuide, images: np.ndarray, plan: DevicePlan) -> float:
     """Mean per-image Pearson r between a guided model's neural head and its targets (the predictor's outputs,
     centred and scaled unless neural_target is raw)."""
     from sfhpc.evaluation.prediction import per_image_pearson
 
     model.eval()
     pairs = []
-    for start in range(0, len(images), EVAL_BATCH):
-        batch = to_float(images, torch.arange(start, min(start + EVAL_BATCH, len(images))), device)
+    for batch, in image_batches(images, chunks(len(images), EVAL_BATCH), plan):
+        batch = plan.layout(batch)
         _, neural = model(batch, with_neural=True)
         pairs.append((neural.cpu().numpy(), guide.targets(batch).cpu().numpy()))
     predicted, targets = (np.concatenate(side) for side in zip(*pairs, strict=True))
