@@ -629,6 +629,10 @@ class LocatedYaml:
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):  # `{{}}`, `? [a, b]`: YAML allows it, a sweep never
+                    raise SweepError(self.path, key_node.start_mark.line + 1, format_key(path),
+                                     "a key that is a mapping or a list (keys are names; `{{}}` is a mapping used as a "
+                                     "key: write `{}` for an empty mapping)")
                 key = key_node.value
                 if key in seen:
                     raise SweepError(self.path, key_node.start_mark.line + 1, format_key((*path, key)),
