@@ -54,10 +54,15 @@ def _live_records(run: RunDir, stage: str | None) -> list[JobRecord]:
 def _cancel_live_jobs(run: RunDir, stage: str | None) -> list[str]:
     with run.exclusive("cancel"):
         live = _live_records(run, stage)
-        slurm_ids = [r.job_id for r in live if r.executor == "slurm" and r.job_id]
-        if slurm_ids:
-            from sfhpc.slurm import cancel
+        slurm_records = [r for r in live if r.executor == "slurm" and r.job_id]
+        slurm_ids: list[str] = []
+        if slurm_records:
+            from sfhpc.slurm import arrays_still_ours, cancel, job_name
 
+            sweep = str(run.read_manifest().get("name", ""))
+            ours = set(arrays_still_ours({str(r.job_id).split("_", 1)[0]: job_name(sweep, r.stage)
+                                          for r in slurm_records}))
+            slurm_ids = [str(r.job_id) for r in slurm_records if str(r.job_id).split("_", 1)[0] in ours]
             cancel(slurm_ids)
         stopped = [r.job_id for r in live
                    if r.executor == "local" and r.job_id and terminate_process(int(r.job_id), r.job_process)]

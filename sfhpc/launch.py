@@ -493,7 +493,7 @@ def _queue_arrays(run: RunDir, plan: Plan, todo: dict[str, list[Point]], throttl
         for override, chunk in _by_override(stage, todo[stage.name], overrides, max_array):
             dependency = _dependency(chunk, producer, previous, arrays_of)
             params = slurm.executor_parameters(override.apply(stage.resources), plan.cluster,
-                                               f"sfhpc.{plan.sweep.name}.{stage.name}", dependency, throttle)
+                                               slurm.job_name(plan.sweep.name, stage.name), dependency, throttle)
             params["setup"] = [*params["setup"], *code.setup_lines()]
             params["additional_parameters"].update(override.sbatch_options(params["additional_parameters"]))
             job_ids, script = submit(stage, chunk, params)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pwd
 import re
 import shlex
 import subprocess
@@ -380,8 +382,32 @@ def queued_states(array_ids: list[str]) -> dict[str, SlurmState] | None:
 CANCELLED_WHILE_PENDING = SlurmState("CANCELLED", reason="cancelled while pending: no accounting record, not queued")
 
 
+def job_name(sweep: str, stage: str) -> str:
+    """The name every array of a sweep's stage is submitted under."""
+    return f"sfhpc.{sweep}.{stage}"
+
+
+def arrays_still_ours(names: dict[str, str]) -> list[str]:
+    """Those of these arrays (array id -> the job name it was submitted under) that the queue says are this user's
+    and carry that name. A job id written in a run folder names the run's job only while the cluster keeps its ids:
+    a controller started again with fresh state counts from 1, and the id may then be another user's job."""
+    if not names:
+        return []
+    user = pwd.getpwuid(os.getuid()).pw_name
+    try:
+        queued = run_command(["squeue", "-h", "-o", "%F|%u|%j", "-j", ",".join(sorted(names, key=int))])
+    except SlurmError as err:
+        if "Invalid job id" in str(err):
+            return []  # none of them is queued any more
+        raise
+    owned = {fields[0] for fields in (line.split("|", 2) for line in queued.splitlines())
+             if len(fields) == 3 and fields[1] == user and names.get(fields[0]) == fields[2]}
+    return sorted(owned, key=int)
+
+
 def cancel(job_ids: list[str]) -> None:
     """Cancel these jobs' arrays whole ('12' for '12_3'): every task of an array is the same run's and stage's, and
-    a whole-array cancel keeps the pending tasks in the array's accounting record, which task-by-task cancels lose."""
+    a whole-array cancel keeps the pending tasks in the array's accounting record, which task-by-task cancels lose.
+    Check with arrays_still_ours first."""
     if job_ids:
         run_command(["scancel", *array_ids(job_ids)])

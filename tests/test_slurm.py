@@ -348,6 +348,28 @@ def test_cancel_touches_only_its_own_run(slurm_cluster, write_sweep, awkward_dir
         sfhpc("cancel", other)
 
 
+def test_cancel_leaves_a_recorded_job_id_that_is_now_someone_elses_job(slurm_cluster, write_sweep, tmp_path):
+    # A controller started again with fresh state hands out ids from 1 again: an id a run folder recorded may now
+    # be another job. Here a job of another name takes the place of one of the run's records.
+    run = tmp_path / "runs" / "recycled"
+    launch(make_sweep(write_sweep, "recycled", cluster="  additional: {hold: true}"), run)
+    foreign = subprocess.run(["sbatch", "--parsable", "-H", "-J", "someone-elses-job", "-o", "/dev/null",
+                              "--wrap", "sleep 1"], check=True, env=os.environ, capture_output=True,
+                             text=True).stdout.strip()
+    try:
+        records = [json.loads(line) for line in (run / "jobs.jsonl").open()]
+        with (run / "jobs.jsonl").open("a") as f:
+            f.write(json.dumps({**records[0], "job_id": foreign}) + "\n")
+        cancelled = json.loads(sfhpc("cancel", run, "--json").stdout)["cancelled"]
+        assert sorted(cancelled) == sorted(r["job_id"] for r in records)  # the run's own, and not that one
+        queued = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", foreign], env=os.environ, capture_output=True,
+                                text=True).stdout
+        assert queued.strip() == f"{foreign}|PENDING"
+    finally:
+        subprocess.run(["scancel", foreign], env=os.environ)
+        sfhpc("cancel", run)
+
+
 def test_two_node_ddp_train_point(slurm_cluster, write_sweep, awkward_dir):
     run = awkward_dir / "runs" / "ddp"
     launch(make_sweep(write_sweep, "ddp", grid="  band: [lsf]", epochs=2,
