@@ -352,6 +352,25 @@ def test_refuses_state_made_for_other_images_or_settings(model, data, tmp_path, 
         attack_shard(model, x, y, [chosen], tmp_path)
 
 
+def test_a_shard_sets_up_once_what_its_pairs_share(model, data, tmp_path, monkeypatch):
+    """One clean pass for all independent pairs of a batch size, no progress file for a pair's last attack, and
+    each pair's key computed from its value."""
+    from sfhpc.evaluation import attack
+
+    clean_passes, progress_writes = [], []
+    real_clean, real_progress = attack.clean_correct, attack._save_progress
+    monkeypatch.setattr(attack, "clean_correct", lambda *a, **k: clean_passes.append(1) or real_clean(*a, **k))
+    monkeypatch.setattr(attack, "_save_progress", lambda *a: progress_writes.append(a[1][:]) or real_progress(*a))
+    pairs = [settings(eps, attacks=("apgd-ce", "apgd-dlr")) for eps in (1 / 255, 2 / 255, 4 / 255)]
+    flags = attack_shard(model, *data, pairs, tmp_path)
+    assert len(clean_passes) == 1
+    assert progress_writes == [["apgd-ce"]] * 3  # after the first attack of each pair; the second ends the pair
+    for chosen in pairs:
+        np.testing.assert_array_equal(flags[chosen.key()], direct_flags(model, *data, chosen))
+    assert AttackSettings("custom", ("apgd-ce",), "L2", 1, 0, 4).key() == AttackSettings("custom", ("apgd-ce",), "L2",
+                                                                                          1.0, 0, 4).key()
+
+
 def test_autoattacks_model_checks_run_once_per_shard_and_are_restored(model, data, tmp_path, monkeypatch, counting):
     from pyautoattack import checks
 

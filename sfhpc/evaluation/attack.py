@@ -57,6 +57,7 @@ torch and import it when called, so the login node can validate a sweep's attack
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -252,6 +253,10 @@ class AttackSettings:
         self._check_grid()
         if self.random_start not in RANDOM_STARTS:
             raise ValueError(f"unknown random start {self.random_start!r}; choose from " + ", ".join(RANDOM_STARTS))
+        # epsilons as floats, as grid_settings gives them: settings equal as values (eps 1 == 1.0) then also have one
+        # key, which _settings_key caches by value
+        object.__setattr__(self, "eps", float(self.eps))
+        object.__setattr__(self, "smaller_eps", tuple(float(eps) for eps in self.smaller_eps))
         # AutoAttack falls back to time.time() for a None seed: flags would not be reproducible
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
@@ -285,12 +290,7 @@ class AttackSettings:
     def key(self) -> str:
         """Readable, stable identity naming this pair's state files; the hash covers the exact eps (and a monotone
         pair's smaller epsilons)."""
-        exact = json.dumps(self.identity(), sort_keys=True)
-        digest = hashlib.sha256(exact.encode()).hexdigest()[:8]
-        attacks = "-" + "+".join(self.attacks) if self.attacks else ""
-        grid = "-monotone" if self.eps_grid == "monotone" else ""
-        return (f"{self.norm}-eps={self.eps:.6g}-{self.version}{attacks}-seed={self.seed}-bs={self.batch_size}{grid}"
-                f"-{digest}")
+        return _settings_key(self)
 
     def previous(self) -> AttackSettings | None:
         """A monotone pair's predecessor in its grid (the next smaller epsilon), None for the first or an
@@ -298,6 +298,18 @@ class AttackSettings:
         if not self.smaller_eps:
             return None
         return replace(self, eps=self.smaller_eps[-1], smaller_eps=self.smaller_eps[:-1])
+
+
+@functools.lru_cache(maxsize=4096)
+def _settings_key(settings: AttackSettings) -> str:
+    # Computed once per settings (a frozen, hashable value): a shard names its state files dozens of times, and
+    # asdict + json + sha256 each time was a measurable part of a small shard's fixed cost.
+    exact = json.dumps(settings.identity(), sort_keys=True)
+    digest = hashlib.sha256(exact.encode()).hexdigest()[:8]
+    attacks = "-" + "+".join(settings.attacks) if settings.attacks else ""
+    grid = "-monotone" if settings.eps_grid == "monotone" else ""
+    return (f"{settings.norm}-eps={settings.eps:.6g}-{settings.version}{attacks}-seed={settings.seed}"
+            f"-bs={settings.batch_size}{grid}-{digest}")
 
 
 def grid_settings(epsilons: Mapping[str, Sequence[float]], eps_grid: str, *, version: str,
@@ -359,7 +371,7 @@ def _model_checked_once(model: torch.nn.Module, x: torch.Tensor, n_classes: int,
     pyautoattack's own dynamic-defence check (warnings only) runs here once."""
     from pyautoattack import checks
 
-    checks.check_dynamic(model, x.to(device), False, logger=None)
+    checks.check_dynamic(model, x[:1].to(device), False, logger=None)  # it counts calls: one image is enough
     saved = checks.check_randomized, checks.check_range_output, checks.check_dynamic
     checks.check_randomized = checks.check_dynamic = lambda *args, **kwargs: None
     checks.check_range_output = lambda *args, **kwargs: n_classes  # what the real one returns after its check
@@ -459,11 +471,14 @@ def _attack_pending(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, pe
     first_batch = x[:max(settings.batch_size for settings in pending)]
     n_classes = check_model_for_attack(model, first_batch, device,
                                        allow_randomized=all(settings.version == "rand" for settings in pending))
+    clean: dict[int, np.ndarray] = {}  # batch size -> clean correctness: one pass per shard, not one per pair
     with _model_checked_once(model, first_batch, n_classes, device):
         for settings in pending:
             previous = settings.previous()
-            if previous is None:
-                attacked = clean_correct(model, x, y, settings.batch_size, device)  # AutoAttack's first pass
+            if previous is None:  # AutoAttack's first pass
+                if settings.batch_size not in clean:
+                    clean[settings.batch_size] = clean_correct(model, x, y, settings.batch_size, device)
+                attacked = clean[settings.batch_size].copy()  # each pair its own flags array
             else:
                 attacked = _robust_or_unconfirmed(model, x, y, settings, flags_by_key[previous.key()], state_dir,
                                                   device)
@@ -528,6 +543,7 @@ def _shard_identity(y: torch.Tensor) -> dict[str, Any]:
             "pyautoattack": _pyautoattack_version()}
 
 
+@functools.cache  # importlib.metadata scans the installed distributions on every call
 def _pyautoattack_version() -> str:
     try:
         return metadata.version("pyautoattack")
@@ -614,7 +630,8 @@ def _attack_pair(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, setti
             _save_examples(examples_path, found, examples)  # before the progress that relies on them
         robust = updated
         finished.append(attack)
-        _save_progress(progress_path, finished, robust)
+        if len(finished) < len(order):  # after the last attack the caller saves the pair's flags as done
+            _save_progress(progress_path, finished, robust)
     return robust
 
 
