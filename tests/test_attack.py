@@ -25,6 +25,7 @@ from sfhpc.evaluation.attack import (
     check_model_for_attack,
     clean_correct,
     grid_settings,
+    image_fingerprints,
     nonmonotone_images,
     per_image_random_starts,
     shard_bounds,
@@ -603,6 +604,18 @@ def apgd_starts(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
 
     monkeypatch.setattr(APGDAttack, "attack_single_run", recording)
     return starts
+
+
+def test_image_fingerprints_depend_on_the_image_alone(data):
+    x = data[0]  # 24 images: more than one block of FINGERPRINT_ROWS
+    fingerprints = image_fingerprints(x)
+    assert fingerprints.dtype == torch.int64 and len(set(fingerprints.tolist())) == N_IMAGES
+    order = torch.randperm(N_IMAGES, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(image_fingerprints(x[order]), fingerprints[order])
+    assert torch.equal(image_fingerprints(x[5:6]), fingerprints[5:6])
+    changed = x[:1].clone()
+    changed[0, 2, 15, 15] = torch.nextafter(changed[0, 2, 15, 15], torch.tensor(2.0))  # one bit of one pixel
+    assert image_fingerprints(changed).item() != fingerprints[0].item()
 
 
 @pytest.mark.parametrize("norm", ["Linf", "L2"])

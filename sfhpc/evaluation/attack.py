@@ -83,6 +83,8 @@ EPS_GRIDS = ("monotone", "independent")  # each norm's epsilons attacked in asce
 # APGD's random start drawn per image (from the seed, the restart and the image itself) or per batch (AutoAttack's
 # own: one draw for the whole batch after reseeding, so an image's start depends on its place in its batch)
 RANDOM_STARTS = ("image", "batch")
+FINGERPRINT_SEED = 20261203  # fixes the weights of image_fingerprints: changing it changes every per-image start
+FINGERPRINT_ROWS = 16  # images fingerprinted at a time
 MANIFEST_NAME = "manifest.json"
 PROBABILITY_TOLERANCE = 1e-4
 DETERMINISM_TOLERANCE = 1e-6
@@ -683,21 +685,47 @@ def _draw_starts_per_image(apgd: Any) -> None:
 
 def _random_start(x: torch.Tensor, norm: str, eps: float, seed: Any, run: int,
                   normalize: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """APGD's random start point for `x` (its own expression), with each image's noise from its own generator."""
+    """APGD's random start point for `x` (its own expression), with each image's noise from its own generator on
+    x's device, seeded from the seed, the single run and the image's fingerprint (one small host copy per batch)."""
     import torch
 
-    noise = torch.empty(x.shape, dtype=torch.float32)
-    images = x.detach().to("cpu", torch.float32).contiguous().numpy()
-    prefix = f"{seed}:{run}:".encode()
-    for row, image in enumerate(images):
-        digest = hashlib.blake2b(prefix + image.tobytes(), digest_size=8).digest()
-        generator = torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+    noise = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    for row, fingerprint in enumerate(image_fingerprints(x).tolist()):
+        digest = hashlib.blake2b(f"{seed}:{run}:{fingerprint}".encode(), digest_size=8).digest()
+        generator = torch.Generator(device=x.device).manual_seed(int.from_bytes(digest, "little"))
         if norm == "Linf":
-            noise[row] = 2 * torch.rand(image.shape, generator=generator) - 1
+            noise[row] = 2 * torch.rand(x.shape[1:], generator=generator, device=x.device) - 1
         else:
-            noise[row] = torch.randn(image.shape, generator=generator)
-    t = noise.to(x.device)
-    return x + eps * torch.ones_like(x).detach() * normalize(t)
+            noise[row] = torch.randn(x.shape[1:], generator=generator, device=x.device)
+    return x + eps * torch.ones_like(x).detach() * normalize(noise)
+
+
+def image_fingerprints(x: torch.Tensor) -> torch.Tensor:
+    """An integer per image of `x`, from its float32 bytes alone: the same image gives the same integer in any batch
+    and on any device (a weighted sum of its 16-bit halves, exact in int64 in any order of summation); different
+    images share one with a chance of at most 2^-bits (2^-27 at 224 px; see _fingerprint_weights). Computed where
+    `x` is, without copying the images to the host."""
+    import torch
+
+    bits = x.detach().to(torch.float32).contiguous().view(torch.int32).flatten(1)
+    weights = _fingerprint_weights(bits.shape[1], str(x.device))
+    parts = []
+    for start in range(0, len(bits), FINGERPRINT_ROWS):  # bounded int64 temporaries (a few hundred MB at 224 px)
+        words = bits[start:start + FINGERPRINT_ROWS].to(torch.int64)
+        parts.append((words & 0xFFFF).mul_(weights[0]).sum(dim=1) + (words >> 16 & 0xFFFF).mul_(weights[1]).sum(dim=1))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=x.device)
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint_weights(n: int, device: str) -> torch.Tensor:
+    # 2n terms below 2^16 x 2^bits each: their sum stays below 2^62, so int64 never overflows
+    import torch
+
+    bits = 61 - 16 - n.bit_length()
+    if bits < 8:
+        raise ValueError(f"images of {n} values are too large to fingerprint")
+    generator = torch.Generator().manual_seed(FINGERPRINT_SEED)
+    return torch.randint(0, 2 ** bits, (2, n), generator=generator, dtype=torch.int64).to(device)
 
 
 def _run_attack(autoattack: Any, attack: str, x: torch.Tensor, y: torch.Tensor, robust: np.ndarray,
