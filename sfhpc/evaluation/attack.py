@@ -710,7 +710,7 @@ def image_fingerprints(x: torch.Tensor) -> torch.Tensor:
     bits = x.detach().to(torch.float32).contiguous().view(torch.int32).flatten(1)
     weights = _fingerprint_weights(bits.shape[1], str(x.device))
     parts = []
-    for start in range(0, len(bits), FINGERPRINT_ROWS):  # bounded int64 temporaries (a few hundred MB at 224 px)
+    for start in range(0, len(bits), FINGERPRINT_ROWS):  # bounded int64 temporaries (about 20 MB each at 224 px)
         words = bits[start:start + FINGERPRINT_ROWS].to(torch.int64)
         parts.append((words & 0xFFFF).mul_(weights[0]).sum(dim=1) + (words >> 16 & 0xFFFF).mul_(weights[1]).sum(dim=1))
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=x.device)
