@@ -29,13 +29,19 @@ the ratio the paper sweep's estimate follows.
 
 Robust accuracy per epsilon: the monotone grid counts an image broken at a smaller epsilon as broken (its example is
 still adversarial and inside the larger ball), so it can only be lower than the independent run's where the two
-attacks at that epsilon agree. The flags that differ are counted by cause: broken on the monotone grid at a smaller
-epsilon only (the independent attack at this epsilon missed an example a smaller ball holds), broken on the monotone
-grid by this epsilon's attack only, and broken by the independent attack only (APGD reseeds for every batch, so an
-image's random start depends on its place in its batch, and the monotone grid's batches hold fewer images).
+attacks at that epsilon agree. They agree: APGD's random start is drawn per image (`attack_random_start: image`,
+the stage's default: from the seed, the restart and the image's bytes), and APGD treats every other step per image,
+so an image the monotone grid attacks at an epsilon meets the very attack the independent grid runs on it there,
+although its batch holds other, fewer images. The flags that differ are counted by cause: broken on the monotone
+grid at a smaller epsilon only (the independent attack at this epsilon missed an example a smaller ball holds),
+broken on the monotone grid by this epsilon's attack only, and broken by the independent attack only; with per-image
+starts the last two are 0 (up to floating-point differences between batch sizes, which this CPU did not show).
+--random-start batch runs AutoAttack's own per-batch starts instead (one draw for the whole batch after reseeding,
+so an image's start depends on its place in its batch, and the monotone grid's batches hold fewer images): then
+the last two causes appear too, in a few images each way.
 
 Run: .venv/bin/python benchmarks/attack_grid.py [--images 128] [--iterations 10] [--repeat 3] [--image-size 64]
-     [--width 16] [--version custom|standard] [--classes 4 (standard: 8)]
+     [--width 16] [--version custom|standard] [--classes 4 (standard: 8)] [--random-start image|batch]
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ import pyautoattack
 import torch
 from attack_shards import trained_model
 
-from sfhpc.evaluation.attack import AttackSettings, attack_shard, grid_settings
+from sfhpc.evaluation.attack import RANDOM_STARTS, AttackSettings, attack_shard, grid_settings
 
 GRID = tuple((2 * k - 1) * 0.5 / 255 for k in range(1, 11))  # 0.5/255 ... 9.5/255: odd multiples, as the study's
 BATCH_SIZE = 64
@@ -102,6 +108,8 @@ def main() -> None:
     parser.add_argument("--version", choices=("custom", "standard"), default="custom",
                         help="custom: APGD-CE alone; standard: AutoAttack's four attacks, shortened alike")
     parser.add_argument("--classes", type=int, default=4, help="classes of the synthetic data (at most 8)")
+    parser.add_argument("--random-start", choices=RANDOM_STARTS, default="image",
+                        help="APGD's random start per image (the stage's default) or per batch (AutoAttack's own)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, x, y = trained_model(args.images, args.image_size, args.width, args.classes)
@@ -110,7 +118,7 @@ def main() -> None:
         pyautoattack.AutoAttack = shortened_standard(args.iterations, args.classes)  # looked up at call time
     grids = {grid: grid_settings({"Linf": GRID}, grid, version=args.version, attacks=None if standard else ["apgd-ce"],
                                  seed=0, batch_size=BATCH_SIZE, apgd_iterations=args.iterations,
-                                 apgd_restarts=None if standard else 1)
+                                 apgd_restarts=None if standard else 1, random_start=args.random_start)
              for grid in ("monotone", "independent")}
     seconds: dict[str, list[float]] = {grid: [] for grid in grids}
     flags: dict[str, dict[float, np.ndarray]] = {}
@@ -137,7 +145,8 @@ def report(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y:
                else "APGD-CE, 1 restart")
     print(f"small_resnet width {args.width}, {len(y)} test images of {args.image_size} px, {args.classes} classes "
           f"(clean accuracy {clean:.3f}); {attacks}, {args.iterations} APGD iterations, Linf eps 0.5/255 ... "
-          f"9.5/255 (10 values), batch {BATCH_SIZE}, 1 torch thread; median of {args.repeat}")
+          f"9.5/255 (10 values), batch {BATCH_SIZE}, random start per {args.random_start}, 1 torch thread; median of "
+          f"{args.repeat}")
     for grid in grids:
         print(f"{grid:<12} {statistics.median(seconds[grid]):7.2f} s CPU  (each: "
               f"{', '.join(f'{t:.2f}' for t in seconds[grid])}); image-attacks run: {attacked[grid]}")
@@ -147,7 +156,9 @@ def report(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y:
     print("eps (px)   robust accuracy monotone  independent   flags that differ: broken on the monotone grid at a "
           "smaller eps only / by this eps's attack only / by the independent attack only")
     higher = []
-    broken_before = np.zeros(len(y), dtype=bool)
+    broken_before = np.zeros(len(y), dtype=bool)  # on the monotone grid
+    broken_before_independent = np.zeros(len(y), dtype=bool)
+    totals = {"carried": 0, "carried_own": 0, "attack": 0, "independent": 0}
     for eps in GRID:
         mono, ind = monotone[eps], independent[eps]
         carried = ~mono & ind & broken_before
@@ -155,7 +166,17 @@ def report(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y:
               f"{int((~mono & ind & ~broken_before).sum()):4d} / {int((mono & ~ind).sum()):4d}")
         if mono.mean() > ind.mean():
             higher.append(f"{eps * 255:.1f}/255")
+        totals["carried"] += int(carried.sum())
+        totals["carried_own"] += int((carried & broken_before_independent).sum())
+        totals["attack"] += int((~mono & ind & ~broken_before).sum())
+        totals["independent"] += int((mono & ~ind).sum())
         broken_before |= ~mono
+        broken_before_independent |= ~ind
+    differ = totals["carried"] + totals["attack"] + totals["independent"]
+    print(f"flags that differ: {differ} of {len(y) * len(GRID)}: {totals['carried']} broken on the monotone grid at a "
+          f"smaller eps only (of them {totals['carried_own']} broken at a smaller eps by the independent run too: "
+          f"its own flags are not monotone there), {totals['attack']} by the monotone grid's attack at that eps only, "
+          f"{totals['independent']} by the independent attack only")
     print("monotone robust accuracy no higher than independent at every eps: " +
           ("yes" if not higher else "NO, higher at " + ", ".join(higher)))
 

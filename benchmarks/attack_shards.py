@@ -23,13 +23,15 @@ the work per image) the difference is within the noise, and so is the ratio. (py
 forward passes of a batch per call, one of them traced, used to add to that: `attack_shard` now checks the model
 once per shard.)
 
-The merged flags of the shards are compared with the unsharded flags. They need not be identical: APGD reseeds
-for every batch, so an image's random start depends on its place in its batch, and a shard's batches are not one
-run's. Robust accuracy from the shards is exact for the shards' own runs (robust count / N), and each shard's flags
-equal a direct AutoAttack call on its images (tests/test_attack.py).
+The merged flags of the shards are compared with the unsharded flags. With APGD's random start drawn per image (the
+stage's default, `attack_random_start: image`) they are the same: an image's attack does not depend on the other
+images of its batch. With --random-start batch (AutoAttack's own: it reseeds for every batch, so an image's random
+start depends on its place in its batch, and a shard's batches are not one run's) they can differ in a few images.
+Either way robust accuracy from the shards is exact for the shards' own runs (robust count / N), and each shard's
+flags equal a direct AutoAttack call on its images (tests/test_attack.py).
 
 Run: .venv/bin/python benchmarks/attack_shards.py [--shards 4] [--images 256] [--iterations 10] [--repeat 3]
-     [--image-size 32] [--width 8] [--eps-grid monotone|independent]
+     [--image-size 32] [--width 8] [--eps-grid monotone|independent] [--random-start image|batch]
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import torch
 from sfhpc import distributed
 from sfhpc.config import DataConfig
 from sfhpc.data import load_dataset
-from sfhpc.evaluation.attack import EPS_GRIDS, attack_shard, grid_settings, shard_bounds
+from sfhpc.evaluation.attack import EPS_GRIDS, RANDOM_STARTS, attack_shard, grid_settings, shard_bounds
 from sfhpc.stages.common import build_model
 from sfhpc.stages.train import TrainParams
 from sfhpc.stages.train.run import train_epoch
@@ -89,11 +91,14 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--width", type=int, default=8, help="small_resnet width")
     parser.add_argument("--eps-grid", choices=EPS_GRIDS, default="monotone", help="the attack stage's default")
+    parser.add_argument("--random-start", choices=RANDOM_STARTS, default="image",
+                        help="APGD's random start per image (the stage's default) or per batch (AutoAttack's own)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, x, y = trained_model(args.images, args.image_size, args.width)
     settings = grid_settings({"Linf": (2 / 255, 8 / 255)}, args.eps_grid, version="custom", attacks=["apgd-ce"], seed=0,
-                             batch_size=64, apgd_iterations=args.iterations, apgd_restarts=1)
+                             batch_size=64, apgd_iterations=args.iterations, apgd_restarts=1,
+                             random_start=args.random_start)
     bounds = [shard_bounds(len(y), args.shards, shard) for shard in range(args.shards)]
     with tempfile.TemporaryDirectory(prefix="sfhpc-attack-shards-") as tmp:
         def whole() -> dict[str, np.ndarray]:
@@ -116,17 +121,18 @@ def main() -> None:
         clean = float((model(x).argmax(1) == y).float().mean())
     print(f"small_resnet width {args.width}, {len(y)} test images of {args.image_size} px (clean accuracy "
           f"{clean:.3f}), APGD-CE {args.iterations} iterations, Linf eps 2/255 and 8/255 ({args.eps_grid} grid), "
-          f"batch 64, 1 torch thread; median of {args.repeat}")
+          f"batch 64, random start per {args.random_start}, 1 torch thread; median of {args.repeat}")
     print(f"one run over all images       {statistics.median(one):7.2f} s CPU  (each: "
           f"{', '.join(f'{t:.2f}' for t in one)})")
     print(f"{args.shards} shards {str([b - a for a, b in bounds]):<20} {statistics.median(many):7.2f} s CPU  (each: "
           f"{', '.join(f'{t:.2f}' for t in many)})")
     print(f"ratio shards / one run          {ratio:6.3f}  goal <= 1.05: {'met' if ratio <= 1.05 else 'MISSED'}")
+    why_flags_differ = (" (APGD's random start depends on an image's place in its batch)"
+                        if args.random_start == "batch" else "")
     for s in settings:
         a, b = one_flags[s.key()], merged_flags[s.key()]
         print(f"  Linf eps {s.eps * 255:.0f}/255: robust accuracy {a.mean():.3f} (one run) vs {b.mean():.3f} "
-              f"(merged shards); flags that differ: {int((a != b).sum())} of {len(a)} (APGD's random start "
-              f"depends on an image's place in its batch)")
+              f"(merged shards); flags that differ: {int((a != b).sum())} of {len(a)}{why_flags_differ}")
     print(f"per shard job, outside the ratio: {startup:.2f} s CPU to start python and import torch and the stage "
           f"(x {args.shards} shards: {args.shards * startup:.1f} s, against {1 * startup:.1f} s for one job)")
 

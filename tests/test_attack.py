@@ -25,7 +25,9 @@ from sfhpc.evaluation.attack import (
     check_model_for_attack,
     clean_correct,
     grid_settings,
+    image_fingerprints,
     nonmonotone_images,
+    per_image_random_starts,
     shard_bounds,
     still_adversarial,
     validate_attack_settings,
@@ -61,8 +63,10 @@ def data(model) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def settings(eps: float = 2 / 255, attacks: tuple[str, ...] = ("apgd-ce",), batch_size: int = 4) -> AttackSettings:
-    return AttackSettings(version="custom", attacks=attacks, norm="Linf", eps=eps, seed=0, batch_size=batch_size)
+def settings(eps: float = 2 / 255, attacks: tuple[str, ...] = ("apgd-ce",), batch_size: int = 4,
+             random_start: str = "image", norm: str = "Linf") -> AttackSettings:
+    return AttackSettings(version="custom", attacks=attacks, norm=norm, eps=eps, seed=0, batch_size=batch_size,
+                          random_start=random_start)
 
 
 class FastAutoAttack(REAL_AUTOATTACK):
@@ -86,9 +90,12 @@ def fast_autoattack(monkeypatch) -> None:
 
 def direct_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chosen: AttackSettings,
                  state_path: Path | None = None) -> np.ndarray:
-    """Flags from one plain AutoAttack call, the documented way: still classified correctly after the attacks."""
+    """Flags from one plain AutoAttack call, the documented way: still classified correctly after the attacks (with
+    APGD's random starts drawn per image where the settings say so)."""
     autoattack = FastAutoAttack(model, norm=chosen.norm, eps=chosen.eps, version=chosen.version,
                                attacks=list(chosen.attacks), seed=chosen.seed, device="cpu")
+    if chosen.random_start == "image":
+        per_image_random_starts(autoattack)
     _, y_adv = autoattack.run_standard_evaluation(x, y, batch_size=chosen.batch_size, state_path=state_path)
     return (y_adv == y).numpy()
 
@@ -346,6 +353,25 @@ def test_refuses_state_made_for_other_images_or_settings(model, data, tmp_path, 
         attack_shard(model, x, y, [chosen], tmp_path)
 
 
+def test_a_shard_sets_up_once_what_its_pairs_share(model, data, tmp_path, monkeypatch):
+    """One clean pass for all independent pairs of a batch size, no progress file for a pair's last attack, and
+    each pair's key computed from its value."""
+    from sfhpc.evaluation import attack
+
+    clean_passes, progress_writes = [], []
+    real_clean, real_progress = attack.clean_correct, attack._save_progress
+    monkeypatch.setattr(attack, "clean_correct", lambda *a, **k: clean_passes.append(1) or real_clean(*a, **k))
+    monkeypatch.setattr(attack, "_save_progress", lambda *a: progress_writes.append(a[1][:]) or real_progress(*a))
+    pairs = [settings(eps, attacks=("apgd-ce", "apgd-dlr")) for eps in (1 / 255, 2 / 255, 4 / 255)]
+    flags = attack_shard(model, *data, pairs, tmp_path)
+    assert len(clean_passes) == 1
+    assert progress_writes == [["apgd-ce"]] * 3  # after the first attack of each pair; the second ends the pair
+    for chosen in pairs:
+        np.testing.assert_array_equal(flags[chosen.key()], direct_flags(model, *data, chosen))
+    assert AttackSettings("custom", ("apgd-ce",), "L2", 1, 0, 4).key() == AttackSettings("custom", ("apgd-ce",), "L2",
+                                                                                          1.0, 0, 4).key()
+
+
 def test_autoattacks_model_checks_run_once_per_shard_and_are_restored(model, data, tmp_path, monkeypatch, counting):
     from pyautoattack import checks
 
@@ -418,9 +444,13 @@ def test_grid_settings_give_each_monotone_pair_its_smaller_epsilons():
     assert shorter[0].key() != grid[0].key()  # a pair's key covers the grid below it: no state of another grid
 
     independent = grid_settings({"Linf": [0.3, 0.1]}, "independent", version="custom", attacks=["apgd-ce"], seed=0,
-                                batch_size=4)
+                                batch_size=4, random_start="batch")
     assert [(s.smaller_eps, s.previous()) for s in independent] == [((), None), ((), None)]
-    # an independent pair's key is the one written before grids existed, so its state stays valid
+    # an independent pair with AutoAttack's own random starts has the key written before grids and per-image starts
+    # existed, so its state stays valid; per-image starts (the default) give other flags, hence another key
+    per_image = grid_settings({"Linf": [0.3]}, "independent", version="custom", attacks=["apgd-ce"], seed=0,
+                              batch_size=4)
+    assert per_image[0].random_start == "image" and per_image[0].key() != independent[0].key()
     fields = {"version": "custom", "attacks": ["apgd-ce"], "norm": "Linf", "eps": 0.3, "seed": 0, "batch_size": 4,
               "apgd_iterations": None, "apgd_restarts": None}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
@@ -432,6 +462,7 @@ def test_grid_settings_give_each_monotone_pair_its_smaller_epsilons():
     ({"smaller_eps": (0.1,)}, "smaller_eps belongs to a monotone grid"),
     ({"eps_grid": "monotone", "smaller_eps": (0.2, 0.1)}, "must ascend"),
     ({"eps_grid": "monotone", "smaller_eps": (0.1, 0.3)}, "below eps 0.3"),
+    ({"random_start": "pixel"}, "unknown random start 'pixel'; choose from image, batch"),
 ])
 def test_settings_refuse_a_broken_grid(change, message):
     with pytest.raises(ValueError, match=message):
@@ -558,3 +589,98 @@ def test_a_monotone_pair_needs_its_smaller_epsilons(model, data, tmp_path, monke
     forbid_autoattack(monkeypatch)
     with pytest.raises(ValueError, match="continues a monotone grid from eps 0.00392157, which is not among"):
         attack_shard(model, *data, monotone_grid()[:2], tmp_path)
+
+
+# --- APGD's random starts -----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def apgd_starts(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Every APGD single run's images and the start point it was given (None: APGD draws its own)."""
+    starts, real_single_run = [], APGDAttack.attack_single_run
+
+    def recording(self, x, y, x_init=None):
+        starts.append((x.clone(), None if x_init is None else x_init.clone()))
+        return real_single_run(self, x, y, x_init=x_init)
+
+    monkeypatch.setattr(APGDAttack, "attack_single_run", recording)
+    return starts
+
+
+def test_image_fingerprints_depend_on_the_image_alone(data):
+    x = data[0]  # 24 images: more than one block of FINGERPRINT_ROWS
+    fingerprints = image_fingerprints(x)
+    assert fingerprints.dtype == torch.int64 and len(set(fingerprints.tolist())) == N_IMAGES
+    order = torch.randperm(N_IMAGES, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(image_fingerprints(x[order]), fingerprints[order])
+    assert torch.equal(image_fingerprints(x[5:6]), fingerprints[5:6])
+    changed = x[:1].clone()
+    changed[0, 2, 15, 15] = torch.nextafter(changed[0, 2, 15, 15], torch.tensor(2.0))  # one bit of one pixel
+    assert image_fingerprints(changed).item() != fingerprints[0].item()
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_per_image_starts_follow_the_image_not_its_batch(model, data, norm, apgd_starts):
+    x, y = data
+    eps = 2 / 255 if norm == "Linf" else 0.3
+    starts = {}
+    for batch_size in (4, 7):  # other batches around each image
+        direct_flags(model, x, y, settings(eps=eps, batch_size=batch_size, norm=norm))
+        pairs = [(image, start) for images, given in apgd_starts for image, start in zip(images, given, strict=True)]
+        apgd_starts.clear()
+        starts[batch_size] = {image.numpy().tobytes(): start for image, start in pairs}
+    assert starts[4].keys() == starts[7].keys() and len(starts[4]) == N_IMAGES - len(WRONG_LABELS)
+    for image, start in starts[4].items():
+        torch.testing.assert_close(start, starts[7][image], rtol=0, atol=0)
+    first = torch.stack(list(starts[4].values()))
+    clean = torch.stack([torch.from_numpy(np.frombuffer(image, dtype=np.float32).reshape(x.shape[1:]).copy())
+                         for image in starts[4]])
+    size = (first - clean).flatten(1)
+    # AutoAttack's start: Linf noise scaled so that its largest pixel is eps; L2 noise scaled to norm eps
+    measured = size.abs().amax(dim=1) if norm == "Linf" else size.norm(dim=1)
+    torch.testing.assert_close(measured, torch.full_like(measured, eps))
+    assert len({start.numpy().tobytes() for start in first}) == len(first)  # each image its own noise
+
+
+def test_per_image_starts_differ_between_restarts_and_leave_l1_to_autoattack(model, data, apgd_starts, monkeypatch):
+    x, y = data
+
+    class TwoRestarts(FastAutoAttack):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.apgd.n_restarts = 2
+
+    monkeypatch.setattr(pyautoattack, "AutoAttack", TwoRestarts)
+    autoattack = TwoRestarts(model, norm="Linf", eps=0.5 / 255, version="custom", attacks=["apgd-ce"], seed=0)
+    per_image_random_starts(autoattack)
+    autoattack.run_standard_evaluation(x[:4], y[:4], batch_size=4)
+    (first_images, first), (second_images, second) = apgd_starts  # the second restart: the images still robust
+    assert 0 < len(second_images) <= len(first_images)
+    again = [row for row, image in enumerate(first_images) if any(torch.equal(image, o) for o in second_images)]
+    assert not torch.equal(first[again], second)
+
+    apgd_starts.clear()
+    autoattack = FastAutoAttack(model, norm="L1", eps=2.0, version="custom", attacks=["apgd-ce"], seed=0)
+    per_image_random_starts(autoattack)
+    autoattack.run_standard_evaluation(x[:4], y[:4], batch_size=4)
+    assert apgd_starts and all(start is None for _, start in apgd_starts)  # APGD's own sparse L1 start
+
+
+def test_per_image_starts_make_shards_and_the_monotone_grid_agree_with_one_independent_run(model, data, tmp_path):
+    x, y = data
+    epsilons = (0.5 / 255, 1 / 255, 2 / 255)
+    independent = grid_settings({"Linf": epsilons}, "independent", version="custom", attacks=["apgd-ce"], seed=0,
+                                batch_size=5)
+    whole = attack_shard(model, x, y, independent, tmp_path / "whole")
+    monotone = monotone_grid(epsilons)
+    parts = [attack_shard(model, x[a:b], y[a:b], monotone, tmp_path / f"shard {shard}")
+             for shard, (a, b) in enumerate(shard_bounds(N_IMAGES, 3, shard) for shard in range(3))]
+    merged = {s.eps: np.concatenate([part[s.key()] for part in parts]) for s in monotone}
+    robust_before = np.ones(N_IMAGES, dtype=bool)
+    for chosen in independent:
+        flags = whole[chosen.key()]
+        # each image the monotone grid attacks at this eps meets the same attack as in the independent run (other
+        # batches, other batch size, split into shards): robust there exactly when robust here and at every smaller
+        # eps, so its robust accuracy is never higher
+        np.testing.assert_array_equal(merged[chosen.eps], flags & robust_before)
+        robust_before &= flags
+    assert 0 < merged[max(epsilons)].sum() < merged[min(epsilons)].sum()  # the grid broke some images, not all

@@ -17,6 +17,7 @@ from test_report_runs import write_point
 from sfhpc.evaluation.attack import (
     EPS_GRIDS,
     EPS_UNITS,
+    RANDOM_STARTS,
     conversion_error,
     conversion_sd,
     normalized_epsilon,
@@ -111,6 +112,17 @@ def test_the_params_units_are_the_conversions():
 def test_the_params_grids_are_the_evaluations_and_monotone_is_the_default():
     assert typing.get_args(AttackParams.model_fields["attack_eps_grid"].annotation) == EPS_GRIDS
     assert AttackParams().attack_eps_grid == "monotone"
+
+
+def test_the_params_random_starts_reach_the_settings_and_the_result():
+    from sfhpc.stages.attack.run import epsilon_record, settings_of
+
+    assert typing.get_args(AttackParams.model_fields["attack_random_start"].annotation) == RANDOM_STARTS
+    for params, expected in ((AttackParams(), "image"), (AttackParams(attack_random_start="batch"), "batch")):
+        settings = settings_of(params, IMAGENET_SD)
+        assert {s.random_start for s in settings} == {expected}
+        assert {e["random_start"] for e in json.loads(epsilon_record(params, settings, IMAGENET_SD)["settings"])} \
+            == {expected}
 
 
 # --- what a result records ----------------------------------------------------------------------------------------

@@ -7,7 +7,11 @@ What pyautoattack 0.2.0 really does, and what this module builds on it:
   they equal ``y_adv == y`` exactly, because ``y_adv`` starts as the clean prediction and is overwritten only for
   samples an attack fooled. We derive the flags that way, from the public return value.
 - The seed is re-applied (``torch.manual_seed``) before every batch of every attack, so flags depend on the seed,
-  the batch size and the batch composition, and the global torch RNG is reseeded as a side effect.
+  the batch size and the batch composition, and the global torch RNG is reseeded as a side effect. By default
+  (``random_start="image"``) this module draws APGD's random start per image instead, from the seed, the restart
+  and the image's bytes (:func:`per_image_random_starts`): on Linf and L2 an image's APGD result then no longer
+  depends on its batch, so shards give the flags of one run over all images, and a monotone grid attacks each image
+  it attacks exactly as the independent grid does. ``random_start="batch"`` keeps AutoAttack's own.
 - Its ``state_path`` does not resume in 0.2.0: the state file stores the attack set as the text of a Python set,
   so reloading it always fails with "created with a different set of attacks" (and the restored path would hit an
   unbound ``y_adv``). It also records no norm, eps, seed or images. So this module does not pass ``state_path``;
@@ -53,6 +57,7 @@ torch and import it when called, so the login node can validate a sweep's attack
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -75,6 +80,11 @@ NORMS = ("Linf", "L2", "L1")  # AutoAttack asserts norm in these
 VERSIONS = ("standard", "plus", "rand", "custom")
 EPS_UNITS = ("pixel", "normalized")  # epsilons in pixels of [0, 1] images, or in the model's normalisation units
 EPS_GRIDS = ("monotone", "independent")  # each norm's epsilons attacked in ascending order, or each on its own
+# APGD's random start drawn per image (from the seed, the restart and the image itself) or per batch (AutoAttack's
+# own: one draw for the whole batch after reseeding, so an image's start depends on its place in its batch)
+RANDOM_STARTS = ("image", "batch")
+FINGERPRINT_SEED = 20261203  # fixes the weights of image_fingerprints: changing it changes every per-image start
+FINGERPRINT_ROWS = 16  # images fingerprinted at a time
 MANIFEST_NAME = "manifest.json"
 PROBABILITY_TOLERANCE = 1e-4
 DETERMINISM_TOLERANCE = 1e-6
@@ -235,6 +245,7 @@ class AttackSettings:
     apgd_restarts: int | None = None  # quick runs: fewer APGD-CE restarts than the version's own
     eps_grid: str = "independent"  # monotone: attacked after this norm's smaller epsilons (see attack_shard)
     smaller_eps: tuple[float, ...] = ()  # monotone: the smaller epsilons of its norm's grid, ascending
+    random_start: str = "image"  # APGD's random starts per image or per batch (see per_image_random_starts)
 
     def __post_init__(self) -> None:
         if self.attacks is not None:  # accept a list, but keep the frozen value hashable
@@ -242,6 +253,12 @@ class AttackSettings:
         object.__setattr__(self, "smaller_eps", tuple(self.smaller_eps))
         validate_attack_settings(self.version, self.attacks, [self.norm], [self.eps], 1, 1)
         self._check_grid()
+        if self.random_start not in RANDOM_STARTS:
+            raise ValueError(f"unknown random start {self.random_start!r}; choose from " + ", ".join(RANDOM_STARTS))
+        # epsilons as floats, as grid_settings gives them: settings equal as values (eps 1 == 1.0) then also have one
+        # key, which _settings_key caches by value
+        object.__setattr__(self, "eps", float(self.eps))
+        object.__setattr__(self, "smaller_eps", tuple(float(eps) for eps in self.smaller_eps))
         # AutoAttack falls back to time.time() for a None seed: flags would not be reproducible
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
@@ -262,22 +279,20 @@ class AttackSettings:
             raise ValueError(f"smaller_eps {list(self.smaller_eps)} must ascend, each > 0, below eps {self.eps}")
 
     def identity(self) -> dict[str, Any]:
-        """What makes this pair's flags: every field, except that an independent pair leaves the grid fields out (its
-        key and manifest entry are those written before grids existed, so its state stays valid)."""
+        """What makes this pair's flags: every field, except that an independent pair leaves the grid fields out and
+        a pair with AutoAttack's own per-batch random starts leaves that field out (their keys and manifest entries
+        are those written before grids and per-image starts existed, so their state stays valid)."""
         fields = asdict(self)
         if self.eps_grid == "independent":
             del fields["eps_grid"], fields["smaller_eps"]
+        if self.random_start == "batch":
+            del fields["random_start"]
         return fields
 
     def key(self) -> str:
         """Readable, stable identity naming this pair's state files; the hash covers the exact eps (and a monotone
         pair's smaller epsilons)."""
-        exact = json.dumps(self.identity(), sort_keys=True)
-        digest = hashlib.sha256(exact.encode()).hexdigest()[:8]
-        attacks = "-" + "+".join(self.attacks) if self.attacks else ""
-        grid = "-monotone" if self.eps_grid == "monotone" else ""
-        return (f"{self.norm}-eps={self.eps:.6g}-{self.version}{attacks}-seed={self.seed}-bs={self.batch_size}{grid}"
-                f"-{digest}")
+        return _settings_key(self)
 
     def previous(self) -> AttackSettings | None:
         """A monotone pair's predecessor in its grid (the next smaller epsilon), None for the first or an
@@ -287,14 +302,27 @@ class AttackSettings:
         return replace(self, eps=self.smaller_eps[-1], smaller_eps=self.smaller_eps[:-1])
 
 
+@functools.lru_cache(maxsize=4096)
+def _settings_key(settings: AttackSettings) -> str:
+    # Computed once per settings (a frozen, hashable value): a shard names its state files dozens of times, and
+    # asdict + json + sha256 each time was a measurable part of a small shard's fixed cost.
+    exact = json.dumps(settings.identity(), sort_keys=True)
+    digest = hashlib.sha256(exact.encode()).hexdigest()[:8]
+    attacks = "-" + "+".join(settings.attacks) if settings.attacks else ""
+    grid = "-monotone" if settings.eps_grid == "monotone" else ""
+    return (f"{settings.norm}-eps={settings.eps:.6g}-{settings.version}{attacks}-seed={settings.seed}"
+            f"-bs={settings.batch_size}{grid}-{digest}")
+
+
 def grid_settings(epsilons: Mapping[str, Sequence[float]], eps_grid: str, *, version: str,
                   attacks: Sequence[str] | None, seed: int, batch_size: int, apgd_iterations: int | None = None,
-                  apgd_restarts: int | None = None) -> list[AttackSettings]:
+                  apgd_restarts: int | None = None, random_start: str = "image") -> list[AttackSettings]:
     """One AttackSettings per (norm, eps), in the given order; in a monotone grid each knows its norm's smaller
     epsilons, which attack_shard attacks first."""
     names = tuple(attacks) if attacks else None
     return [AttackSettings(version, names, norm, float(eps), seed, batch_size, apgd_iterations, apgd_restarts, eps_grid,
-                           tuple(sorted(float(e) for e in values if e < eps)) if eps_grid == "monotone" else ())
+                           tuple(sorted(float(e) for e in values if e < eps)) if eps_grid == "monotone" else (),
+                           random_start)
             for norm, values in epsilons.items() for eps in values]
 
 
@@ -345,7 +373,7 @@ def _model_checked_once(model: torch.nn.Module, x: torch.Tensor, n_classes: int,
     pyautoattack's own dynamic-defence check (warnings only) runs here once."""
     from pyautoattack import checks
 
-    checks.check_dynamic(model, x.to(device), False, logger=None)
+    checks.check_dynamic(model, x[:1].to(device), False, logger=None)  # it counts calls: one image is enough
     saved = checks.check_randomized, checks.check_range_output, checks.check_dynamic
     checks.check_randomized = checks.check_dynamic = lambda *args, **kwargs: None
     checks.check_range_output = lambda *args, **kwargs: n_classes  # what the real one returns after its check
@@ -445,11 +473,14 @@ def _attack_pending(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, pe
     first_batch = x[:max(settings.batch_size for settings in pending)]
     n_classes = check_model_for_attack(model, first_batch, device,
                                        allow_randomized=all(settings.version == "rand" for settings in pending))
+    clean: dict[int, np.ndarray] = {}  # batch size -> clean correctness: one pass per shard, not one per pair
     with _model_checked_once(model, first_batch, n_classes, device):
         for settings in pending:
             previous = settings.previous()
-            if previous is None:
-                attacked = clean_correct(model, x, y, settings.batch_size, device)  # AutoAttack's first pass
+            if previous is None:  # AutoAttack's first pass
+                if settings.batch_size not in clean:
+                    clean[settings.batch_size] = clean_correct(model, x, y, settings.batch_size, device)
+                attacked = clean[settings.batch_size].copy()  # each pair its own flags array
             else:
                 attacked = _robust_or_unconfirmed(model, x, y, settings, flags_by_key[previous.key()], state_dir,
                                                   device)
@@ -514,6 +545,7 @@ def _shard_identity(y: torch.Tensor) -> dict[str, Any]:
             "pyautoattack": _pyautoattack_version()}
 
 
+@functools.cache  # importlib.metadata scans the installed distributions on every call
 def _pyautoattack_version() -> str:
     try:
         return metadata.version("pyautoattack")
@@ -574,6 +606,8 @@ def _attack_pair(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, setti
                                          attacks=list(settings.attacks) if settings.attacks else None,
                                          seed=settings.seed, device=device)
     _shorten_apgd(autoattack, settings)
+    if settings.random_start == "image":
+        per_image_random_starts(autoattack)
     order = list(autoattack.attacks_to_run)  # a version's own list, or the custom one
     progress_path, examples_path = _progress_path(state_dir, settings), _examples_path(state_dir, settings)
     finished, robust = _load_progress(progress_path, order, len(x))
@@ -598,7 +632,8 @@ def _attack_pair(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, setti
             _save_examples(examples_path, found, examples)  # before the progress that relies on them
         robust = updated
         finished.append(attack)
-        _save_progress(progress_path, finished, robust)
+        if len(finished) < len(order):  # after the last attack the caller saves the pair's flags as done
+            _save_progress(progress_path, finished, robust)
     return robust
 
 
@@ -612,6 +647,85 @@ def _shorten_apgd(autoattack: Any, settings: AttackSettings) -> None:
             apgd.size_decr = max(int(0.03 * n_iter), 1)
     if settings.apgd_restarts:
         autoattack.apgd.n_restarts = settings.apgd_restarts
+
+
+def per_image_random_starts(autoattack: Any) -> None:
+    """Draw the random start of `autoattack`'s APGD attacks (APGD-CE, APGD-DLR, APGD-T) per image on Linf and L2:
+    from a generator seeded with AutoAttack's seed, the restart (for APGD-T: target class and restart, in APGD's
+    order) and the image's own bytes, instead of one draw for the whole batch after reseeding.
+
+    The start has AutoAttack's distribution (Linf: uniform noise scaled so that its largest pixel is eps; L2:
+    Gaussian noise scaled to norm eps; then clipped to [0, 1]), and APGD treats every other step per image (its
+    step sizes, checkpoints and restarts are per image), so an image's APGD result no longer depends on which images
+    share its batch: shards give the flags of one run over all images, and a monotone grid's epsilon attacks each
+    image it attacks exactly as the independent grid does (so its robust accuracy is never higher). pyautoattack's
+    APGD passes no start point of its own on these norms; on L1 it does (its sparse start and its step schedule
+    depend on it), so L1 keeps AutoAttack's per-batch start, as do FAB and Square, which draw at every step."""
+    for apgd in (autoattack.apgd, autoattack.apgd_targeted):
+        _draw_starts_per_image(apgd)
+
+
+def _draw_starts_per_image(apgd: Any) -> None:
+    real_perturb, real_single_run = apgd.perturb, apgd.attack_single_run
+    runs = itertools.count()
+
+    def perturb(*args: Any, **kwargs: Any) -> Any:
+        nonlocal runs
+        runs = itertools.count()  # APGD's single runs of this batch: its restarts (APGD-T: per target class)
+        return real_perturb(*args, **kwargs)
+
+    def attack_single_run(x: torch.Tensor, y: torch.Tensor, x_init: torch.Tensor | None = None) -> Any:
+        run = next(runs)  # every image still attacked takes part in every single run before this one
+        if x_init is None and apgd.norm in ("Linf", "L2"):
+            x_init = _random_start(x, apgd.norm, apgd.eps, apgd.seed, run, apgd.normalize)
+        return real_single_run(x, y, x_init=x_init)
+
+    apgd.perturb, apgd.attack_single_run = perturb, attack_single_run
+
+
+def _random_start(x: torch.Tensor, norm: str, eps: float, seed: Any, run: int,
+                  normalize: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """APGD's random start point for `x` (its own expression), with each image's noise from its own generator on
+    x's device, seeded from the seed, the single run and the image's fingerprint (one small host copy per batch)."""
+    import torch
+
+    noise = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    for row, fingerprint in enumerate(image_fingerprints(x).tolist()):
+        digest = hashlib.blake2b(f"{seed}:{run}:{fingerprint}".encode(), digest_size=8).digest()
+        generator = torch.Generator(device=x.device).manual_seed(int.from_bytes(digest, "little"))
+        if norm == "Linf":
+            noise[row] = 2 * torch.rand(x.shape[1:], generator=generator, device=x.device) - 1
+        else:
+            noise[row] = torch.randn(x.shape[1:], generator=generator, device=x.device)
+    return x + eps * torch.ones_like(x).detach() * normalize(noise)
+
+
+def image_fingerprints(x: torch.Tensor) -> torch.Tensor:
+    """An integer per image of `x`, from its float32 bytes alone: the same image gives the same integer in any batch
+    and on any device (a weighted sum of its 16-bit halves, exact in int64 in any order of summation); different
+    images share one with a chance of at most 2^-bits (2^-27 at 224 px; see _fingerprint_weights). Computed where
+    `x` is, without copying the images to the host."""
+    import torch
+
+    bits = x.detach().to(torch.float32).contiguous().view(torch.int32).flatten(1)
+    weights = _fingerprint_weights(bits.shape[1], str(x.device))
+    parts = []
+    for start in range(0, len(bits), FINGERPRINT_ROWS):  # bounded int64 temporaries (about 20 MB each at 224 px)
+        words = bits[start:start + FINGERPRINT_ROWS].to(torch.int64)
+        parts.append((words & 0xFFFF).mul_(weights[0]).sum(dim=1) + (words >> 16 & 0xFFFF).mul_(weights[1]).sum(dim=1))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=x.device)
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint_weights(n: int, device: str) -> torch.Tensor:
+    # 2n terms below 2^16 x 2^bits each: their sum stays below 2^62, so int64 never overflows
+    import torch
+
+    bits = 61 - 16 - n.bit_length()
+    if bits < 8:
+        raise ValueError(f"images of {n} values are too large to fingerprint")
+    generator = torch.Generator().manual_seed(FINGERPRINT_SEED)
+    return torch.randint(0, 2 ** bits, (2, n), generator=generator, dtype=torch.int64).to(device)
 
 
 def _run_attack(autoattack: Any, attack: str, x: torch.Tensor, y: torch.Tensor, robust: np.ndarray,

@@ -79,6 +79,10 @@ class AttackParams(Closed):
         "monotone", description="monotone: each norm's epsilons in ascending order, each attacking only the images "
                                 "still robust at the previous one (broken ones carry their checked adversarial "
                                 "example forward); independent: every epsilon attacks every clean-correct image")
+    attack_random_start: Literal["image", "batch"] = Field(
+        "image", description="image: APGD's random start drawn per image (seed, restart, the image's bytes), so "
+                             "flags do not depend on batch composition (Linf, L2); batch: AutoAttack's own, one "
+                             "draw per batch")
     attack_shards: Int | None = Field(None, ge=1, le=MAX_SHARDS, description="shards per model (default: the job "
                                                                           "file's)")
     attack_images: Int | None = Field(None, ge=1, description="test images attacked (default: all)")

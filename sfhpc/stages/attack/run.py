@@ -64,7 +64,7 @@ def settings_of(params: AttackParams, std: tuple[float, ...]) -> list[AttackSett
     return grid_settings(pixel_epsilons(params.epsilons(), params.attack_eps_unit, std), params.attack_eps_grid,
                          version=params.attack_version, attacks=params.attack_names, seed=params.attack_seed,
                          batch_size=params.attack_batch_size, apgd_iterations=params.attack_apgd_iterations,
-                         apgd_restarts=params.attack_apgd_restarts)
+                         apgd_restarts=params.attack_apgd_restarts, random_start=params.attack_random_start)
 
 
 def grid_record(params: AttackParams, settings: list[AttackSettings], flags: dict[str, np.ndarray]) -> dict[str, Any]:
