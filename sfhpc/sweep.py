@@ -469,7 +469,14 @@ def _validate_params(spec: StageSpec[Any], values: dict[str, Any], point: SweepP
 
 
 def _non_defaults(values: dict[str, Any], defaults: Any) -> dict[str, Any]:
+    """The values a point id hashes: those that differ from their defaults, or from the value a parameter declares
+    as its behaviour before it existed (sfhpc.stages.spec.ID_DEFAULT)."""
+    from sfhpc.stages.spec import ID_DEFAULT
+
     reference = defaults.model_dump(mode="json")
+    for name, info in type(defaults).model_fields.items():
+        if isinstance(info.json_schema_extra, dict) and ID_DEFAULT in info.json_schema_extra:
+            reference[name] = info.json_schema_extra[ID_DEFAULT]
     return {key: value for key, value in values.items() if reference.get(key) != value}
 
 

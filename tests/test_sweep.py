@@ -123,3 +123,16 @@ def test_expand_estimates_hours_from_the_job_files(write_sweep):
     train = plan.stage("train")
     minutes = load_job_spec("train").expected_minutes
     assert train.hours() == {"gpu_hours": 0.0, "cpu_hours": 6 * minutes / 60 * train.resources.cpus_per_task}
+
+
+def test_a_changed_default_gives_new_ids_and_the_old_behaviour_keeps_the_old_ones():
+    # attack_random_start and attack_eps_grid changed what an attack point computes when they came: points on the new
+    # defaults must not take the ids (and the results) of points computed before; set to the old behaviour they must.
+    from sfhpc.stages.attack import AttackParams
+    from sfhpc.sweep import _non_defaults
+
+    defaults = AttackParams.model_construct()
+    old = {"attack_random_start": "batch", "attack_eps_grid": "independent", "attack_seed": 0}
+    assert _non_defaults(old, defaults) == {}
+    new = {"attack_random_start": "image", "attack_eps_grid": "monotone", "attack_seed": 0}
+    assert _non_defaults(new, defaults) == {"attack_random_start": "image", "attack_eps_grid": "monotone"}

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from sfhpc.report.model import StageReport
 
 P = TypeVar("P", bound=Closed)
+# A parameter whose default changed what a point computes names, in its field's json_schema_extra under this key,
+# the value that behaves as before it existed: point ids hash the parameter unless it has that value, so that points
+# on the new default get new ids (and new results) while those set to the old behaviour keep their ids and results.
+ID_DEFAULT = "id_default"
 
 
 class ParamError(ValueError):

@@ -21,7 +21,7 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from sfhpc.config import MAX_SHARDS, Closed, DataConfig, Float, Int, JobSpec, Seed, describe
 from sfhpc.models.normalization import IMAGENET_STD
-from sfhpc.stages.spec import Shards, StageSpec
+from sfhpc.stages.spec import ID_DEFAULT, Shards, StageSpec
 
 SHARDS = Shards(index="attack_shard", count="attack_shards")
 CLEAN_CORRECT_CURVE = "clean_correct"  # per image: correctly classified without attack
@@ -78,11 +78,13 @@ class AttackParams(Closed):
     attack_eps_grid: Literal["monotone", "independent"] = Field(
         "monotone", description="monotone: each norm's epsilons in ascending order, each attacking only the images "
                                 "still robust at the previous one (broken ones carry their checked adversarial "
-                                "example forward); independent: every epsilon attacks every clean-correct image")
+                                "example forward); independent: every epsilon attacks every clean-correct image",
+        json_schema_extra={ID_DEFAULT: "independent"})
     attack_random_start: Literal["image", "batch"] = Field(
         "image", description="image: APGD's random start drawn per image (seed, restart, the image's bytes), so "
                              "flags do not depend on batch composition (Linf, L2); batch: AutoAttack's own, one "
-                             "draw per batch")
+                             "draw per batch",
+        json_schema_extra={ID_DEFAULT: "batch"})
     attack_shards: Int | None = Field(None, ge=1, le=MAX_SHARDS, description="shards per model (default: the job "
                                                                           "file's)")
     attack_images: Int | None = Field(None, ge=1, description="test images attacked (default: all)")
