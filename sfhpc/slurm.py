@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pwd
 import re
 import shlex
 import subprocess
@@ -393,15 +392,14 @@ def arrays_still_ours(names: dict[str, str]) -> list[str]:
     a controller started again with fresh state counts from 1, and the id may then be another user's job."""
     if not names:
         return []
-    user = pwd.getpwuid(os.getuid()).pw_name
-    try:
-        queued = run_command(["squeue", "-h", "-o", "%F|%u|%j", "-j", ",".join(sorted(names, key=int))])
+    try:  # %U: the numeric user id, which needs no passwd entry (containers often have none)
+        queued = run_command(["squeue", "-h", "-o", "%F|%U|%j", "-j", ",".join(sorted(names, key=int))])
     except SlurmError as err:
         if "Invalid job id" in str(err):
             return []  # none of them is queued any more
         raise
     owned = {fields[0] for fields in (line.split("|", 2) for line in queued.splitlines())
-             if len(fields) == 3 and fields[1] == user and names.get(fields[0]) == fields[2]}
+             if len(fields) == 3 and fields[1] == str(os.getuid()) and names.get(fields[0]) == fields[2]}
     return sorted(owned, key=int)
 
 
