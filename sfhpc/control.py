@@ -24,9 +24,9 @@ def cancel_run(run: RunDir, stage: str | None = None) -> list[str]:
     returns the job ids cancelled. Jobs of other runs and users are never touched, nor a process whose PID now
     belongs to someone else. A local launch still running the run's points is stopped first (it stops them and
     puts back what --force set aside). A foreign or damaged run folder is a RunError."""
-    run.read_manifest()
+    sweep = str(run.read_manifest().get("name", ""))
     try:
-        return _cancel_live_jobs(run, stage)
+        return _cancel_live_jobs(run, stage, sweep)
     except RunLocked as locked:
         if locked.holder.get("action") not in STOPPABLE_ACTIONS:
             raise
@@ -36,7 +36,7 @@ def cancel_run(run: RunDir, stage: str | None = None) -> list[str]:
     deadline = time.monotonic() + LAUNCH_STOP_WAIT_S
     while True:
         try:
-            return sorted(live | set(_cancel_live_jobs(run, stage)))
+            return sorted(live | set(_cancel_live_jobs(run, stage, sweep)))
         except RunLocked:
             if time.monotonic() > deadline:
                 raise
@@ -51,18 +51,17 @@ def _live_records(run: RunDir, stage: str | None) -> list[JobRecord]:
     return [r for r in records if job_is_alive(r, scheduler)]
 
 
-def _cancel_live_jobs(run: RunDir, stage: str | None) -> list[str]:
+def _cancel_live_jobs(run: RunDir, stage: str | None, sweep: str) -> list[str]:
     with run.exclusive("cancel"):
         live = _live_records(run, stage)
-        slurm_records = [r for r in live if r.executor == "slurm" and r.job_id]
+        slurm_records = {str(r.job_id): r for r in live if r.executor == "slurm" and r.job_id}
         slurm_ids: list[str] = []
         if slurm_records:
-            from sfhpc.slurm import arrays_still_ours, cancel, job_name
+            from sfhpc.slurm import array_of, arrays_still_ours, cancel, job_name
 
-            sweep = str(run.read_manifest().get("name", ""))
-            ours = set(arrays_still_ours({str(r.job_id).split("_", 1)[0]: job_name(sweep, r.stage)
-                                          for r in slurm_records}))
-            slurm_ids = [str(r.job_id) for r in slurm_records if str(r.job_id).split("_", 1)[0] in ours]
+            ours = set(arrays_still_ours({array_of(job_id): job_name(sweep, r.stage)
+                                          for job_id, r in slurm_records.items()}))
+            slurm_ids = [job_id for job_id in slurm_records if array_of(job_id) in ours]
             cancel(slurm_ids)
         stopped = [r.job_id for r in live
                    if r.executor == "local" and r.job_id and terminate_process(int(r.job_id), r.job_process)]

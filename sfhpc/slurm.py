@@ -292,9 +292,14 @@ def parse_squeue(text: str) -> dict[str, SlurmState]:
     return states
 
 
+def array_of(job_id: str) -> str:
+    """The array (or plain job) id behind a task id: '12_3' -> '12'."""
+    return job_id.split("_", 1)[0]
+
+
 def array_ids(job_ids: list[str]) -> list[str]:
-    """The array (or plain job) ids behind task ids: '12_3' -> '12'."""
-    return sorted({job_id.split("_", 1)[0] for job_id in job_ids}, key=int)
+    """The array (or plain job) ids behind task ids, once each, in order."""
+    return sorted({array_of(job_id) for job_id in job_ids}, key=int)
 
 
 class StateCache:
@@ -338,7 +343,7 @@ def query_states(job_ids: list[str], cache: StateCache | None = None) -> tuple[d
             out = run_command(["sacct", "-X", "-n", "-P", "--duplicates", "-o", "JobID,State,ExitCode,Reason,NodeList",
                                "-j", ",".join(array_ids(unknown))])
             found = parse_sacct(out)
-            recorded_arrays = {k.split("_", 1)[0] for k in found}
+            recorded_arrays = {array_of(k) for k in found}
             # An array that never started is one record under its own id: it speaks for all its tasks.
             states.update({j: found.get(j) or replace(found[j.split("_", 1)[0]], collapsed=True) for j in unknown
                            if j in found or j.split("_", 1)[0] in found})
@@ -360,7 +365,7 @@ def query_states(job_ids: list[str], cache: StateCache | None = None) -> tuple[d
                     states[job_id] = SlurmState(queued.state, queued.exit_code, queued.reason, queued.nodes, earlier)
                 elif before and before.collapsed:
                     states[job_id] = replace(before, collapsed=False)  # not queued: it did end with its array
-                elif before is None and job_id.split("_", 1)[0] in recorded_arrays:
+                elif before is None and array_of(job_id) in recorded_arrays:
                     states[job_id] = CANCELLED_WHILE_PENDING
     if cache:
         cache.save(states)
