@@ -180,6 +180,12 @@ def _resample(maps: np.ndarray, size: int) -> np.ndarray:
     return scipy.fft.irfft2(out, s=(size, size), workers=_fft_workers()) * (size / h) ** 2
 
 
+def _luminance(images: np.ndarray) -> np.ndarray:
+    """float32 (n, H, W) luminance in [0, 1] of uint8 (n, 3, H, W) images (Rec. 601 weights)."""
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None, None]
+    return (images.astype(np.float32) / 255 * weights).sum(axis=1)
+
+
 def energy_maps(images: np.ndarray) -> np.ndarray:
     """float32 (n, bands, orientations, POOL_GRID, POOL_GRID): oriented band energy of each image's luminance."""
     size = images.shape[-1]
@@ -188,10 +194,8 @@ def energy_maps(images: np.ndarray) -> np.ndarray:
     # Scaled so that a response on a cropped grid has the amplitude it would have on the full one.
     filters = [_log_gabor_filters(w, f) * (w / size) ** 2 for w, f in zip(working, frequencies, strict=True)]
     maps = np.empty((len(images), len(frequencies), N_ORIENTATIONS, POOL_GRID, POOL_GRID), dtype=np.float32)
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None, None]
     for start in range(0, len(images), _IMAGE_CHUNK):
-        chunk = images[start:start + _IMAGE_CHUNK].astype(np.float32) / 255
-        luminance = (chunk * weights).sum(axis=1)
+        luminance = _luminance(images[start:start + _IMAGE_CHUNK])
         spectrum = scipy.fft.fft2(luminance - luminance.mean(axis=(1, 2), keepdims=True), workers=_fft_workers())
         for b, (size_b, filters_b) in enumerate(zip(working, filters, strict=True)):
             response = scipy.fft.ifft2(_crop_spectrum(spectrum, size_b)[:, None] * filters_b, overwrite_x=True,
@@ -243,10 +247,9 @@ def coarse_spectrum_features(images: np.ndarray, max_cpi: float = COARSE_EVIDENC
     fx = np.fft.rfftfreq(size, 1 / size)[None, :]
     radius = np.hypot(fy, fx)
     keep = (radius >= 1) & (radius <= max_cpi) & ~((fx == 0) & (fy < 0))  # each real image's coefficient once
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None, None]
     features = []
     for start in range(0, len(images), _IMAGE_CHUNK):
-        luminance = (images[start:start + _IMAGE_CHUNK].astype(np.float32) / 255 * weights).sum(axis=1)
+        luminance = _luminance(images[start:start + _IMAGE_CHUNK])
         amplitude = np.abs(scipy.fft.rfft2(luminance, workers=_fft_workers())[:, keep]) / size**2
         features.append(np.log(amplitude.astype(np.float64) + 1e-6))
     return np.concatenate(features)
