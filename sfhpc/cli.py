@@ -356,7 +356,8 @@ class _LaunchProgress:
             self.queued += 1
         elif event != "started":
             self.finished += 1
-            self.console.print(_styled((f"{event:>6}", STATE_STYLE.get(event, "")), f" {stage}/{point_id}"))
+            self.console.print(_styled((f"{event:>6}", STATE_STYLE.get(event, "")), f" {stage}/{point_id}"),
+                               soft_wrap=True)  # a long point id stays on one line in a pipe
         if self.bar is not None:
             self.bar.update(self.task, total=self.queued, completed=self.finished,
                             description=f"{stage}/{point_id}" if event == "started" else None,
@@ -377,7 +378,7 @@ def _print_launch_report(report: LaunchReport) -> None:
                          else "") + ")")
         if report.dry_run:
             for point_id in ids:
-                console.print(f"  {point_id}")
+                console.print(f"  {point_id}", soft_wrap=True)
         if report.blocked.get(stage):
             console.print(f"  {len(report.blocked[stage])} points not run: an input has no result "
                           "(sfhpc status says which)", style="red")
