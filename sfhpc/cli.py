@@ -826,19 +826,18 @@ def data_nsd_prepare(
 ) -> None:
     """Read one NSD subject's betas (one session at a time), ROI masks and design, and write its canonical
     neural-data file: repeat averages, split, z-score, PCA scores, noise ceilings. Stimuli are referenced."""
-    from rich.progress import Progress
-
     from sfhpc.data.neural import NeuralDataError
     from sfhpc.data.nsd import plan_nsd, prepare_nsd
+    from sfhpc.terminal import WorkProgress
 
     try:
         plan = plan_nsd(nsd_root, subject, atlas, [r.strip() for r in rois.split(",") if r.strip()], sessions,
                         out=out)
         if not as_json:
             _console().print(plan.describe_memory())
-        with Progress(console=_console(stderr=True), disable=as_json, transient=True) as bar:
-            task = bar.add_task("sessions", total=len(plan.sessions))
-            summary = prepare_nsd(plan, out, progress=lambda done, _total: bar.update(task, completed=done))
+        with WorkProgress(enabled=not as_json) as progress:  # a terminal's only, whatever FORCE_COLOR says
+            progress.step("NSD sessions", total=len(plan.sessions))
+            summary = prepare_nsd(plan, out, progress=progress.counter("NSD sessions"))
     except (NeuralDataError, OSError) as err:
         _fail(str(err), as_json)
     if as_json:
