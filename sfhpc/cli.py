@@ -235,13 +235,14 @@ def _print_plan(plan: Plan) -> None:
 
 
 def _points_grid(stage: StagePlan, readers: Counter) -> Grid:
-    """A stage's points: index, id, the value of each axis, and how many downstream points read it (when any
-    does)."""
+    """A stage's points: index, id, the value of each axis (and a sharded stage's shard, which tells its points
+    apart as much as an axis does), and how many downstream points read it (when any does)."""
     from sfhpc.terminal import Grid
 
     read = any(readers[f"{stage.name}/{p.id}"] for p in stage.points)
-    header = ["#", "point id", *stage.axes, *(["read by"] if read else [])]
-    rows = [[str(index), point.id, *(str(point.labels[a]) for a in stage.axes),
+    columns = list(stage.points[0].labels) if stage.points else list(stage.axes)  # the axes, then the shard
+    header = ["#", "point id", *columns, *(["read by"] if read else [])]
+    rows = [[str(index), point.id, *(str(point.labels[a]) for a in columns),
              *([str(readers[f"{stage.name}/{point.id}"])] if read else [])]
             for index, point in enumerate(stage.points)]
     return Grid(f"{stage.name} points", header, rows, keys=2, named_keys=False, right=frozenset({"#", "read by"}))
