@@ -235,13 +235,14 @@ def _print_plan(plan: Plan) -> None:
 
 
 def _points_grid(stage: StagePlan, readers: Counter) -> Grid:
-    """A stage's points: index, id, the value of each axis, and how many downstream points read it (when any
-    does)."""
+    """A stage's points: index, id, the value of each axis (and a sharded stage's shard, which tells its points
+    apart as much as an axis does), and how many downstream points read it (when any does)."""
     from sfhpc.terminal import Grid
 
     read = any(readers[f"{stage.name}/{p.id}"] for p in stage.points)
-    header = ["#", "point id", *stage.axes, *(["read by"] if read else [])]
-    rows = [[str(index), point.id, *(str(point.labels[a]) for a in stage.axes),
+    columns = list(stage.points[0].labels) if stage.points else list(stage.axes)  # the axes, then the shard
+    header = ["#", "point id", *columns, *(["read by"] if read else [])]
+    rows = [[str(index), point.id, *(str(point.labels[a]) for a in columns),
              *([str(readers[f"{stage.name}/{point.id}"])] if read else [])]
             for index, point in enumerate(stage.points)]
     return Grid(f"{stage.name} points", header, rows, keys=2, named_keys=False, right=frozenset({"#", "read by"}))
@@ -356,7 +357,8 @@ class _LaunchProgress:
             self.queued += 1
         elif event != "started":
             self.finished += 1
-            self.console.print(_styled((f"{event:>6}", STATE_STYLE.get(event, "")), f" {stage}/{point_id}"))
+            self.console.print(_styled((f"{event:>6}", STATE_STYLE.get(event, "")), f" {stage}/{point_id}"),
+                               soft_wrap=True)  # a long point id stays on one line in a pipe
         if self.bar is not None:
             self.bar.update(self.task, total=self.queued, completed=self.finished,
                             description=f"{stage}/{point_id}" if event == "started" else None,
@@ -377,7 +379,7 @@ def _print_launch_report(report: LaunchReport) -> None:
                          else "") + ")")
         if report.dry_run:
             for point_id in ids:
-                console.print(f"  {point_id}")
+                console.print(f"  {point_id}", soft_wrap=True)
         if report.blocked.get(stage):
             console.print(f"  {len(report.blocked[stage])} points not run: an input has no result "
                           "(sfhpc status says which)", style="red")
@@ -825,19 +827,18 @@ def data_nsd_prepare(
 ) -> None:
     """Read one NSD subject's betas (one session at a time), ROI masks and design, and write its canonical
     neural-data file: repeat averages, split, z-score, PCA scores, noise ceilings. Stimuli are referenced."""
-    from rich.progress import Progress
-
     from sfhpc.data.neural import NeuralDataError
     from sfhpc.data.nsd import plan_nsd, prepare_nsd
+    from sfhpc.terminal import WorkProgress
 
     try:
         plan = plan_nsd(nsd_root, subject, atlas, [r.strip() for r in rois.split(",") if r.strip()], sessions,
                         out=out)
         if not as_json:
             _console().print(plan.describe_memory())
-        with Progress(console=_console(stderr=True), disable=as_json, transient=True) as bar:
-            task = bar.add_task("sessions", total=len(plan.sessions))
-            summary = prepare_nsd(plan, out, progress=lambda done, _total: bar.update(task, completed=done))
+        with WorkProgress(enabled=not as_json) as progress:  # a terminal's only, whatever FORCE_COLOR says
+            progress.step("NSD sessions", total=len(plan.sessions))
+            summary = prepare_nsd(plan, out, progress=progress.counter("NSD sessions"))
     except (NeuralDataError, OSError) as err:
         _fail(str(err), as_json)
     if as_json:

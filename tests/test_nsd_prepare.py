@@ -210,6 +210,15 @@ def test_cli_prints_a_table(fake, tmp_path):
     assert "PHC" in result.output and str(tmp_path / "s.h5") in result.output.replace("\n", "")
 
 
+@pytest.mark.parametrize("env", [{}, {"FORCE_COLOR": "1", "TTY_COMPATIBLE": "1"}])
+def test_piped_cli_shows_no_progress(fake, tmp_path, env):
+    """The sessions' progress is a terminal's only: a pipe, a file or a CI log (FORCE_COLOR) gets none of it."""
+    result = runner.invoke(app, ["data", "nsd-prepare", "--nsd-root", str(fake.layout.root), "--subject", "2",
+                                 "--out", str(tmp_path / "s.h5"), "--sessions", "2"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "sessions" not in result.stderr and "\x1b[?25l" not in result.output, result.output
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--subject", "9"], "unknown NSD subject '9'"),
     (["--subject", "2", "--atlas", "Glasser"], "unknown atlas 'Glasser'"),

@@ -167,6 +167,41 @@ def test_piped_sweep_expand_cuts_no_point_id(write_sweep):
     assert resources == "1 node x 1 task, 2 cpu, 0 gpu, 8 GB, 60 min"
 
 
+SHARDED = TWO_POINTS.replace("grid: {band: [none, lsf], seed: [0]}", "grid: {band: [none, lsf]}\nzip: "
+                             "{attack_version: [custom], attack_names: [[apgd-ce]], attack_apgd_iterations: [2]}") \
+    + "  attack:\n    params: {attack_shards: 2}\n"  # two models, each attacked in 2 shards; ids over 80 characters
+
+
+def test_sweep_expand_shows_the_shard_that_tells_a_models_attack_points_apart(write_sweep):
+    sweep = write_sweep(SHARDED)
+    for columns in (300, 80):  # one table; one block per point
+        out = sfhpc("sweep", "expand", sweep, columns=columns).stdout
+        attack = out[out.index("attack points"):]
+        if columns == 300:
+            assert "┃ attack_shard ┃" in attack.splitlines()[2], attack
+        else:
+            assert [line.split()[-1] for line in attack.splitlines() if "attack_shard:" in line] == ["0", "1"] * 2
+
+
+def test_piped_launch_prints_each_long_point_id_on_one_line(write_sweep, tmp_path: Path):
+    """A point id longer than a pipe's 80 columns (an attack shard's) is one line in a dry run's list and in a
+    finished point's line, not broken where the 80th column falls."""
+    sweep = write_sweep(SHARDED)
+    out = sfhpc("sweep", "launch", sweep, "--output", tmp_path / "runs" / "two", "--dry-run").stdout
+    plan = json.loads(sfhpc("sweep", "expand", sweep, "--json").stdout)
+    attack = next(stage for stage in plan["stages"] if stage["name"] == "attack")["points"]
+    assert len(attack) == 4 and all(len(point["id"]) > 80 for point in attack)
+    lines = out.splitlines()
+    assert all(f"  {point['id']}" in lines for point in attack), out
+
+    from sfhpc.cli import _LaunchProgress
+
+    progress = _LaunchProgress(enabled=True)
+    progress.console = Console(file=io.StringIO(), width=80, color_system=None)
+    progress.update("attack", attack[0]["id"], "done")
+    assert progress.console.file.getvalue() == f"  done attack/{attack[0]['id']}\n"
+
+
 def rendered(grid: Grid, width: int) -> str:
     out = io.StringIO()
     print_grid(Console(file=out, width=width, color_system=None), grid)
