@@ -11,7 +11,16 @@ from typer.testing import CliRunner
 
 from sfhpc.cli import app
 from sfhpc.config import Resources
-from sfhpc.cost import Attempt, parse_accounting, parse_cpu_time, parse_memory_mb, percentile, stage_cost, tres_gpus
+from sfhpc.cost import (
+    AccountingCache,
+    Attempt,
+    parse_accounting,
+    parse_cpu_time,
+    parse_memory_mb,
+    percentile,
+    stage_cost,
+    tres_gpus,
+)
 from sfhpc.launch import launch
 from sfhpc.sweep import expand_file
 
@@ -45,6 +54,17 @@ def test_a_requeued_task_keeps_every_attempt_with_its_steps_memory():
     timeout, completed = attempts["12_1"]
     assert (timeout.state, timeout.gpus, timeout.max_rss_mb, timeout.req_mem_mb) == ("TIMEOUT", 1, 1536, 2000)
     assert (completed.state, completed.elapsed_s, completed.max_rss_mb) == ("COMPLETED", 300, 900)
+
+
+def test_a_cache_that_is_not_ours_is_asked_again(tmp_path: Path):
+    good = parse_accounting(SACCT)["12_0"][0]
+    path = tmp_path / ".slurm-accounting.json"
+    for text in ("garbage", "[1, 2]", '"x"', '{"12_0": 5}', '{"12_0": [[1]]}', '{"12_0": [{"job_id": "12_0"}]}',
+                 json.dumps({"12_0": [{**good.__dict__, "elapsed_s": "x"}]})):
+        path.write_text(text)
+        assert AccountingCache(path).tasks == {}, text
+    path.write_text(json.dumps({"12_0": [good.__dict__]}))
+    assert AccountingCache(path).tasks == {"12_0": [good]}
 
 
 def test_percentile_is_numpys_linear_one():
