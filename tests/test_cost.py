@@ -97,7 +97,7 @@ def test_stage_figures_from_known_attempts():
     assert any("timeout_min 600 is more than 3x" in w for w in cost.warnings)
 
 
-def test_a_local_run_reports_elapsed_time_from_its_results(tmp_path: Path, write_sweep):
+def test_a_local_run_reports_elapsed_time_from_its_results(tmp_path: Path, write_sweep, monkeypatch):
     from conftest import TINY_SWEEP
 
     runner = CliRunner()
@@ -120,6 +120,12 @@ def test_a_local_run_reports_elapsed_time_from_its_results(tmp_path: Path, write
     assert stage["estimate"]["cpu_hours"] == pytest.approx(2 * train["elapsed_median_s"] / 3600 * 2)  # 2 CPUs
     text = runner.invoke(app, ["sweep", "expand", str(sweep), "--calibrate", str(tmp_path / "run")]).output
     assert f"calibrated from {tmp_path / 'run'}: train (" in text
+    monkeypatch.chdir(tmp_path)  # a run named relative to where the command ran is recorded by its full path
+    plan = json.loads(runner.invoke(app, ["sweep", "expand", str(sweep), "--json", "--calibrate", "run"]).stdout)
+    assert plan["stages"][0]["estimate_from"] == str(tmp_path / "run")
+    dry = runner.invoke(app, ["sweep", "launch", str(sweep), "--output", str(tmp_path / "dry"), "--dry-run",
+                              "--calibrate", "run"]).output
+    assert "calibrated from" in dry and "manifest keeps" not in dry  # a dry run writes no manifest
     with_cbm = write_sweep(TINY_SWEEP + "  cbm:\n    params: {cbm_images: 16}\n", "cbm.yaml")
     text = runner.invoke(app, ["sweep", "expand", str(with_cbm), "--calibrate", str(tmp_path / "run")]).output
     assert "from their job files: cbm (no finished point in that run)" in text
