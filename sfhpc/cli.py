@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -156,7 +157,7 @@ def _calibrated(plan: Plan, run: str | None) -> Plan:
     minutes = measured_minutes(source)
     if not minutes:
         raise RunError(f"--calibrate {run}: that run has no finished point to measure (see `sfhpc cost {run}`)")
-    return plan.calibrated(minutes, str(source.path))
+    return plan.calibrated(minutes, os.path.abspath(source.path))  # the manifest names it wherever it is read
 
 
 def _calibration_line(plan: Plan) -> str | None:
@@ -285,7 +286,8 @@ def sweep_launch(
             plan = _calibrated(expand_file(sweep_file, max_points=max_points), calibrate)
         calibration = _calibration_line(plan)
         if calibration and not as_json:
-            _console().print(calibration + " (the run's manifest keeps these estimates)", soft_wrap=True)
+            _console().print(calibration + ("" if dry_run else " (the run's manifest keeps these estimates)"),
+                             soft_wrap=True)
         with _LaunchProgress(enabled=not as_json and not dry_run) as progress:
             report = launch(plan, executor=executor, output=output, force=force, dry_run=dry_run,
                             allow_changed=allow_changed, parallel=parallel, throttle=throttle,

@@ -110,8 +110,9 @@ class AccountingCache:
     def __init__(self, path: Path):
         self.path = path
         try:
-            self.tasks = {task: [Attempt(**a) for a in runs] for task, runs in json.loads(path.read_text()).items()}
-        except (OSError, ValueError, TypeError):
+            self.tasks = {str(task): [_cached_attempt(a) for a in runs]
+                          for task, runs in json.loads(path.read_text()).items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):  # unreadable or not ours: ask sacct again
             self.tasks = {}
 
     def save(self, tasks: dict[str, list[Attempt]], finished: set[str]) -> None:
@@ -122,6 +123,16 @@ class AccountingCache:
             merged = {**self.tasks, **final}
             atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(
                 {task: [a.__dict__ for a in runs] for task, runs in merged.items()})))
+
+
+def _cached_attempt(record: dict[str, Any]) -> Attempt:
+    """An Attempt from its cached JSON, each field of its type (a KeyError, ValueError or TypeError otherwise)."""
+    def optional(value: Any) -> float | None:
+        return None if value is None else float(value)
+
+    return Attempt(str(record["job_id"]), str(record["state"]), float(record["elapsed_s"]),
+                   float(record["total_cpu_s"]), int(record["alloc_cpus"]), int(record["gpus"]),
+                   optional(record["max_rss_mb"]), optional(record["req_mem_mb"]), str(record["nodes"]))
 
 
 def query_accounting(job_ids: list[str], cache: AccountingCache | None = None

@@ -57,9 +57,18 @@ class Override:
         return data or None
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> Override:
-        data = data or {}
-        return cls(data.get("mem_gb"), data.get("timeout_min"), tuple(data.get("exclude", ())))
+    def from_json(cls, data: Any) -> Override:
+        """The override a job record keeps; a field that is not what sfhpc writes (a hand-edited `jobs.jsonl`) is
+        left out rather than sent to sbatch."""
+        data = data if isinstance(data, dict) else {}
+
+        def positive(value: Any, kind: type) -> Any:
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+            return kind(value) if ok and math.isfinite(value) else None
+
+        exclude = data.get("exclude")
+        names = tuple(exclude) if isinstance(exclude, list) and all(isinstance(n, str) for n in exclude) else ()
+        return cls(positive(data.get("mem_gb"), float), positive(data.get("timeout_min"), int), names)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,16 @@ from typer.testing import CliRunner
 
 from sfhpc.cli import app
 from sfhpc.config import Resources
-from sfhpc.cost import Attempt, parse_accounting, parse_cpu_time, parse_memory_mb, percentile, stage_cost, tres_gpus
+from sfhpc.cost import (
+    AccountingCache,
+    Attempt,
+    parse_accounting,
+    parse_cpu_time,
+    parse_memory_mb,
+    percentile,
+    stage_cost,
+    tres_gpus,
+)
 from sfhpc.launch import launch
 from sfhpc.sweep import expand_file
 
@@ -47,6 +56,17 @@ def test_a_requeued_task_keeps_every_attempt_with_its_steps_memory():
     assert (completed.state, completed.elapsed_s, completed.max_rss_mb) == ("COMPLETED", 300, 900)
 
 
+def test_a_cache_that_is_not_ours_is_asked_again(tmp_path: Path):
+    good = parse_accounting(SACCT)["12_0"][0]
+    path = tmp_path / ".slurm-accounting.json"
+    for text in ("garbage", "[1, 2]", '"x"', '{"12_0": 5}', '{"12_0": [[1]]}', '{"12_0": [{"job_id": "12_0"}]}',
+                 json.dumps({"12_0": [{**good.__dict__, "elapsed_s": "x"}]})):
+        path.write_text(text)
+        assert AccountingCache(path).tasks == {}, text
+    path.write_text(json.dumps({"12_0": [good.__dict__]}))
+    assert AccountingCache(path).tasks == {"12_0": [good]}
+
+
 def test_percentile_is_numpys_linear_one():
     assert percentile([4, 1, 3, 2], 50) == 2.5 and percentile([1, 2, 3, 4, 5], 95) == pytest.approx(4.8)
     assert percentile([7], 95) == 7
@@ -77,7 +97,7 @@ def test_stage_figures_from_known_attempts():
     assert any("timeout_min 600 is more than 3x" in w for w in cost.warnings)
 
 
-def test_a_local_run_reports_elapsed_time_from_its_results(tmp_path: Path, write_sweep):
+def test_a_local_run_reports_elapsed_time_from_its_results(tmp_path: Path, write_sweep, monkeypatch):
     from conftest import TINY_SWEEP
 
     runner = CliRunner()
@@ -100,6 +120,12 @@ def test_a_local_run_reports_elapsed_time_from_its_results(tmp_path: Path, write
     assert stage["estimate"]["cpu_hours"] == pytest.approx(2 * train["elapsed_median_s"] / 3600 * 2)  # 2 CPUs
     text = runner.invoke(app, ["sweep", "expand", str(sweep), "--calibrate", str(tmp_path / "run")]).output
     assert f"calibrated from {tmp_path / 'run'}: train (" in text
+    monkeypatch.chdir(tmp_path)  # a run named relative to where the command ran is recorded by its full path
+    plan = json.loads(runner.invoke(app, ["sweep", "expand", str(sweep), "--json", "--calibrate", "run"]).stdout)
+    assert plan["stages"][0]["estimate_from"] == str(tmp_path / "run")
+    dry = runner.invoke(app, ["sweep", "launch", str(sweep), "--output", str(tmp_path / "dry"), "--dry-run",
+                              "--calibrate", "run"]).output
+    assert "calibrated from" in dry and "manifest keeps" not in dry  # a dry run writes no manifest
     with_cbm = write_sweep(TINY_SWEEP + "  cbm:\n    params: {cbm_images: 16}\n", "cbm.yaml")
     text = runner.invoke(app, ["sweep", "expand", str(with_cbm), "--calibrate", str(tmp_path / "run")]).output
     assert "from their job files: cbm (no finished point in that run)" in text

@@ -121,3 +121,13 @@ def test_sacct_host_lists_expand():
     assert expand_hostlist("node[1-2]") == ["node1", "node2"]
     assert expand_hostlist("n[08-10],gpu01") == ["n08", "n09", "n10", "gpu01"]
     assert expand_hostlist("None assigned") == [] and expand_hostlist("") == []
+
+
+def test_a_hand_edited_override_is_left_out_not_sent_to_sbatch(tmp_path: Path):
+    run = RunDir(tmp_path)
+    for resources in ("x", [1], {"mem_gb": "lots"}, {"mem_gb": -1, "timeout_min": True}, {"exclude": 5},
+                      {"exclude": [1, "node1"]}):
+        job(run, resources=resources)  # type: ignore[arg-type]
+        assert carried_overrides(run.latest_jobs()).get(("train", "p1"), Override()) == Override(), resources
+    job(run, resources={"mem_gb": 2, "timeout_min": 20, "exclude": ["node1"]})
+    assert carried_overrides(run.latest_jobs())[("train", "p1")] == Override(2.0, 20, ("node1",))
