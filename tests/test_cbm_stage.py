@@ -25,8 +25,12 @@ from sfhpc.stages.cbm import (
     CRITERION_RULE_ATTR,
     DECISION_RULE_ATTR,
     FITTED,
+    LOWPASS_ACCURACY_CURVE,
+    LOWPASS_CUTOFFS_CURVE,
+    LOWPASS_HALF,
     NOT_FITTED,
 )
+from sfhpc.evaluation.cbm import half_accuracy_cutoff, lowpass_cutoffs_cpi
 from sfhpc.stages.cbm.report import CBM_FIGURE, NO_CHANNEL
 
 runner = CliRunner()
@@ -87,7 +91,18 @@ def test_every_cbm_result_records_its_measure_and_categories(awkward_dir: Path, 
         config = yaml.safe_load(attrs["config"])
         metrics = json.loads(attrs["metric_values"])
         noise_free = float(f["curves"]["accuracy"][0, 0])
+        cutoffs, lowpass = f["curves"][LOWPASS_CUTOFFS_CURVE][()], f["curves"][LOWPASS_ACCURACY_CURVE][()]
     assert config["data"].get("categories") == categories  # the resolved config records the map
+    # The low-pass measurement: every half-octave cut-off of 32 px images, then the unfiltered images, whose
+    # accuracy is the model's own test accuracy when each class is its own category (every test image is used).
+    assert cutoffs.tolist() == pytest.approx(lowpass_cutoffs_cpi(32)) and len(lowpass) == len(cutoffs) + 1
+    assert metrics["lowpass_images"] == 16 if kind == "synthetic" else 8
+    if kind == "synthetic":
+        (train,) = run.glob("train/*/result.h5")
+        with h5py.File(train, "r") as f:
+            assert lowpass[-1] == pytest.approx(json.loads(f.attrs["metric_values"])["test_accuracy"])
+    half = metrics[LOWPASS_HALF]
+    assert math.isnan(half) or half == pytest.approx(half_accuracy_cutoff(cutoffs.tolist(), lowpass, metrics[CHANCE]))
     assert (attrs[CRITERION_RULE_ATTR], attrs[DECISION_RULE_ATTR]) == rules
     assert metrics[CHANCE] == 1 / (2 if categories else 4)
     expected_criterion = 0.5 if criterion == "0.5" else (metrics[CHANCE] + noise_free) / 2

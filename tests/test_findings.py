@@ -26,6 +26,7 @@ from sfhpc.stages.cbm import (
     BANDWIDTH,
     CENTRE,
     CLEAN_GRAYSCALE_ACCURACY,
+    LOWPASS_HALF,
     NOISE_SDS_CURVE,
     PEAK_SENSITIVITY,
     THRESHOLDS_CURVE,
@@ -79,6 +80,8 @@ ROBUST = {"none": 60, "lsf": 70, "human": 50, "V1-trained": 65, "V1-shuffled": 6
           "TO-shuffled": 60}  # robust images of N at EPS
 CENTRES = {"none": 60.0, "lsf": 40.0, "human": 60.0, "V1-trained": 57.0, "V1-shuffled": 60.0, "TO-trained": 50.0,
            "TO-shuffled": 60.0}  # c/img; above the human channel's 39.6, so that lower is also nearer it
+LOWPASS = {"none": 8.0, "lsf": 5.0, "human": 8.0, "V1-trained": 6.5, "V1-shuffled": 8.0, "TO-trained": 6.0,
+           "TO-shuffled": 8.0}  # c/img: the low-pass half-accuracy cut-off
 RHOS = {"none": 0.2, "lsf": 0.2, "human": 0.2, "V1-trained": 0.25, "V1-shuffled": 0.2, "TO-trained": 0.3,
         "TO-shuffled": 0.2}
 
@@ -104,10 +107,12 @@ def fabricated_run(folder: Path, effect: int, seeds: int = 4, predictors: str = 
         kind, seed = kind_of(point.labels), point.labels["seed"]
         robust = round(planted(ROBUST, kind, seed, effect, 1.0))
         centre = planted(CENTRES, kind, seed, effect, 0.5)
+        lowpass = planted(LOWPASS, kind, seed, effect, 0.2)
         rho = planted(RHOS, kind, seed, effect, 0.01)
         seen = values.setdefault(kind, {})
         seen.setdefault(AUC, []).append(auc_of(robust))
         seen.setdefault(CENTRE, []).append(centre)
+        seen.setdefault(LOWPASS_HALF, []).append(lowpass)
         seen.setdefault(RHO, []).append(rho)
         write_point(run, "train", point.id, {TEST_ACCURACY: 0.8})
         for shard in plan.stage("attack").points:
@@ -120,7 +125,7 @@ def fabricated_run(folder: Path, effect: int, seeds: int = 4, predictors: str = 
         if more:
             (cbm,) = [p for p in plan.stage("cbm").points if p.upstream == (f"train/{point.id}",)]
             write_point(run, "cbm", cbm.id, {BANDWIDTH: 3.0, CENTRE: centre, PEAK_SENSITIVITY: 0.5,
-                                             CLEAN_GRAYSCALE_ACCURACY: 0.9},
+                                             CLEAN_GRAYSCALE_ACCURACY: 0.9, LOWPASS_HALF: lowpass},
                         {THRESHOLDS_CURVE: np.array([0, 1, 3, 2, 1, 0]),
                          BAND_CENTRES_CURVE: [1.75, 3.5, 7.0, 14.0, 28.0, 56.0],
                          NOISE_SDS_CURVE: [0, 0.02, 0.04, 0.08, 0.16]}, {"upstream": f"train/{point.id}"})
@@ -184,6 +189,11 @@ def test_effect_ci_and_p_are_scipys_paired_t_test(consistent):
     assert distance.effect == pytest.approx((octaves[0] - octaves[1]).mean())
     assert distance.p_value == pytest.approx(stats.ttest_rel(*octaves).pvalue)
     assert octaves_from_human_channel(HUMAN_CENTRE_CPI * 2) == pytest.approx(1.0)
+    # The low-pass half-accuracy cut-off, in octaves, guided against control.
+    lowpass = next(f for f in findings if f.claim.metric == LOWPASS_HALF and f.claim.contrast.words.startswith("TO"))
+    octaves = [np.log2(values[kind][LOWPASS_HALF]) for kind in ("TO-trained", "TO-shuffled")]
+    assert lowpass.effect == pytest.approx((octaves[0] - octaves[1]).mean())
+    assert lowpass.p_value == pytest.approx(stats.ttest_rel(*octaves).pvalue)
     # TO against V1: a difference of differences, seed-paired.
     higher = next(f for f in findings if f.claim.metric == AUC and f.claim.minus is not None)
     by_roi = {roi: np.array(values[f"{roi}-trained"][AUC]) - np.array(values[f"{roi}-shuffled"][AUC])

@@ -240,6 +240,80 @@ def accuracy_grid(
     return grid
 
 
+# ------------------------------------------------------------------------------------- low-pass accuracy
+# A second measure of spatial-frequency reliance, not the study's: the model's accuracy on its own test images with
+# every frequency above a cut-off removed, and the cut-off at which it keeps half its accuracy above chance. A model
+# that recognises images from their low frequencies keeps its accuracy down to a lower cut-off. It needs no noise
+# and no fit, and it reads the images the model was trained on (colour, full contrast), where the CBM stimulus is a
+# grayscale, low-contrast version of them.
+LOWPASS_LOWEST_CPI = 2.0  # the lowest cut-off; then one every half octave
+
+
+def lowpass_cutoffs_cpi(image_size: int) -> list[float]:
+    """Cut-offs (c/img) of the low-pass measurement: 2 * 2**(j/2), j = 0, 1, ..., below the highest frequency a
+    square image of ``image_size`` px holds (its corner, Nyquist * sqrt(2)). The unfiltered image follows them."""
+    corner = image_size / 2 * math.sqrt(2)
+    cutoffs = []
+    j = 0
+    while (cutoff := LOWPASS_LOWEST_CPI * 2 ** (j / 2)) < corner * (1 - 1e-9):  # 128 px: 90.51 is the corner
+        cutoffs.append(cutoff)
+        j += 1
+    return cutoffs
+
+
+def lowpass_accuracy(predict: Predictor, images: np.ndarray, labels: np.ndarray, cutoffs: Sequence[float],
+                     batch_size: int = 128) -> np.ndarray:
+    """Accuracy of ``predict`` on ``images`` (N, 3, H, W), uint8 or float in [0, 1], low-passed at each cut-off,
+    then unfiltered: shape (len(cutoffs) + 1,). The low pass is ideal and radial, per colour channel: frequencies
+    below the cut-off (and the mean) are kept, the rest removed, and the result clipped to [0, 1]. Each batch's
+    spectrum is computed once for all cut-offs."""
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+        raise ValueError(f"images must be square RGB (N, 3, H, H), got shape {images.shape}")
+    if len(images) == 0 or labels.shape != (len(images),):
+        raise ValueError(f"need one label per image and at least one image, got {images.shape} and {labels.shape}")
+    size = images.shape[-1]
+    fy = np.fft.fftfreq(size, d=1 / size)
+    fx = np.fft.rfftfreq(size, d=1 / size)
+    radius = np.hypot(fy[:, None], fx[None, :])
+    correct = np.zeros(len(cutoffs) + 1)
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        pixels = batch.astype(np.float64) / 255 if batch.dtype == np.uint8 else batch.astype(np.float64)
+        spectrum = np.fft.rfft2(pixels)
+        truth = labels[start:start + batch_size]
+        for index, cutoff in enumerate(cutoffs):
+            kept = radius < cutoff
+            kept[0, 0] = True
+            filtered = np.clip(np.fft.irfft2(spectrum * kept, s=(size, size)), 0, 1).astype(np.float32)
+            correct[index] += int((np.asarray(predict(filtered)) == truth).sum())
+        correct[-1] += int((np.asarray(predict(pixels.astype(np.float32))) == truth).sum())
+    return correct / len(images)
+
+
+def half_accuracy_cutoff(cutoffs: Sequence[float], accuracy: Sequence[float] | np.ndarray, chance: float) -> float:
+    """The lowest cut-off (c/img) at which the low-passed images are recognised half as far above chance as the
+    unfiltered ones (``accuracy[-1]``): the first crossing of that level, interpolated in log frequency between the
+    cut-offs around it, or linearly from (0 c/img, chance) below the lowest one; the unfiltered point sits half an
+    octave above the last cut-off (at or past the image's corner frequency). NaN when the unfiltered accuracy is not
+    above chance."""
+    if len(accuracy) != len(cutoffs) + 1 or not cutoffs:
+        raise ValueError(f"need one accuracy per cut-off and the unfiltered one, got {len(accuracy)} for "
+                         f"{len(cutoffs)} cut-offs")
+    clean = float(accuracy[-1])
+    if not clean > chance:
+        return math.nan
+    level = chance + (clean - chance) / 2
+    points = [*cutoffs, cutoffs[-1] * math.sqrt(2)]
+    for index, value in enumerate(accuracy):
+        if value >= level:
+            if index == 0:
+                return points[0] * (level - chance) / (value - chance)
+            low, high = math.log2(points[index - 1]), math.log2(points[index])
+            before = float(accuracy[index - 1])
+            return float(2 ** (low + (level - before) / (value - before) * (high - low)))
+    return math.nan  # unreachable: the unfiltered accuracy is at least the level
+
+
 def torch_probabilities(model: torch.nn.Module, device: str | torch.device = "cpu") -> Probabilities:
     """Wrap a classifier that returns logits (B, classes) as a function from a float32 batch to its softmax
     probabilities (B, classes), for :func:`category_predictor`.

@@ -22,6 +22,12 @@ CHANCE = "chance"
 BAND_CENTRES_CURVE = "band_centres_cpi"
 THRESHOLDS_CURVE = "thresholds"
 NOISE_SDS_CURVE = "noise_sds"
+# The low-pass measurement (sfhpc.evaluation.cbm.lowpass_accuracy; not the study's measure): the cut-off at which a
+# model keeps half its accuracy above chance on its low-passed test images (NaN when its accuracy is not above
+# chance), and the curves: the cut-offs and the accuracy at each, then unfiltered (one value more).
+LOWPASS_HALF = "lowpass_half_cpi"
+LOWPASS_CUTOFFS_CURVE = "lowpass_cutoffs_cpi"
+LOWPASS_ACCURACY_CURVE = "lowpass_accuracy"
 # Attributes of every result: "fitted" or "not fitted: <why>"; the criterion's value, and the measure in words
 # (the criterion and the decision rule), which reports print beside every channel.
 CHANNEL_FIT_ATTR = "channel_fit"
@@ -71,6 +77,8 @@ class CbmParams(Closed):
                          "reports name beside every channel")
     cbm_images: Int | None = Field(None, ge=1, description="test images used (default: all)")
     cbm_seed: Seed = Field(0, description="seed of the masking noise")
+    cbm_lowpass_images: Int | None = Field(None, ge=1, description="test images of the low-pass measurement (colour, "
+                                           "full contrast, one pass per half-octave cut-off; default: all)")
     cbm_batch_size: Int = Field(128, ge=1)
 
     @field_validator("cbm_criterion")

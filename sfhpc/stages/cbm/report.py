@@ -36,6 +36,7 @@ from sfhpc.stages.cbm import (
     CLEAN_GRAYSCALE_ACCURACY,
     CRITERION_RULE_ATTR,
     DECISION_RULE_ATTR,
+    LOWPASS_HALF,
     NOISE_SDS_CURVE,
     NOT_FITTED,
     PEAK_SENSITIVITY,
@@ -55,6 +56,8 @@ CHANNEL_METRICS = (
     ReportedMetric(PEAK_SENSITIVITY, "CBM peak noise sensitivity", FAMILY),
     ReportedMetric(CLEAN_GRAYSCALE_ACCURACY, "CBM clean grayscale accuracy", FAMILY),
 )
+
+LOWPASS_METRIC = ReportedMetric(LOWPASS_HALF, "low-pass half-accuracy cut-off (c/img)", FAMILY, ".2f")
 
 
 NO_CHANNEL = "no channel"  # a problem's state: the model was measured, and has no channel (the reason follows)
@@ -105,6 +108,9 @@ def collect(collection: Collection) -> None:
         for metric, value in zip(CHANNEL_METRICS, values, strict=True):
             collection.set_value(model, metric.name, f"{metric.label} [{measured}]", metric.family, variant, value,
                                  metric.fmt)
+        if LOWPASS_HALF in scalars:  # results written before the low-pass measurement have none
+            collection.set_value(model, LOWPASS_METRIC.name, f"{LOWPASS_METRIC.label} [test images, not the "
+                                 f"study's measure]", FAMILY, variant, float(scalars[LOWPASS_HALF]), LOWPASS_METRIC.fmt)
         model.curves.setdefault(collection.stage, {})[variant] = ModelThresholds(
             np.asarray(centres, float), np.asarray(thresholds, float), measured, levels)
         status = attrs[CHANNEL_FIT_ATTR]
@@ -229,7 +235,11 @@ REPORT = StageReport(
                      f"{ABOVE_CRITERION_P}), when its thresholds are flat (all equal, all 0 included), or when the "
                      "fit is wider than the bands tested or centred outside them: the Problems list gives each such "
                      f"model and why ('{NO_CHANNEL}'). n/a: no model of the condition has a channel. Human "
-                     "reference: 1.00 octave at 39.6 c/img."),),
+                     "reference: 1.00 octave at 39.6 c/img. The low-pass half-accuracy cut-off is a second measure, "
+                     "not the study's: the lowest frequency (c/img) below which a model's own test images (colour, "
+                     "full contrast, every higher frequency removed) are still recognised half as far above chance "
+                     "as unfiltered ones; lower means recognising images from lower frequencies. It needs no noise "
+                     "and no fit."),),
     collect=collect,
     figures=(FigureSpec(CBM_FIGURE, FAMILY, "CBM thresholds per band (mean ± SEM over seeds) and the channel drawn "
                         "from the mean fitted parameters (its centre is the geometric mean of the models' centres), "

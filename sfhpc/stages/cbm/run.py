@@ -29,6 +29,9 @@ from sfhpc.stages.cbm import (
     CRITERION_RULE_ATTR,
     DECISION_RULE_ATTR,
     FITTED,
+    LOWPASS_ACCURACY_CURVE,
+    LOWPASS_CUTOFFS_CURVE,
+    LOWPASS_HALF,
     MIDPOINT,
     NOISE_SDS_CURVE,
     NOT_FITTED,
@@ -59,11 +62,18 @@ def run(point: PointRun[CbmParams]) -> Path:
     criterion = masking_criterion(params.cbm_criterion, noise_free, len(categories.names))
     thresholds = cbm.thresholds(accuracy, criterion)
     channel = _channel(thresholds, noise_free, count, criterion, len(params.cbm_noise_sds))
+    lowpass_count = min(params.cbm_lowpass_images or len(test.labels), len(test.labels))
+    cutoffs = cbm.lowpass_cutoffs_cpi(data_cfg.image_size)
+    lowpass = cbm.lowpass_accuracy(predictor, test.images[:lowpass_count],
+                                   categories.labels(test.labels[:lowpass_count]), cutoffs, params.cbm_batch_size)
+    half = lowpass_half(cutoffs, lowpass, categories.chance, lowpass_count)
     return point.write_result(
         metrics={BANDWIDTH: channel[BANDWIDTH], CENTRE: channel[CENTRE], PEAK_SENSITIVITY: channel[PEAK_SENSITIVITY],
-                 CLEAN_GRAYSCALE_ACCURACY: noise_free, CHANCE: categories.chance, "images": count},
+                 CLEAN_GRAYSCALE_ACCURACY: noise_free, CHANCE: categories.chance, "images": count,
+                 LOWPASS_HALF: half, "lowpass_images": lowpass_count},
         curves={"accuracy": accuracy, THRESHOLDS_CURVE: thresholds, NOISE_SDS_CURVE: np.asarray(params.cbm_noise_sds),
-                BAND_CENTRES_CURVE: np.asarray(cbm.band_centres_cpi(data_cfg.image_size))},
+                BAND_CENTRES_CURVE: np.asarray(cbm.band_centres_cpi(data_cfg.image_size)),
+                LOWPASS_CUTOFFS_CURVE: np.asarray(cutoffs), LOWPASS_ACCURACY_CURVE: lowpass},
         attrs={"upstream": point.only_upstream(), CHANNEL_FIT_ATTR: channel[STATUS], CRITERION_ATTR: criterion,
                CRITERION_RULE_ATTR: criterion_rule(params.cbm_criterion),
                DECISION_RULE_ATTR: categories.decision_rule, **plan.attrs()},
@@ -77,6 +87,14 @@ def masking_criterion(setting: float | str, noise_free_accuracy: float, n_catego
     if setting == MIDPOINT:
         return (1.0 / n_categories + noise_free_accuracy) / 2
     return float(setting)
+
+
+def lowpass_half(cutoffs: list[float], accuracy: np.ndarray, chance: float, n_images: int) -> float:
+    """The low-pass half-accuracy cut-off (c/img), or NaN when the model's unfiltered accuracy is not above chance
+    (one-sided binomial p >= ABOVE_CRITERION_P, as for the CBM criterion): half of nothing is no cut-off."""
+    if above_criterion_p_value(float(accuracy[-1]), n_images, chance) >= ABOVE_CRITERION_P:
+        return math.nan
+    return cbm.half_accuracy_cutoff(cutoffs, accuracy, chance)
 
 
 def above_criterion_p_value(noise_free_accuracy: float, n_images: int, criterion: float) -> float:

@@ -7,7 +7,9 @@ stages' modules. The report tests whatever is declared here and gives each claim
   shuffled-predictor control and than alpha = 0, and more so for a higher ROI (the highest against the lowest ROI the
   sweep guides with, in the hierarchy order of sfhpc.config.ROIS);
 - (a) guidance shifts the CBM channel toward low frequencies (a lower centre) and toward the human channel (a
-  smaller distance, in octaves, of the centre from 39.6 c/img), against the same-alpha shuffled control;
+  smaller distance, in octaves, of the centre from 39.6 c/img), against the same-alpha shuffled control; and, by a
+  second measure that needs no fitted channel (not the study's), guided models recognise their test images from
+  lower frequencies (a lower low-pass half-accuracy cut-off, in octaves);
 - (b) human-band steering does not raise robust AUC over the unguided, unsteered baseline (the study: no gain, or a
   loss): a significant loss is consistent, a significant gain contradicts;
 - (c) LSF steering raises robust AUC over the baseline (modestly), and shifts the CBM centre further toward low
@@ -26,7 +28,7 @@ from sfhpc.evaluation.attack import NORMS
 from sfhpc.models.bands import HUMAN_BASE_CPI
 from sfhpc.report.model import Claim, Contrast, Report, Settings, split_variant
 from sfhpc.stages.attack.report import auc_metric
-from sfhpc.stages.cbm import CENTRE
+from sfhpc.stages.cbm import CENTRE, LOWPASS_HALF
 from sfhpc.stages.cbm.report import HUMAN_CHANNEL
 from sfhpc.stages.rsa.report import POOLED_LAYER, report_metric
 from sfhpc.stages.train import (
@@ -48,6 +50,7 @@ BASELINE_AXES = ("seed", BAND)
 NEEDS_CONTROL = "guided models (alpha > 0, trained predictor) with their same-alpha shuffled-predictor controls"
 NEEDS_AUC = "the attack stage (robust AUC)"
 NEEDS_CBM = "the cbm stage (a fitted channel)"
+NEEDS_LOWPASS = "the cbm stage (its low-pass measurement)"
 NEEDS_RSA = "the rsa stage"
 AUC_UNIT = "AUC (accuracy, 0-1)"
 
@@ -141,6 +144,11 @@ def _shift_to_low_frequencies(report: Report, rois: list[str | None]) -> list[Cl
                       f"({HUMAN_CENTRE_CPI:.1f} c/img) than their control's", key, "octaves from the human centre", -1,
                       guided_vs_control(roi), f"{NEEDS_CONTROL}, and {NEEDS_CBM}",
                       transform=octaves_from_human_channel)]
+    for key in _keys(report, LOWPASS_HALF):
+        claims += [Claim("(a)", f"{_named(roi)} models recognise their test images from lower frequencies than their "
+                         "control (low-pass half-accuracy cut-off; not the study's measure)", key, "octaves", -1,
+                         guided_vs_control(roi), f"{NEEDS_CONTROL}, and {NEEDS_LOWPASS}", transform=math.log2)
+                   for roi in rois]
     return claims
 
 
