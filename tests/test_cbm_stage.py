@@ -17,6 +17,7 @@ from test_report_runs import make_run, write_point
 from typer.testing import CliRunner
 
 from sfhpc.cli import app
+from sfhpc.evaluation.cbm import half_accuracy_cutoff, lowpass_cutoffs_cpi
 from sfhpc.report import write_report
 from sfhpc.stages.cbm import (
     CHANCE,
@@ -30,7 +31,6 @@ from sfhpc.stages.cbm import (
     LOWPASS_HALF,
     NOT_FITTED,
 )
-from sfhpc.evaluation.cbm import half_accuracy_cutoff, lowpass_cutoffs_cpi
 from sfhpc.stages.cbm.report import CBM_FIGURE, NO_CHANNEL
 
 runner = CliRunner()
