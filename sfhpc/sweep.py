@@ -125,13 +125,18 @@ class Plan:
 # What a stage computes, and for which points: a plan's JSON without resources, the job file's name, estimates and
 # cluster settings, which change where, how and how fast a point runs but not what it computes. (The threads and
 # ranks a point runs on change floating-point sums and per-rank random streams, not the design: a run's record of
-# such changes is the manifest's `changes`.)
+# such changes is the manifest's `changes`.) A point counts by its id, labels and upstream, not by its resolved
+# params: its id already hashes every setting that differs from its default (a default that changed results is
+# named in the id: spec.ID_DEFAULT), so a stage that gains a parameter keeps the design of the runs made before it.
 DESIGN_KEYS = ("name", "entry", "shards", "axes", "points")
+POINT_DESIGN_KEYS = ("id", "labels", "upstream")
 
 
 def design_fingerprint(plan_json: dict[str, Any]) -> str:
     """Hash of a plan's design, from its JSON (Plan.to_json, as a run's manifest keeps it)."""
-    return _digest([{key: stage[key] for key in DESIGN_KEYS} for stage in plan_json["stages"]], 16)
+    return _digest([{**{key: stage[key] for key in DESIGN_KEYS if key != "points"},
+                     "points": [{key: point.get(key) for key in POINT_DESIGN_KEYS} for point in stage["points"]]}
+                    for stage in plan_json["stages"]], 16)
 
 
 def setting_changes(old_plan: dict[str, Any], new_plan: dict[str, Any]) -> list[str]:

@@ -135,6 +135,19 @@ def test_changed_sweep_is_refused_unless_allowed(finished_run: Path, tiny_sweep:
     assert snapshot(finished_run) == before
 
 
+def test_a_stage_that_gained_a_parameter_keeps_the_design_of_earlier_runs(finished_run: Path, tiny_sweep: Path):
+    """A run launched before a stage had a parameter (its manifest's params lack it; the new default keeps results,
+    and the point ids are the same) relaunches as the same design: nothing to allow, nothing submitted."""
+    manifest_path = finished_run / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for stage in manifest["plan"]["stages"]:
+        for point in stage["points"]:
+            point["params"].pop("lr_step", None)  # as if the train stage had no lr_step yet
+    manifest_path.write_text(json.dumps(manifest))
+    out = sfhpc("sweep", "launch", tiny_sweep, "--output", finished_run).stdout
+    assert "different sweep" not in out and "submitted 0 points (2 already done)" in out
+
+
 def test_changing_only_resources_is_not_a_new_design(finished_run: Path, tiny_sweep: Path, write_sweep):
     resized = write_sweep(tiny_sweep.read_text().replace("    params:\n      width: 4",
                                                          "    resources: {mem_gb: 3, timeout_min: 20}\n"
