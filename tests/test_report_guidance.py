@@ -60,3 +60,12 @@ def test_the_report_warns_where_guidance_was_negligible(tmp_path: Path):
     markdown = write_report(fabricated(tmp_path)).report_md.read_text()
     warning = next(line for line in markdown.splitlines() if "guidance was negligible" in line)
     assert "roi=V1, alpha=0.9" in warning and "roi=TO" not in warning and "10%" in warning
+
+
+def test_a_run_without_guided_models_has_no_guidance_table(tmp_path: Path):
+    run, plan = make_run(tmp_path, SWEEP.replace("  roi: [V1, TO]\n  alpha: [0, 0.9]\n", "").replace(
+        "  predictor: {params: {predictor_width: 4, predictor_epochs: 1}}\n", ""))
+    for point in plan.stage("train").points:  # unguided: the train stage writes NaN for the neural share
+        write_point(run, "train", point.id, {"test_accuracy": 0.5, "neural_loss_share": math.nan})
+    markdown = write_report(run).report_md.read_text()
+    assert "## Accuracy and robust accuracy" in markdown and "Neural guidance" not in markdown

@@ -182,6 +182,12 @@ def family_table(report: Report, family: str) -> str:
     return markdown_table(["metric", "condition", "n", "mean ± SEM", "Δ vs baseline", "p"], lines)
 
 
+def _has_a_value(report: Report, family: str) -> bool:
+    """Whether any model has a number (not NaN) in any metric of the family."""
+    keys = [m.key for m in report.metrics.values() if m.family == family]
+    return any(math.isfinite(model.values.get(key, math.nan)) for model in report.models for key in keys)
+
+
 def report_markdown(report: Report, figures: set[str]) -> str:
     """report.md: what the run is, one table per family (each followed by its figures), the figures that could not
     be drawn and why, and the problems. `figures`: the file names drawn under figures/."""
@@ -191,7 +197,7 @@ def report_markdown(report: Report, figures: set[str]) -> str:
     test = f"Test: {TEST_NAME}." if any_baseline else "Test: none (no baseline condition)."
     shown = set()
     for family in report.families:
-        if not any(m.family == family.key for m in report.metrics.values()):
+        if not _has_a_value(report, family.key):  # a run without guided models has no Neural guidance table
             continue
         caption = " ".join(part for part in (family.caption, test) if part)
         parts.append(f"## {family.title}\n\n*{caption}*\n\n{family_table(report, family.key)}")
