@@ -135,6 +135,41 @@ def main() -> None:
               f"(merged shards); flags that differ: {int((a != b).sum())} of {len(a)}{why_flags_differ}")
     print(f"per shard job, outside the ratio: {startup:.2f} s CPU to start python and import torch and the stage "
           f"(x {args.shards} shards: {args.shards * startup:.1f} s, against {1 * startup:.1f} s for one job)")
+    print_batch_costs(model, x, sorted({16, len(y) // args.shards * 39 // 64, 64}))
+
+
+def print_batch_costs(model: torch.nn.Module, x: torch.Tensor, batches: list[int]) -> None:
+    """What a batch costs, by its size: one APGD-CE iteration (AutoAttack's APGD, 10 iterations timed) against the
+    model's forward and backward pass alone, the best of 5 timings each, in CPU ms; the difference is what
+    AutoAttack's own bookkeeping costs per batch and iteration. Labels are the model's own answers, so that APGD
+    attacks every image of the batch (it leaves the misclassified ones out)."""
+    model.requires_grad_(False)
+    with torch.no_grad():
+        answers = model(x).argmax(1)
+    for batch in batches:
+        iteration, model_pass = batch_costs(model, x[:batch], answers[:batch])
+        print(f"batch {batch:3d}: an APGD-CE iteration {1000 * iteration:5.1f} ms CPU, the model's forward and "
+              f"backward pass {1000 * model_pass:5.1f} ms ({1000 * (iteration - model_pass):4.1f} ms of AutoAttack's)")
+
+
+def batch_costs(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """CPU seconds of one APGD-CE iteration and of one forward and backward pass on this batch (best of 5)."""
+    from pyautoattack import AutoAttack
+
+    apgd = AutoAttack(model, norm="Linf", eps=8 / 255, version="custom", attacks=["apgd-ce"], seed=0).apgd
+    apgd.n_iter, apgd.n_restarts = 10, 1
+
+    def attack() -> None:
+        apgd.perturb(images, labels)
+
+    def passes() -> None:
+        for _ in range(10):
+            inputs = images.clone().requires_grad_(True)
+            torch.autograd.grad(torch.nn.functional.cross_entropy(model(inputs), labels), inputs)
+
+    attack()  # warm-up
+    passes()
+    return (min(cpu_seconds(attack)[0] for _ in range(5)) / 10, min(cpu_seconds(passes)[0] for _ in range(5)) / 10)
 
 
 def job_startup_cpu_seconds() -> float:
