@@ -45,7 +45,7 @@ stages:
   train:
     params: {{width: 4, epochs: 1, batch_size: 16}}
   cbm:
-    params: {{cbm_images: 16, cbm_criterion: {criterion}}}
+    params: {{cbm_images: 16, cbm_criterion: {criterion}, cbm_lowpass: {lowpass}}}
 """
 
 
@@ -61,9 +61,9 @@ def _image_tree(root: Path) -> None:
                 Image.fromarray(pixels).save(class_dir / f"{i}.png")
 
 
-def _launch(awkward_dir: Path, data: str, criterion: str) -> Path:
+def _launch(awkward_dir: Path, data: str, criterion: str, lowpass: bool) -> Path:
     sweep = awkward_dir / "measured.yaml"
-    sweep.write_text(SWEEP.format(data=data, criterion=criterion))
+    sweep.write_text(SWEEP.format(data=data, criterion=criterion, lowpass=str(lowpass).lower()))
     run = awkward_dir / "runs" / "measured"
     result = runner.invoke(app, ["sweep", "launch", str(sweep), "--output", str(run)])
     assert result.exit_code == 0, result.output
@@ -84,25 +84,28 @@ def test_every_cbm_result_records_its_measure_and_categories(awkward_dir: Path, 
         criterion, categories = "midpoint", None  # each class its own category: nothing to record
         rules = ("midpoint between chance and the model's noise-free accuracy",
                  "argmax over 4 classes (each its own category)")
-    run = _launch(awkward_dir, data, criterion)
+    run = _launch(awkward_dir, data, criterion, lowpass=kind == "synthetic")
     (result,) = run.glob("cbm/*/result.h5")
     with h5py.File(result, "r") as f:
         attrs = dict(f.attrs)
         config = yaml.safe_load(attrs["config"])
         metrics = json.loads(attrs["metric_values"])
         noise_free = float(f["curves"]["accuracy"][0, 0])
-        cutoffs, lowpass = f["curves"][LOWPASS_CUTOFFS_CURVE][()], f["curves"][LOWPASS_ACCURACY_CURVE][()]
+        curves = {name: f["curves"][name][()] for name in f["curves"]}
     assert config["data"].get("categories") == categories  # the resolved config records the map
-    # The low-pass measurement: every half-octave cut-off of 32 px images, then the unfiltered images, whose
-    # accuracy is the model's own test accuracy when each class is its own category (every test image is used).
-    assert cutoffs.tolist() == pytest.approx(lowpass_cutoffs_cpi(32)) and len(lowpass) == len(cutoffs) + 1
-    assert metrics["lowpass_images"] == 16 if kind == "synthetic" else 8
-    if kind == "synthetic":
+    if kind == "synthetic":  # cbm_lowpass: every half-octave cut-off of 32 px images, then the unfiltered images,
+        # whose accuracy is the model's own test accuracy (each class its own category, every test image used)
+        cutoffs, lowpass = curves[LOWPASS_CUTOFFS_CURVE], curves[LOWPASS_ACCURACY_CURVE]
+        assert cutoffs.tolist() == pytest.approx(lowpass_cutoffs_cpi(32)) and len(lowpass) == len(cutoffs) + 1
+        assert metrics["lowpass_images"] == 16
         (train,) = run.glob("train/*/result.h5")
         with h5py.File(train, "r") as f:
             assert lowpass[-1] == pytest.approx(json.loads(f.attrs["metric_values"])["test_accuracy"])
-    half = metrics[LOWPASS_HALF]
-    assert math.isnan(half) or half == pytest.approx(half_accuracy_cutoff(cutoffs.tolist(), lowpass, metrics[CHANCE]))
+        half = metrics[LOWPASS_HALF]
+        assert math.isnan(half) or half == pytest.approx(half_accuracy_cutoff(cutoffs.tolist(), lowpass,
+                                                                               metrics[CHANCE]))
+    else:  # off by default: no low-pass numbers, and no time spent on them
+        assert LOWPASS_HALF not in metrics and LOWPASS_CUTOFFS_CURVE not in curves
     assert (attrs[CRITERION_RULE_ATTR], attrs[DECISION_RULE_ATTR]) == rules
     assert metrics[CHANCE] == 1 / (2 if categories else 4)
     expected_criterion = 0.5 if criterion == "0.5" else (metrics[CHANCE] + noise_free) / 2

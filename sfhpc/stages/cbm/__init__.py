@@ -77,8 +77,11 @@ class CbmParams(Closed):
                          "reports name beside every channel")
     cbm_images: Int | None = Field(None, ge=1, description="test images used (default: all)")
     cbm_seed: Seed = Field(0, description="seed of the masking noise")
-    cbm_lowpass_images: Int | None = Field(None, ge=1, description="test images of the low-pass measurement (colour, "
-                                           "full contrast, one pass per half-octave cut-off; default: all)")
+    cbm_lowpass: bool = Field(False, description="also measure the low-pass half-accuracy cut-off (not the study's "
+                              "measure: accuracy on the model's own test images with every frequency above a cut-off "
+                              "removed, one pass per half-octave cut-off; about as much work as the CBM grid)")
+    cbm_lowpass_images: Int | None = Field(None, ge=1, description="test images of the low-pass measurement "
+                                           "(default: all)")
     cbm_batch_size: Int = Field(128, ge=1)
 
     @field_validator("cbm_criterion")

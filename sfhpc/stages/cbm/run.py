@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from sfhpc.data import load_dataset
+from sfhpc.data.dataset import Split
 from sfhpc.evaluation import cbm
 from sfhpc.job import PointRun
 from sfhpc.stages.cbm import (
@@ -62,18 +63,15 @@ def run(point: PointRun[CbmParams]) -> Path:
     criterion = masking_criterion(params.cbm_criterion, noise_free, len(categories.names))
     thresholds = cbm.thresholds(accuracy, criterion)
     channel = _channel(thresholds, noise_free, count, criterion, len(params.cbm_noise_sds))
-    lowpass_count = min(params.cbm_lowpass_images or len(test.labels), len(test.labels))
-    cutoffs = cbm.lowpass_cutoffs_cpi(data_cfg.image_size)
-    lowpass = cbm.lowpass_accuracy(predictor, test.images[:lowpass_count],
-                                   categories.labels(test.labels[:lowpass_count]), cutoffs, params.cbm_batch_size)
-    half = lowpass_half(cutoffs, lowpass, categories.chance, lowpass_count)
+    metrics: dict[str, float] = {}
+    curves: dict[str, np.ndarray] = {}
+    if params.cbm_lowpass:
+        metrics, curves = lowpass_measurement(predictor, test, categories, data_cfg.image_size, params)
     return point.write_result(
         metrics={BANDWIDTH: channel[BANDWIDTH], CENTRE: channel[CENTRE], PEAK_SENSITIVITY: channel[PEAK_SENSITIVITY],
-                 CLEAN_GRAYSCALE_ACCURACY: noise_free, CHANCE: categories.chance, "images": count,
-                 LOWPASS_HALF: half, "lowpass_images": lowpass_count},
+                 CLEAN_GRAYSCALE_ACCURACY: noise_free, CHANCE: categories.chance, "images": count, **metrics},
         curves={"accuracy": accuracy, THRESHOLDS_CURVE: thresholds, NOISE_SDS_CURVE: np.asarray(params.cbm_noise_sds),
-                BAND_CENTRES_CURVE: np.asarray(cbm.band_centres_cpi(data_cfg.image_size)),
-                LOWPASS_CUTOFFS_CURVE: np.asarray(cutoffs), LOWPASS_ACCURACY_CURVE: lowpass},
+                BAND_CENTRES_CURVE: np.asarray(cbm.band_centres_cpi(data_cfg.image_size)), **curves},
         attrs={"upstream": point.only_upstream(), CHANNEL_FIT_ATTR: channel[STATUS], CRITERION_ATTR: criterion,
                CRITERION_RULE_ATTR: criterion_rule(params.cbm_criterion),
                DECISION_RULE_ATTR: categories.decision_rule, **plan.attrs()},
@@ -87,6 +85,18 @@ def masking_criterion(setting: float | str, noise_free_accuracy: float, n_catego
     if setting == MIDPOINT:
         return (1.0 / n_categories + noise_free_accuracy) / 2
     return float(setting)
+
+
+def lowpass_measurement(predictor: cbm.Predictor, test: Split, categories: cbm.Categories, image_size: int,
+                        params: CbmParams) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The low-pass half-accuracy cut-off (cbm_lowpass) on the first cbm_lowpass_images test images: its metrics
+    and curves."""
+    count = min(params.cbm_lowpass_images or len(test.labels), len(test.labels))
+    cutoffs = cbm.lowpass_cutoffs_cpi(image_size)
+    accuracy = cbm.lowpass_accuracy(predictor, test.images[:count], categories.labels(test.labels[:count]), cutoffs,
+                                    params.cbm_batch_size)
+    return ({LOWPASS_HALF: lowpass_half(cutoffs, accuracy, categories.chance, count), "lowpass_images": count},
+            {LOWPASS_CUTOFFS_CURVE: np.asarray(cutoffs), LOWPASS_ACCURACY_CURVE: accuracy})
 
 
 def lowpass_half(cutoffs: list[float], accuracy: np.ndarray, chance: float, n_images: int) -> float:
