@@ -1068,7 +1068,9 @@ def _print_robustbench_export(report: RobustBenchExport) -> None:
         console.print(f"  {len(report.files) - MOST_FILE_ROWS} more in {report.index}", soft_wrap=True)
     for problem in report.problems:
         console.print(_styled((f"{problem.state:>10}", "red"), f" {problem.point}: {problem.reason}"), soft_wrap=True)
-    other = any(entry.accuracy_field == "robust_acc" for entry in report.files)
+    from sfhpc.stages.attack.export import OTHER_ATTACK_FIELD
+
+    other = any(entry.accuracy_field == OTHER_ATTACK_FIELD for entry in report.files)
     console.print(f"dataset {report.dataset} is not a RobustBench dataset: the numbers are not comparable with its "
                   "leaderboards" + ("; robust_acc (not autoattack_acc) marks an attack other than AutoAttack "
                                     "standard" if other else ""), soft_wrap=True)
