@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -1119,5 +1120,25 @@ def _print_brainscore_export(report: BrainScoreExport) -> None:
                   f"brainscore_vision.load_model({report.identifier!r})", soft_wrap=True)
 
 
+# Output that cannot be written, or a disk that fills while writing: one line, not a traceback.
+_FULL_OR_BROKEN = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def run() -> None:
+    """The `sfhpc` console script: the Typer app, with a full disk or quota (its output redirected to a file that
+    cannot grow, a result that cannot be written) reported in one line on stderr, exit status 1."""
+    try:
+        app()
+    except OSError as err:
+        if err.errno not in _FULL_OR_BROKEN:
+            raise
+        try:
+            sys.stderr.write(f"error: could not write: {err.strerror} ({errno.errorcode.get(err.errno, err.errno)})"
+                             f"{f': {err.filename}' if err.filename else ''}\n")
+        except OSError:
+            pass
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app()
+    run()

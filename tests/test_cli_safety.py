@@ -158,3 +158,18 @@ def test_output_naming_a_file_or_too_long_is_refused_before_anything_is_made(wri
 def test_dash_h_is_help_on_every_command(words: list[str]):
     short, long = runner.invoke(app, [*words, "-h"]), runner.invoke(app, [*words, "--help"])
     assert short.exit_code == 0 and short.stdout == long.stdout and "Usage: " in short.stdout
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_output_to_a_full_disk_is_one_line_and_exit_1(run: Path):
+    """`sfhpc status RUN --json > FILE` on a full disk (here /dev/full, which refuses every write): one line on
+    stderr and exit status 1 (not everything done), never a traceback."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "sfhpc.cli", "status", str(run), "--json"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: could not write: No space left on device (ENOSPC)"
