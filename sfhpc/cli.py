@@ -57,10 +57,11 @@ STATE_STYLE = {"done": "green", "failed": "red", "running": "cyan", "pending": "
 def _console(stderr: bool = False) -> Console:
     """A console that never reads markup: sweep values, paths and a job's error line are the user's text, and
     `[/red]` in one of them must print as itself, not end a style (or raise). Styles are given as `style=` or
-    through :func:`_styled`."""
+    through :func:`_styled`. It never wraps a line either: a point id or a path piped to a file or a script must stay
+    whole (a terminal wraps long lines by itself)."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, markup=False)
+    return Console(stderr=stderr, highlight=False, markup=False, soft_wrap=True)
 
 
 def _styled(*parts: str | tuple[str, str]) -> Text:
@@ -79,7 +80,7 @@ def _fail(message: str, as_json: bool = False) -> NoReturn:
     if as_json:
         _print_json({"error": message})
     else:
-        _console(stderr=True).print(_styled(("error: ", "bold red"), message), soft_wrap=True)
+        _console(stderr=True).print(_styled(("error: ", "bold red"), message))
     raise typer.Exit(2)
 
 
@@ -197,10 +198,9 @@ def sweep_expand(sweep_file: Path = typer.Argument(..., help="Sweep YAML file.")
     _print_plan(plan)
     if skipped:
         console = _console()
-        console.print(f"skipped {len(skipped)} data checks (the data is not here; `sfhpc sweep launch` runs them):",
-                      soft_wrap=True)
+        console.print(f"skipped {len(skipped)} data checks (the data is not here; `sfhpc sweep launch` runs them):")
         for note in skipped:
-            console.print(f"  {note}", soft_wrap=True, markup=False)
+            console.print(f"  {note}")
 
 
 def _print_plan(plan: Plan) -> None:
@@ -226,11 +226,10 @@ def _print_plan(plan: Plan) -> None:
     console.print(f"estimate: {totals['gpu_hours']:.1f} GPU-hours, {totals['cpu_hours']:.1f} CPU-hours"
                   + (f" (without {', '.join(unknown)}: no expected_minutes in their job files)" if unknown else "")
                   + "; minutes per point x points x nodes, the minutes from jobs/*.yaml expected_minutes"
-                  + (" or measured (--calibrate)" if any(s.calibrated_from for s in plan.stages) else ""),
-                  soft_wrap=True)
+                  + (" or measured (--calibrate)" if any(s.calibrated_from for s in plan.stages) else ""))
     calibration = _calibration_line(plan)
     if calibration:
-        console.print(calibration, soft_wrap=True)
+        console.print(calibration)
     readers = Counter(key for stage in plan.stages for point in stage.points for key in point.upstream)
     for stage in plan.stages:
         print_grid(console, _points_grid(stage, readers))
@@ -287,8 +286,7 @@ def sweep_launch(
             plan = _calibrated(expand_file(sweep_file, max_points=max_points), calibrate)
         calibration = _calibration_line(plan)
         if calibration and not as_json:
-            _console().print(calibration + ("" if dry_run else " (the run's manifest keeps these estimates)"),
-                             soft_wrap=True)
+            _console().print(calibration + ("" if dry_run else " (the run's manifest keeps these estimates)"))
         with _LaunchProgress(enabled=not as_json and not dry_run) as progress:
             report = launch(plan, executor=executor, output=output, force=force, dry_run=dry_run,
                             allow_changed=allow_changed, parallel=parallel, throttle=throttle,
@@ -360,8 +358,7 @@ class _LaunchProgress:
             self.queued += 1
         elif event != "started":
             self.finished += 1
-            self.console.print(_styled((f"{event:>6}", STATE_STYLE.get(event, "")), f" {stage}/{point_id}"),
-                               soft_wrap=True)  # a long point id stays on one line in a pipe
+            self.console.print(_styled((f"{event:>6}", STATE_STYLE.get(event, "")), f" {stage}/{point_id}"))
         if self.bar is not None:
             self.bar.update(self.task, total=self.queued, completed=self.finished,
                             description=f"{stage}/{point_id}" if event == "started" else None,
@@ -382,7 +379,7 @@ def _print_launch_report(report: LaunchReport) -> None:
                          else "") + ")")
         if report.dry_run:
             for point_id in ids:
-                console.print(f"  {point_id}", soft_wrap=True)
+                console.print(f"  {point_id}")
         if report.blocked.get(stage):
             console.print(f"  {len(report.blocked[stage])} points not run: an input has no result "
                           "(sfhpc status says which)", style="red")
@@ -396,29 +393,27 @@ def _print_launch_report(report: LaunchReport) -> None:
                       + ("the points to run would use the new ones" if report.dry_run else "the points submitted now "
                          "use the new ones; recorded in manifest.json") + "):", style="yellow")
         for line in report.settings_changed:
-            console.print(f"  {line}", soft_wrap=True)
+            console.print(f"  {line}")
     if report.retries:
         console.print("right-sized retries (recorded in jobs.jsonl; later submissions of these points keep them):",
                       style="yellow")
         for retry in report.retries:
             what = ", ".join(retry["changes"]) or "unchanged"
             note = f" ({retry['note']})" if retry["note"] else ""
-            console.print(f"  {retry['stage']}/{retry['point']}: {retry['cause']}: {what}{note}", soft_wrap=True,
-                          markup=False)
+            console.print(f"  {retry['stage']}/{retry['point']}: {retry['cause']}: {what}{note}", markup=False)
     for stage, points in report.restored.items():
         console.print(f"{stage}: {len(points)} points failed again; their earlier results are back in place",
                       style="yellow")
     for array in report.arrays:
         waits = f", waits on {array['dependency']}" if array["dependency"] else ""
         if report.dry_run:
-            console.print(f"  {array['stage']}: {array['tasks']} tasks{waits}; sbatch script {array['sbatch']}",
-                          soft_wrap=True)
+            console.print(f"  {array['stage']}: {array['tasks']} tasks{waits}; sbatch script {array['sbatch']}")
         else:
             console.print(f"  {array['stage']}: SLURM job {array['job_id']} ({array['tasks']} tasks{waits})")
-    console.print(f"run folder: {report.run_dir} (executor {report.executor})", soft_wrap=True)
+    console.print(f"run folder: {report.run_dir} (executor {report.executor})")
     if not report.dry_run:
         console.print(f"next: sfhpc status {_shell_word(report.run_dir)}   "
-                      f"sfhpc aggregate {_shell_word(report.run_dir)}", soft_wrap=True)
+                      f"sfhpc aggregate {_shell_word(report.run_dir)}")
 
 
 def _shell_word(path: Path) -> str:
@@ -476,7 +471,7 @@ def status(run: str = typer.Argument(..., help="Run folder, or a sweep name unde
     elif shown_as == "table":
         from sfhpc.terminal import print_grid
 
-        console.print(f"run {run_dir.path}", soft_wrap=True)  # not a table title: a long path stays whole
+        console.print(f"run {run_dir.path}")  # not a table title: a long path stays whole
         print_grid(console, _counts_grid(counts))
         _print_points(console, listed)
     else:
@@ -559,10 +554,9 @@ def _print_points(console: Console, shown: list[PointStatus]) -> None:
     for s in shown:
         job = f" (job {s.job_id})" if s.job_id else ""
         console.print(_styled((f"{s.state:>13}", STATE_STYLE[s.state]), f" {s.stage}/{s.point}{job}"
-                              + (f": {s.reason}" if s.reason else "")), soft_wrap=True)
+                              + (f": {s.reason}" if s.reason else "")))
         if s.state == "failed" and s.detail:
-            console.print(_styled(("\n".join("      " + line for line in s.detail.splitlines()), "dim")),
-                          soft_wrap=True)
+            console.print(_styled(("\n".join("      " + line for line in s.detail.splitlines()), "dim")))
 
 
 @app.command("logs")
@@ -589,16 +583,16 @@ def logs(run: str = typer.Argument(..., help="Run folder, or a sweep name under 
                                for f in found.files]})
         return
     console = _console()
-    console.print(_styled(("point ", "bold"), found.key), soft_wrap=True)
-    console.print(_styled(("job   ", "bold"), _job_line(found.job)), soft_wrap=True)
+    console.print(_styled(("point ", "bold"), found.key))
+    console.print(_styled(("job   ", "bold"), _job_line(found.job)))
     multi_task = any(f.task for f in found.files)
     for file in found.files:
         tail = tails[file.path]
         label = f"{file.kind} (task {file.task})" if multi_task and file.task is not None else file.kind
         state = " (not written yet)" if tail is None else " (empty)" if not tail and lines else ""
-        console.print(_styled((f"{label:<6} ", "bold"), str(file.path.absolute()), (state, "dim")), soft_wrap=True)
+        console.print(_styled((f"{label:<6} ", "bold"), str(file.path.absolute()), (state, "dim")))
         for line in tail or []:
-            console.print(_styled(("  | ", "dim"), line), soft_wrap=True)
+            console.print(_styled(("  | ", "dim"), line))
 
 
 def _tail_or_none(path: Path, lines: int) -> list[str] | None:
@@ -653,11 +647,11 @@ def runs(folder: Path = typer.Argument(Path("runs"), help="A folder of run folde
         if counts:
             print_grid(console, grid)
         else:
-            console.print(f"no run folders in {folder}", soft_wrap=True)
+            console.print(f"no run folders in {folder}")
     else:
         _print_grids(shown_as, [grid])
     for line in skipped:
-        _console(stderr=True).print(_styled(("skipped ", "yellow"), line), soft_wrap=True)
+        _console(stderr=True).print(_styled(("skipped ", "yellow"), line))
 
 
 def _runs_counts(paths: list[Path]) -> tuple[list[tuple[Path, dict[str, Counter]]], list[str]]:
@@ -731,10 +725,10 @@ def cost(run: str = typer.Argument(..., help="Run folder, or a sweep name under 
         return
     console = _console()
     if report.note:
-        console.print(report.note, style="yellow", soft_wrap=True)
+        console.print(report.note, style="yellow")
     for stage in report.stages:
         for line in _cost_lines(stage):
-            console.print(line, soft_wrap=True, style="yellow" if line.startswith("  warning") else "")
+            console.print(line, style="yellow" if line.startswith("  warning") else "")
 
 
 def _cost_lines(stage: StageCost) -> list[str]:
@@ -858,7 +852,7 @@ def data_nsd_prepare(
         table.add_row(name, str(roi["voxels"]), str(roi["components"]), f"{roi['noise_ceiling']:.1f}")
     console = _console()
     console.print(table)
-    console.print(f"wrote {summary['path']}", soft_wrap=True)
+    console.print(f"wrote {summary['path']}")
 
 
 # -------------------------------------------------------------------------------------- aggregate
@@ -927,11 +921,11 @@ def _print_aggregate(summary: Summary, header: list[str], rows: list[list[str]],
         if len(rows) > MOST_CONDITION_ROWS:
             console.print(f"{len(rows) - MOST_CONDITION_ROWS} more conditions in conditions.csv and report.md")
     if findings:
-        console.print(findings, soft_wrap=True)
+        console.print(findings)
     for problem in summary.problems:
         console.print(_styled((f"{problem['state']:>8}", "red"),
-                              f" {problem['stage']}/{problem['point']}: {problem['reason']}"), soft_wrap=True)
-    console.print("wrote " + ", ".join(written), soft_wrap=True)
+                              f" {problem['stage']}/{problem['point']}: {problem['reason']}"))
+    console.print("wrote " + ", ".join(written))
 
 
 def _conditions_grid(header: list[str], rows: list[list[str]]) -> Grid:
@@ -963,12 +957,11 @@ def _print_point_tables(summary: Summary, most_rows: int = 40, most_metrics: int
         if len(metrics) > most_metrics:
             columns = [c for c in columns if c not in metrics[most_metrics:]]
             console.print(f"{table.stage}: {len(metrics) - most_metrics} more metrics per point in summary.csv "
-                          f"({', '.join(metrics[most_metrics:most_metrics + 3])}, ...)", soft_wrap=True)
+                          f"({', '.join(metrics[most_metrics:most_metrics + 3])}, ...)")
         print_grid(console, _stage_grid(table, columns))
         constant = constant_metrics(table)
         if constant:
-            console.print("same for every point: " + ", ".join(f"{k}={format_value(v)}" for k, v in constant.items()),
-                          soft_wrap=True)
+            console.print("same for every point: " + ", ".join(f"{k}={format_value(v)}" for k, v in constant.items()))
 
 
 def _stage_grid(table: StageTable, columns: list[str] | None = None) -> Grid:
@@ -1022,15 +1015,15 @@ def _print_rdm_export(report: RdmExport) -> None:
     console = _console()
     points = len({entry.point for entry in report.files})
     console.print(f"copied {len(report.files)} RDM files of {points} points into {report.folder} (index: "
-                  f"{report.index})", soft_wrap=True)
+                  f"{report.index})")
     for entry in report.files[:MOST_FILE_ROWS]:
         console.print(f"  {entry.file}: {entry.images} images; model {entry.model}, layers "
-                      f"{', '.join(entry.layers)}; ROIs {', '.join(entry.rois)}", soft_wrap=True)
+                      f"{', '.join(entry.layers)}; ROIs {', '.join(entry.rois)}")
     if len(report.files) > MOST_FILE_ROWS:
-        console.print(f"  {len(report.files) - MOST_FILE_ROWS} more in {report.index}", soft_wrap=True)
+        console.print(f"  {len(report.files) - MOST_FILE_ROWS} more in {report.index}")
     for problem in report.problems:
-        console.print(_styled((f"{problem.state:>12}", "red"), f" {problem.point}: {problem.reason}"), soft_wrap=True)
-    console.print(f"read one with {report.read_with}", soft_wrap=True)
+        console.print(_styled((f"{problem.state:>12}", "red"), f" {problem.point}: {problem.reason}"))
+    console.print(f"read one with {report.read_with}")
 
 
 @export_app.command("robustbench")
@@ -1061,20 +1054,20 @@ def _print_robustbench_export(report: RobustBenchExport) -> None:
     models, variants = len({entry.model for entry in report.files}), len({entry.variant for entry in report.files})
     console.print(f"wrote {len(report.files)} RobustBench model-info files of {models} model{'s' * (models != 1)}"
                   + (f" ({variants} variants of their attack)" if variants > 1 else "")
-                  + f" into {report.folder} (index: {report.index})", soft_wrap=True)
+                  + f" into {report.folder} (index: {report.index})")
     for entry in report.files[:MOST_FILE_ROWS]:
         console.print(f"  {entry.file}: clean_acc {entry.clean_acc}, {entry.accuracy_field} {entry.robust_acc} "
-                      f"({entry.attack}, {entry.images} images)", soft_wrap=True)
+                      f"({entry.attack}, {entry.images} images)")
     if len(report.files) > MOST_FILE_ROWS:
-        console.print(f"  {len(report.files) - MOST_FILE_ROWS} more in {report.index}", soft_wrap=True)
+        console.print(f"  {len(report.files) - MOST_FILE_ROWS} more in {report.index}")
     for problem in report.problems:
-        console.print(_styled((f"{problem.state:>10}", "red"), f" {problem.point}: {problem.reason}"), soft_wrap=True)
+        console.print(_styled((f"{problem.state:>10}", "red"), f" {problem.point}: {problem.reason}"))
     from sfhpc.stages.attack.export import OTHER_ATTACK_FIELD
 
     other = any(entry.accuracy_field == OTHER_ATTACK_FIELD for entry in report.files)
     console.print(f"dataset {report.dataset} is not a RobustBench dataset: the numbers are not comparable with its "
                   "leaderboards" + ("; robust_acc (not autoattack_acc) marks an attack other than AutoAttack "
-                                    "standard" if other else ""), soft_wrap=True)
+                                    "standard" if other else ""))
 
 
 @export_app.command("brainscore")
@@ -1109,15 +1102,14 @@ def _print_brainscore_export(report: BrainScoreExport) -> None:
     """What the plugin holds and how Brain-Score finds it."""
     console = _console()
     console.print(f"wrote Brain-Score plugin {report.identifier} ({report.point} of {report.run}) into "
-                  f"{report.folder}", soft_wrap=True)
-    console.print(f"  layers: {', '.join(report.layers)}", soft_wrap=True)
+                  f"{report.folder}")
+    console.print(f"  layers: {', '.join(report.layers)}")
     console.print("  region_layer_map: " + ", ".join(f"{region} {layer}"
-                                                     for region, layer in report.region_layer_map.items()),
-                  soft_wrap=True)
-    console.print(f"  input: {report.preprocessing}", soft_wrap=True)
-    console.print(f"  files: {', '.join(report.files)}", soft_wrap=True)
+                                                     for region, layer in report.region_layer_map.items()))
+    console.print(f"  input: {report.preprocessing}")
+    console.print(f"  files: {', '.join(report.files)}")
     console.print(f"Brain-Score finds it in brainscore_vision/models/<folder>/: "
-                  f"brainscore_vision.load_model({report.identifier!r})", soft_wrap=True)
+                  f"brainscore_vision.load_model({report.identifier!r})")
 
 
 # Output that cannot be written, or a disk that fills while writing: one line, not a traceback.

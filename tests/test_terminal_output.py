@@ -194,10 +194,11 @@ def test_piped_launch_prints_each_long_point_id_on_one_line(write_sweep, tmp_pat
     lines = out.splitlines()
     assert all(f"  {point['id']}" in lines for point in attack), out
 
-    from sfhpc.cli import _LaunchProgress
+    from sfhpc.cli import _console, _LaunchProgress
 
     progress = _LaunchProgress(enabled=True)
-    progress.console = Console(file=io.StringIO(), width=80, color_system=None)
+    progress.console = _console()  # the CLI's console, writing to an 80-column file as a pipe would
+    progress.console.file, progress.console.width = io.StringIO(), 80
     progress.update("attack", attack[0]["id"], "done")
     assert progress.console.file.getvalue() == f"  done attack/{attack[0]['id']}\n"
 
