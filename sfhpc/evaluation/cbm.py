@@ -70,11 +70,16 @@ def band_centres_cpi(image_size: int) -> list[float]:
 MAX_BANDS = len(band_centres_cpi(MAX_IMAGE_SIZE))
 
 
-def _octave_band_mask(height: int, width: int, centre_cpi: float) -> np.ndarray:
-    """Boolean mask, in ``rfft2`` layout, of the one-octave band [centre / sqrt(2), centre * sqrt(2)) c/img."""
+def _radial_frequency(height: int, width: int) -> np.ndarray:
+    """Each coefficient's radial frequency in c/img, in ``rfft2`` layout (height, width // 2 + 1)."""
     fy = np.fft.fftfreq(height, d=1 / height)
     fx = np.fft.rfftfreq(width, d=1 / width)
-    radius = np.hypot(fy[:, None], fx[None, :])
+    return np.hypot(fy[:, None], fx[None, :])
+
+
+def _octave_band_mask(height: int, width: int, centre_cpi: float) -> np.ndarray:
+    """Boolean mask, in ``rfft2`` layout, of the one-octave band [centre / sqrt(2), centre * sqrt(2)) c/img."""
+    radius = _radial_frequency(height, width)
     return (radius >= centre_cpi / math.sqrt(2)) & (radius < centre_cpi * math.sqrt(2))
 
 
@@ -272,18 +277,15 @@ def lowpass_accuracy(predict: Predictor, images: np.ndarray, labels: np.ndarray,
     if len(images) == 0 or labels.shape != (len(images),):
         raise ValueError(f"need one label per image and at least one image, got {images.shape} and {labels.shape}")
     size = images.shape[-1]
-    fy = np.fft.fftfreq(size, d=1 / size)
-    fx = np.fft.rfftfreq(size, d=1 / size)
-    radius = np.hypot(fy[:, None], fx[None, :])
+    radius = _radial_frequency(size, size)
+    masks = [(radius < cutoff) | (radius == 0) for cutoff in cutoffs]  # the mean is always kept
     correct = np.zeros(len(cutoffs) + 1)
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         pixels = batch.astype(np.float64) / 255 if batch.dtype == np.uint8 else batch.astype(np.float64)
         spectrum = np.fft.rfft2(pixels)
         truth = labels[start:start + batch_size]
-        for index, cutoff in enumerate(cutoffs):
-            kept = radius < cutoff
-            kept[0, 0] = True
+        for index, kept in enumerate(masks):
             filtered = np.clip(np.fft.irfft2(spectrum * kept, s=(size, size)), 0, 1).astype(np.float32)
             correct[index] += int((np.asarray(predict(filtered)) == truth).sum())
         correct[-1] += int((np.asarray(predict(pixels.astype(np.float32))) == truth).sum())
@@ -304,14 +306,13 @@ def half_accuracy_cutoff(cutoffs: Sequence[float], accuracy: Sequence[float] | n
         return math.nan
     level = chance + (clean - chance) / 2
     points = [*cutoffs, cutoffs[-1] * math.sqrt(2)]
-    for index, value in enumerate(accuracy):
-        if value >= level:
-            if index == 0:
-                return points[0] * (level - chance) / (value - chance)
-            low, high = math.log2(points[index - 1]), math.log2(points[index])
-            before = float(accuracy[index - 1])
-            return float(2 ** (low + (level - before) / (value - before) * (high - low)))
-    return math.nan  # unreachable: the unfiltered accuracy is at least the level
+    index = next(i for i, value in enumerate(accuracy) if value >= level)  # the unfiltered one at the latest
+    value = float(accuracy[index])
+    if index == 0:
+        return points[0] * (level - chance) / (value - chance)
+    low, high = math.log2(points[index - 1]), math.log2(points[index])
+    before = float(accuracy[index - 1])
+    return float(2 ** (low + (level - before) / (value - before) * (high - low)))
 
 
 def torch_probabilities(model: torch.nn.Module, device: str | torch.device = "cpu") -> Probabilities:
