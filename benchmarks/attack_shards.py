@@ -135,7 +135,10 @@ def main() -> None:
               f"(merged shards); flags that differ: {int((a != b).sum())} of {len(a)}{why_flags_differ}")
     print(f"per shard job, outside the ratio: {startup:.2f} s CPU to start python and import torch and the stage "
           f"(x {args.shards} shards: {args.shards * startup:.1f} s, against {1 * startup:.1f} s for one job)")
-    print_batch_costs(model, x, sorted({16, len(y) // args.shards * 39 // 64, 64}))
+    # The batch sizes the two sides attack: the shards about 1/K of the clean-correct images at the first epsilon and
+    # of the images still robust at the second, one run full batches of 64.
+    attacked = [round(clean * len(y)), int(one_flags[settings[0].key()].sum())]
+    print_batch_costs(model, x, sorted({*(count // args.shards for count in attacked), 64}))
 
 
 def print_batch_costs(model: torch.nn.Module, x: torch.Tensor, batches: list[int]) -> None:

@@ -82,10 +82,10 @@ def print_threshold_profiles(run_dir: Path) -> None:
     import h5py
     import numpy as np
 
-    from sfhpc.rundir import manifest_points
+    from sfhpc.rundir import RunDir, manifest_points
+    from sfhpc.stages.cbm import LOWPASS_HALF, THRESHOLDS_CURVE
 
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    current = {point["id"] for stage, point in manifest_points(manifest) if stage == "cbm"}
+    current = {point["id"] for stage, point in manifest_points(RunDir(run_dir).read_manifest()) if stage == "cbm"}
     profiles: dict[tuple[str, int], tuple[np.ndarray, float]] = {}
     for result in sorted((run_dir / "cbm").glob("*/result.h5")):
         if result.parent.name not in current:
@@ -93,8 +93,8 @@ def print_threshold_profiles(run_dir: Path) -> None:
         model = config_of(run_dir, config_of(result.parent)["upstream"][0])  # the train point it measured
         predictor = config_of(run_dir, model["upstream"][0])["params"]["predictor"]  # trained or shuffled
         with h5py.File(result) as f:
-            half = json.loads(f.attrs["metric_values"]).get("lowpass_half_cpi", float("nan"))
-            profiles[(predictor, int(model["params"]["seed"]))] = (f["curves/thresholds"][()], float(half))
+            half = json.loads(f.attrs["metric_values"]).get(LOWPASS_HALF, float("nan"))
+            profiles[(predictor, int(model["params"]["seed"]))] = (f["curves"][THRESHOLDS_CURVE][()], float(half))
     for seed in sorted({seed for _, seed in profiles}):
         guided, control = profiles.get(("trained", seed)), profiles.get(("shuffled", seed))
         if guided is None or control is None:
